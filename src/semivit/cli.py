@@ -1,0 +1,204 @@
+"""``semivit train | run | demo | evaluate | predict`` — the command line.
+
+User errors (bad paths, data, settings) print one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from semivit.config import Config, apply_overrides, load_yaml, parse_set_args
+from semivit.errors import SemivitError
+
+log = logging.getLogger("semivit")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and run (each is a shortcut for a --set key)")
+    g.add_argument("--data", help="digits (default), cifar10, ..., an image folder, .zip, .csv or .npz")
+    g.add_argument("--test", help="a separate test part (when --data has no test/ folder)")
+    g.add_argument("--unlabeled", help="an extra pool of unlabeled images (folder or CSV)")
+    g.add_argument("--labels", help="all | N-per-class | N | P%%  (e.g. 4-per-class, 250, 10%%)")
+    g.add_argument("--split", help="a split.json from an earlier run, or a list file of labeled images")
+    g.add_argument("--model", help="vit_nano, vit_tiny, vit_small, vit_base, resnet18, ... or a timm name")
+    g.add_argument("--steps", type=int, help="optimizer steps")
+    g.add_argument("--epochs", type=float, help="epochs over the labeled images (instead of --steps)")
+    g.add_argument("--batch-size", type=int, help="labeled images per step (over all processes)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="cpu | cuda | auto")
+    g.add_argument("--out", help="folder for runs (default: runs)")
+    g.add_argument("--name", help="run name (folder under --out)")
+    g.add_argument("--resume", action="store_true", help="continue the run in its folder where it stopped")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any setting, e.g. --set optim.lr=1e-3 --set method.threshold=0.7")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+_SHORTCUTS = {"data": "data.source", "test": "data.test", "unlabeled": "data.unlabeled",
+              "labels": "data.labels", "split": "data.split", "model": "model.name", "steps": "train.steps",
+              "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed",
+              "device": "train.device", "out": "train.out", "name": "train.name"}
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {key: getattr(args, attr) for attr, key in _SHORTCUTS.items()
+                           if getattr(args, attr, None) is not None}
+    if getattr(args, "resume", False):
+        out["train.resume"] = True
+    if getattr(args, "quiet", False):
+        out["train.progress"] = False
+    if getattr(args, "method", None):
+        out["train.method"] = args.method
+    out.update(parse_set_args(args.set))
+    return out
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    base: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    return apply_overrides(apply_overrides(Config(), base), _overrides(args))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from semivit.engine.trainer import train
+
+    result = train(build_config(args))
+    _print_metrics(result.metrics, result.run_dir)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from semivit.pipeline import run_recipe
+
+    result = run_recipe(args.recipe, _overrides(args))
+    _print_metrics(result.metrics, result.run_dir)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from semivit.demo import run_demo
+
+    run_demo(out=Path(args.out or "runs") / "demo", device=args.device or "auto", quick=args.quick)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from semivit.data.sources import load_source
+    from semivit.engine.checkpoint import load_model
+    from semivit.engine.evaluate import classification_report, predict_logits
+    from semivit.engine.trainer import resolve_device
+
+    model, meta = load_model(args.checkpoint)
+    bundle = load_source(args.data or "digits", test=args.test, image_size=model.spec.image_size)
+    part = bundle.test if args.part == "test" else bundle.train
+    if part is None:
+        raise SemivitError(f"'{args.data}' has no test part: pass --test PATH or --part train")
+    if part.channels != model.spec.in_chans or part.image_size[0] != model.spec.image_size:
+        raise SemivitError(f"the data is {part.channels}×{part.image_size[0]}px but the model expects "
+                           f"{model.spec.in_chans}×{model.spec.image_size}px: evaluate on the data it was "
+                           f"trained on")
+    device = resolve_device(args.device or "auto")
+    logits = predict_logits(model.to(device), part, device=device)
+    report = classification_report(logits, part.labels, model.spec.classes or part.classes)
+    print(f"top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}  ECE {report['ece']:.4f}  "
+          f"n={report['n']}" + (f"  ROC AUC {report['roc_auc']:.4f}" if "roc_auc" in report else ""))
+    for name, acc in report["per_class"].items():
+        print(f"  {name:>20}: {acc:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from semivit.data.augment import to_float
+    from semivit.data.sources import read_image_files
+    from semivit.engine.checkpoint import load_model
+
+    model, _ = load_model(args.checkpoint)
+    spec = model.spec
+    paths, images = read_image_files(args.inputs, spec.image_size, spec.in_chans)
+    classes = spec.classes or [str(i) for i in range(spec.num_classes)]
+    k = min(args.topk, spec.num_classes)
+    with torch.no_grad():
+        probs = torch.cat([model(to_float(images[i:i + 256])).softmax(1) for i in range(0, len(images), 256)])
+    conf, idx = probs.topk(k, dim=1)
+    with open(args.output, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "confidence", "topk"])
+        for path, c, i in zip(paths, conf.tolist(), idx.tolist()):
+            topk = ";".join(f"{classes[j]}:{p:.4f}" for j, p in zip(i, c))
+            writer.writerow([path, classes[i[0]], f"{c[0]:.4f}", topk])
+    print(f"wrote {len(paths)} predictions to {args.output}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+    print(json.dumps(shown))
+    print(f"run folder: {run_dir}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semivit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one method")
+    p.add_argument("--method", help="supervised, mae, fixmatch, ema_teacher, ... (default supervised)")
+    p.add_argument("--config", help="a YAML file with data/model/optim/train/method sections")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="run a multi-stage recipe (e.g. semivit: mae → supervised → ema_teacher)")
+    p.add_argument("recipe", help="a recipe YAML or a shipped name: semivit, fixmatch, supervised")
+    _add_common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="supervised-only vs Semi-ViT on digits with 4 labels per class")
+    p.add_argument("--out")
+    p.add_argument("--device")
+    p.add_argument("--quick", action="store_true", help="a much shorter run (for smoke tests)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy, confusion, calibration")
+    p.add_argument("checkpoint", help="a run folder or its model.safetensors")
+    p.add_argument("--data", help="the data set (default digits)")
+    p.add_argument("--test", help="a separate test part")
+    p.add_argument("--part", choices=["test", "train"], default="test")
+    p.add_argument("--device")
+    p.add_argument("--json", help="also write the full report (with the confusion matrix) here")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label images: CSV of label, confidence and top-k")
+    p.add_argument("checkpoint", help="a run folder or its model.safetensors")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("-o", "--output", default="predictions.csv")
+    p.add_argument("--topk", type=int, default=5)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SemivitError as e:
+        print(f"semivit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("semivit: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

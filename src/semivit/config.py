@@ -1,0 +1,241 @@
+"""Every setting of a run as validated dataclasses; YAML recipes and dotted CLI overrides.
+
+A run's config is ``Config(data, model, optim, train, method)``. ``method`` holds the settings of the
+chosen method, checked against that method's own dataclass (see :mod:`semivit.methods`). An unknown key or a
+badly typed value raises :class:`SemivitError` naming the key and the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from semivit.errors import SemivitError
+
+
+@dataclass
+class DataConfig:
+    source: str = "digits"  # built-in name (digits, cifar10, ...), a folder, .zip, .csv or .npz
+    test: str | None = None  # separate test part when the source has none
+    unlabeled: str | None = None  # extra unlabeled pool (folder or CSV)
+    labels: str = "all"  # "all", "4-per-class", "250", "10%"
+    val: str = "auto"  # labeled validation split carved from the labels: "auto", "1-per-class", "50", "0"
+    split: str | None = None  # a saved split.json, or a list file of labeled image names
+    root: str | None = None  # where torchvision sets live (default ~/.cache/semivit/datasets)
+    download: bool = False  # let torchvision download a built-in set
+    image_size: int | None = None  # resize folder images to this size (default: first image's size)
+    on_corrupt: str = "skip"  # "skip" (count and go on) or "fail"
+    workers: int = 2  # DataLoader workers for streamed (large) folders
+    flip: bool | None = None  # horizontal flips in augmentation (None = the source's default)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_tiny"  # a semivit name (vit_nano, vit_tiny, vit_small, resnet18, ...) or any timm name
+    patch_size: int | None = None  # None = chosen from the image size
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    drop_path: float = 0.1
+    pretrained: str | None = None  # local checkpoint (.safetensors, or .pth read with weights_only=True)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # base learning rate for a batch of 256 (scaled by batch/256 unless scale_lr=false)
+    scale_lr: bool = True
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = True  # sgd only
+    layer_decay: float = 1.0  # layer-wise LR decay for ViTs (0.75 in the MAE/Semi-ViT recipes); 1 = off
+    warmup: float = 0.05  # warm-up length: a fraction of the steps (< 1) or a number of steps (>= 1)
+    min_lr_ratio: float = 0.01  # cosine schedule ends at lr * min_lr_ratio
+    clip_grad: float | None = 1.0  # max gradient norm; None = no clipping
+
+
+@dataclass
+class TrainConfig:
+    method: str = "supervised"
+    steps: int | None = None  # optimizer steps; or give epochs (over the labeled set)
+    epochs: float | None = None
+    batch_size: int = 64  # labeled images per step, summed over all processes
+    accum_steps: int = 1  # gradient accumulation
+    seed: int = 0
+    device: str = "auto"  # cpu | cuda | auto
+    amp: str = "auto"  # auto (bf16 on CUDA when supported) | bf16 | fp16 | off
+    ema: float | None = None  # EMA decay of the weights used for evaluation; None = off
+    eval_every: int = 200  # steps between validation passes (0 = only at the end)
+    log_every: int = 20
+    ckpt_every: int = 500
+    out: str = "runs"
+    name: str | None = None  # run folder name under out (default: method-data-labels)
+    resume: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+    compile: bool = False  # torch.compile the model (GPU runs)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: dict[str, Any] = field(default_factory=dict)  # checked against the method's own settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def _nearest(key: str, valid: typing.Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to the field's type, or raise a clear error."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**typing.__dict__, "Any": Any})  # noqa: S307 - our own annotations
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except SemivitError as e:
+                errors.append(str(e))
+        raise SemivitError(errors[0] if errors else f"bad value {value!r} for {where}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise SemivitError(f"{where} needs {len(args)} values like '0.9,0.999', got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise SemivitError(f"{where} must be true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise SemivitError(f"{where} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise SemivitError(f"{where} must be a number, got {value!r}") from None
+        if annotation is int:
+            if number != int(number):
+                raise SemivitError(f"{where} must be a whole number, got {value!r}")
+            return int(number)
+        return number
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise SemivitError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise SemivitError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys and bad values."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise SemivitError(f"unknown setting '{where}.{key}'{_nearest(key, fields)}; "
+                               f"valid keys: {', '.join(fields)}")
+        kwargs[key] = _coerce(value, fields[key].type, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def update_dataclass(obj: Any, values: dict[str, Any], where: str) -> Any:
+    """A copy of dataclass ``obj`` with ``values`` applied (validated like :func:`build_dataclass`)."""
+    merged = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    checked = build_dataclass(type(obj), values, where)
+    for key in values:
+        merged[key] = getattr(checked, key)
+    return type(obj)(**merged)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Apply nested or dotted overrides (``{"optim.lr": 1e-3}`` or ``{"optim": {"lr": 1e-3}}``)."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(section, {})[rest] = value
+        elif isinstance(value, dict):
+            nested.setdefault(section, {}).update(value)
+        else:
+            raise SemivitError(f"setting '{key}' needs a section, like 'optim.{key}' "
+                               f"(sections: {', '.join([*SECTIONS, 'method'])})")
+    out = dataclasses.replace(cfg)
+    for section, values in nested.items():
+        if section == "method":
+            out.method = {**cfg.method, **values}
+        elif section in SECTIONS:
+            setattr(out, section, update_dataclass(getattr(cfg, section), values, section))
+        else:
+            raise SemivitError(f"unknown section '{section}'{_nearest(section, [*SECTIONS, 'method'])}; "
+                               f"sections: {', '.join([*SECTIONS, 'method'])}")
+    return out
+
+
+def parse_set_args(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "train.ema=0.999"]`` → dict; values parsed as YAML scalars."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SemivitError(f"--set expects KEY=VALUE like optim.lr=1e-3, got '{item}'")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SemivitError(f"recipe '{path}' not found: pass a YAML file or a shipped recipe name")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SemivitError(f"recipe '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SemivitError(f"recipe '{path}' must be a mapping of sections (data, model, optim, train, ...)")
+    return data
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(_plain(cfg.to_dict()), sort_keys=False))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,187 @@
+"""Batches for the training loop: seeded index streams, images moved to the device, views made there.
+
+Why not a plain DataLoader: small data sets live in memory as uint8 tensors, so a batch is one indexing
+operation, and augmentation runs batched on the device (:mod:`semivit.data.augment`) — two CPU cores
+are never the bottleneck. Large streamed folders still decode in DataLoader workers.
+
+Every stream is a pure function of ``(seed, stream name, epoch, cursor)``, and the augmentation
+generator is re-seeded from the step, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from semivit.data.augment import make_view, to_float
+from semivit.data.imageset import ImageSet
+
+
+class IndexStream:
+    """An endless, seeded sequence of index batches over ``pool``, reshuffled every epoch.
+
+    With several processes, every rank draws the same permutation and keeps its own slice
+    (``rank::world``), as DistributedSampler does.
+    """
+
+    def __init__(self, pool: torch.Tensor, batch_size: int, seed: int, key: int, rank: int = 0,
+                 world: int = 1) -> None:
+        if len(pool) == 0:
+            raise ValueError("empty index pool")
+        self.pool, self.batch_size, self.seed, self.key = pool, batch_size, seed, key
+        self.rank, self.world = rank, world
+        self.epoch, self.cursor = 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.key * 7919 + self.epoch)
+        perm = self.pool[torch.randperm(len(self.pool), generator=g)]
+        if len(perm) >= self.world:  # equal slices keep every rank's (epoch, cursor) in step
+            perm = perm[:len(perm) - len(perm) % self.world]
+        return perm[self.rank::self.world] if len(perm) >= self.world else perm
+
+    def next(self) -> torch.Tensor:
+        out = []
+        need = self.batch_size
+        while need > 0:
+            take = self._perm[self.cursor:self.cursor + need]
+            out.append(take)
+            need -= len(take)
+            self.cursor += len(take)
+            if self.cursor >= len(self._perm):
+                self.epoch, self.cursor = self.epoch + 1, 0
+                self._perm = self._permutation()
+        return torch.cat(out)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._perm = self._permutation()
+
+
+class _Decode(Dataset):
+    def __init__(self, images: ImageSet) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        assert self.images.read is not None
+        return index, self.images.read(index)
+
+
+class ImageStream:
+    """Index batches of an :class:`IndexStream` with their uint8 images.
+
+    In-memory sets index their tensor. Streamed sets decode in DataLoader workers that run ahead of
+    training; ``_pending`` remembers the stream position before each prefetched batch so a checkpoint
+    stores the position of the batch actually consumed, not of the one being decoded.
+    """
+
+    def __init__(self, images: ImageSet, indices: IndexStream, workers: int) -> None:
+        self.images, self.indices, self.workers = images, indices, workers
+        self._pending: deque[dict] = deque()
+        self._consumed = indices.state_dict()
+        self._loader: Iterator | None = None
+
+    def _batches(self) -> Iterator[list[int]]:
+        while True:
+            self._pending.append(self.indices.state_dict())
+            yield self.indices.next().tolist()
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.images.in_memory:
+            idx = self.indices.next()
+            return idx, self.images.get(idx)
+        if self._loader is None:
+            self._loader = iter(DataLoader(_Decode(self.images), batch_sampler=self._batches(),
+                                           num_workers=self.workers, persistent_workers=self.workers > 0,
+                                           pin_memory=torch.cuda.is_available()))
+        idx, images = next(self._loader)
+        self._pending.popleft()
+        self._consumed = self._pending[0] if self._pending else self.indices.state_dict()
+        return idx, images
+
+    def state_dict(self) -> dict:
+        return self.indices.state_dict() if self.images.in_memory else dict(self._consumed)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.indices.load_state_dict(state)
+        self._consumed, self._loader = dict(state), None
+        self._pending.clear()
+
+
+@dataclass
+class Batch:
+    """What a method's training step receives. Views are float images in [0, 1] on the device.
+
+    ``u_true`` holds the hidden labels of the unlabeled images (-1 where unknown): for diagnostics only
+    (pseudo-label accuracy), never for training.
+    """
+
+    x: dict[str, torch.Tensor] = field(default_factory=dict)
+    y: torch.Tensor | None = None
+    u: dict[str, torch.Tensor] = field(default_factory=dict)
+    u_index: torch.Tensor | None = None
+    u_true: torch.Tensor | None = None
+
+    @property
+    def size(self) -> int:
+        first_x = next(iter(self.x.values()), None)
+        first_u = next(iter(self.u.values()), None)
+        return (0 if first_x is None else len(first_x)) + (0 if first_u is None else len(first_u))
+
+
+class BatchMaker:
+    """Builds :class:`Batch` es for a method: a labeled stream and/or an unlabeled stream, with views."""
+
+    def __init__(self, train: ImageSet, labeled: torch.Tensor, unlabeled: torch.Tensor, *,
+                 labeled_views: tuple[str, ...], unlabeled_views: tuple[str, ...], batch_size: int,
+                 unlabeled_batch_size: int, device: torch.device, seed: int, flip: bool, rank: int = 0,
+                 world: int = 1, workers: int = 2) -> None:
+        self.train, self.device, self.flip = train, device, flip
+        self.labeled_views, self.unlabeled_views = labeled_views, unlabeled_views
+        self.labeled = (ImageStream(train, IndexStream(labeled, batch_size, seed, 1, rank, world), workers)
+                        if labeled_views and batch_size > 0 else None)
+        self.unlabeled = (ImageStream(train, IndexStream(unlabeled, unlabeled_batch_size, seed, 2, rank,
+                                                         world), workers)
+                          if unlabeled_views and unlabeled_batch_size > 0 else None)
+        # Augmentation randomness lives on the device and is re-seeded from (seed, rank, step) before every
+        # batch: a resumed run, or any rank, gets the same views without storing generator states.
+        self.generator = torch.Generator(device=device)
+        self.seed, self.rank = seed, rank
+
+    def _views(self, images: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        x = to_float(images)
+        return {name: make_view(name, x, self.generator, flip=self.flip) for name in names}
+
+    def next(self, step: int) -> Batch:
+        self.generator.manual_seed(self.seed * 1_000_003 + self.rank * 7919 + step * 31 + 17)
+        batch = Batch()
+        if self.labeled is not None:
+            idx, images = self.labeled.next()
+            batch.x = self._views(images.to(self.device, non_blocking=True), self.labeled_views)
+            batch.y = self.train.labels[idx].to(self.device, non_blocking=True)
+        if self.unlabeled is not None:
+            idx, images = self.unlabeled.next()
+            batch.u = self._views(images.to(self.device, non_blocking=True), self.unlabeled_views)
+            batch.u_index = idx.to(self.device)
+            batch.u_true = self.train.labels[idx].to(self.device, non_blocking=True)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"labeled": self.labeled.state_dict() if self.labeled else None,
+                "unlabeled": self.unlabeled.state_dict() if self.unlabeled else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.labeled and state.get("labeled"):
+            self.labeled.load_state_dict(state["labeled"])
+        if self.unlabeled and state.get("unlabeled"):
+            self.unlabeled.load_state_dict(state["unlabeled"])

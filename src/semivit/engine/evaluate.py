@@ -1,0 +1,82 @@
+"""Evaluation: logits over an image set, and the report users read (top-1/5, per class, calibration)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from semivit.data.augment import to_float
+from semivit.data.imageset import ImageSet
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
+                   device: torch.device | str = "cpu", batch_size: int = 512,
+                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Logits (float32, on the CPU) of ``model`` for ``images[indices]`` (all when None)."""
+    was_training = model.training
+    model.eval()
+    idx = torch.arange(len(images)) if indices is None else indices
+    device = torch.device(device)
+    out = []
+    for start in range(0, len(idx), batch_size):
+        chunk = images.get(idx[start:start + batch_size]).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            out.append(model(to_float(chunk)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): Σ_b |B_b|/n · |acc(B_b) − conf(B_b)| over equal-width confidence bins."""
+    conf, pred = probs.max(1)
+    correct = (pred == labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.float().mean() * (correct[in_bin].mean() - conf[in_bin].mean()).abs()
+    return float(ece)
+
+
+def roc_auc(scores: torch.Tensor, positives: torch.Tensor) -> float:
+    """Area under the ROC curve by the rank statistic (Mann–Whitney U), ties counted half."""
+    pos, neg = scores[positives], scores[~positives]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos.view(-1, 1) > neg.view(1, -1)).float().sum()
+    ties = (pos.view(-1, 1) == neg.view(1, -1)).float().sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """top-1, top-5, per-class accuracy, confusion matrix, ECE (and ROC AUC for two classes)."""
+    k = logits.shape[1]
+    keep = labels >= 0
+    logits, labels = logits[keep], labels[keep]
+    n = len(labels)
+    probs = logits.softmax(1)
+    pred = probs.argmax(1)
+    topk = logits.topk(min(5, k), dim=1).indices
+    confusion = torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
+    per_class_total = confusion.sum(1).clamp_min(1)
+    report: dict[str, Any] = {
+        "n": n,
+        "top1": float((pred == labels).float().mean()) if n else float("nan"),
+        "top5": float((topk == labels.view(-1, 1)).any(1).float().mean()) if n else float("nan"),
+        "per_class": {classes[c] if c < len(classes) else str(c): float(confusion[c, c] / per_class_total[c])
+                      for c in range(k)},
+        "confusion": confusion.tolist(),
+        "ece": expected_calibration_error(probs, labels) if n else float("nan"),
+    }
+    if k == 2:
+        report["roc_auc"] = roc_auc(probs[:, 1], labels == 1)
+    return report
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    keep = labels >= 0
+    return float((logits[keep].argmax(1) == labels[keep]).float().mean()) if keep.any() else float("nan")

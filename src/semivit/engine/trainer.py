@@ -1,0 +1,298 @@
+"""The one training loop every method runs in.
+
+The Trainer owns: devices and DDP, the optimizer and per-step schedule, AMP, gradient accumulation and
+clipping, the evaluation EMA, validation, checkpoints (atomic, exact resume), NaN guards and logging.
+A method only says how to turn a :class:`~semivit.data.loaders.Batch` into a loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from semivit.config import Config, save_config
+from semivit.data import PreparedData, channel_stats, prepare_data
+from semivit.data.loaders import BatchMaker
+from semivit.data.splits import save_split, steps_for_epochs
+from semivit.engine.checkpoint import capture_rng, export_weights, load_checkpoint, restore_rng, save_checkpoint
+from semivit.engine.distributed import DistInfo, barrier, init_distributed
+from semivit.engine.ema import ModelEMA
+from semivit.engine.evaluate import classification_report, predict_logits, top1
+from semivit.engine.logger import RunLogger
+from semivit.engine.optim import build_optimizer, lr_at, set_lr
+from semivit.errors import NonFiniteLossError, SemivitError
+from semivit.methods import method_class, method_params
+from semivit.models.factory import ImageClassifier, create_model
+from semivit.models.pretrained import load_pretrained
+
+log = logging.getLogger("semivit")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SemivitError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise SemivitError(f"unknown device '{name}': use cpu, cuda or auto")
+    return torch.device(name)
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    if setting == "off" or device.type != "cuda":
+        return None  # CPU autocast is slower than fp32 for these small models
+    if setting == "fp16":
+        return torch.float16
+    if setting in ("bf16", "auto"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    raise SemivitError(f"unknown train.amp '{setting}': use auto, bf16, fp16 or off")
+
+
+def run_name(cfg: Config) -> str:
+    source = Path(cfg.data.source).stem if ("/" in cfg.data.source or "." in cfg.data.source) \
+        else cfg.data.source
+    return cfg.train.name or f"{cfg.train.method}-{source}-{cfg.data.labels}".replace("%", "pct")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    model: ImageClassifier
+
+
+class Trainer:
+    """Train ``cfg.train.method`` on ``cfg.data``; see :meth:`fit`."""
+
+    def __init__(self, cfg: Config, data: PreparedData | None = None, run_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.params = method_params(cfg.train.method, cfg.method)  # validate before loading data
+        torch.manual_seed(cfg.train.seed)
+        self.data = data or prepare_data(cfg.data, cfg.train.seed)
+        self.run_dir = Path(run_dir or Path(cfg.train.out) / run_name(cfg))
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _build_model(self) -> ImageClassifier:
+        train, m = self.data.train, self.cfg.model
+        size = train.image_size
+        if size[0] != size[1]:
+            raise SemivitError(f"images are {size[0]}×{size[1]}; ViTs here need square images: "
+                               f"set data.image_size")
+        torch.manual_seed(self.cfg.train.seed)  # same initial weights on every rank and every resume
+        model = create_model(m.name, train.num_classes, train.channels, size[0], patch_size=m.patch_size,
+                             embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
+                             drop_path=m.drop_path, classes=train.classes)
+        model.set_normalization(*channel_stats(train, seed=self.cfg.train.seed))
+        if m.pretrained:
+            load_pretrained(model, m.pretrained, verbose=self.dist.is_main)
+        return model
+
+    def _total_steps(self, method_cls: type) -> int:
+        t = self.cfg.train
+        if t.steps is not None and t.epochs is not None:
+            raise SemivitError("give train.steps or train.epochs, not both")
+        if t.steps is not None:
+            if t.steps <= 0:
+                raise SemivitError(f"train.steps must be positive, got {t.steps}")
+            return t.steps
+        epochs = 100.0 if t.epochs is None else t.epochs
+        pool = self.data.split.labeled if method_cls.labeled_views else self.data.split.unlabeled
+        return steps_for_epochs(epochs, len(pool), t.batch_size * t.accum_steps)
+
+    def _batch_maker(self, method: Any) -> BatchMaker:
+        t, world = self.cfg.train, self.dist.world
+        if t.batch_size % world:
+            raise SemivitError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
+        per_rank = t.batch_size // world
+        if method.labeled_views:
+            unlabeled = round(per_rank * method.unlabeled_ratio)
+        else:  # pre-training: the batch is made of unlabeled images
+            unlabeled = per_rank
+        if method.labeled_views and len(self.data.split.labeled) == 0:
+            raise SemivitError("no labeled images in the split: use --labels with at least 1 per class")
+        return BatchMaker(self.data.train, self.data.split.labeled, self.data.split.unlabeled,
+                          labeled_views=tuple(method.labeled_views), unlabeled_views=tuple(method.unlabeled_views),
+                          batch_size=per_rank, unlabeled_batch_size=unlabeled, device=self.device,
+                          seed=t.seed, flip=self.data.flip, rank=self.dist.rank, world=world,
+                          workers=self.cfg.data.workers)
+
+    # -------------------------------------------------------------------------------------------- the loop
+    def fit(self) -> TrainResult:
+        cfg, t, o = self.cfg, self.cfg.train, self.cfg.optim
+        is_main = self.dist.is_main
+        method_cls = method_class(t.method)
+        total = self._total_steps(method_cls)
+        model = self._build_model()
+        method = method_cls(model, self.params, self.data.train.num_classes, total).to(self.device)
+        batches = self._batch_maker(method)
+        trained: nn.Module = method
+        if self.dist.enabled:
+            trained = nn.parallel.DistributedDataParallel(
+                method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(method, "find_unused_parameters", False))
+        optimizer = build_optimizer(method, o)
+        dtype = amp_dtype(t.amp, self.device)
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        ema = ModelEMA(method.export_model(), t.ema) if t.ema else None
+        base_lr = o.lr * (t.batch_size * t.accum_steps / 256 if o.scale_lr else 1.0)
+
+        state = {"step": 0, "best_val": -1.0, "images": 0, "seconds": 0.0}
+        last = self.ckpt_dir / "last.pt"
+        if t.resume and last.is_file():
+            ckpt = load_checkpoint(last)
+            method.load_state_dict(ckpt["method"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if ema is not None and ckpt.get("ema") is not None:
+                ema.load_state_dict(ckpt["ema"])
+            if ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            batches.load_state_dict(ckpt["data"])
+            restore_rng(ckpt["rng"])
+            state.update(ckpt["progress"])
+            if is_main:
+                log.info("resumed %s at step %d", last, state["step"])
+        elif is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            save_split(self.data.split, self.data.train, self.run_dir / "split.json",
+                       {"source": cfg.data.source, "labels": cfg.data.labels, "val_spec": cfg.data.val,
+                        "seed": t.seed})
+        barrier()
+
+        def eval_net() -> nn.Module:
+            return ema.module if ema is not None else method.eval_model()
+
+        def checkpoint(step: int) -> None:
+            save_checkpoint({"step": step, "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                             "ema": ema.state_dict() if ema is not None else None,
+                             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                             "rng": capture_rng(), "data": batches.state_dict(),
+                             "progress": dict(state, step=step)}, last)
+
+        logger = RunLogger(self.run_dir, total, state["step"], enabled=is_main, tensorboard=t.tensorboard,
+                           progress=t.progress, desc=t.method)
+        sums: dict[str, torch.Tensor] = {}
+        count, window_images, window_start = 0, 0, time.perf_counter()
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        check_every_step = self.device.type == "cpu"  # a host sync per step is free on CPU, not on GPU
+        trained.train()
+        step = state["step"]
+        try:
+            while step < total:
+                lr = lr_at(step, total, base_lr, o.warmup, o.min_lr_ratio)
+                set_lr(optimizer, lr)
+                for micro in range(t.accum_steps):
+                    torch.manual_seed(t.seed * 1_000_003 + self.dist.rank * 7919 + step * 131 + micro)
+                    batch = batches.next(step * t.accum_steps + micro)
+                    sync = micro == t.accum_steps - 1 or not self.dist.enabled
+                    ctx = contextlib.nullcontext() if sync else trained.no_sync()  # type: ignore[operator]
+                    with ctx:  # DDP's no_sync must cover the backward pass
+                        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16,
+                                            enabled=dtype is not None):
+                            out = trained(batch, step)
+                        scaler.scale(out.loss / t.accum_steps).backward()
+                    window_images += batch.size
+                    bad |= ~torch.isfinite(out.loss.detach())
+                    for k, v in {"loss": out.loss, **out.metrics}.items():
+                        sums[k] = sums.get(k, 0) + v.detach().float()
+                    count += 1
+                if o.clip_grad:
+                    if scaler.is_enabled():
+                        scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), o.clip_grad)
+                if scaler.is_enabled():
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                method.on_step_end(step)
+                if ema is not None:
+                    ema.update(method.export_model())
+                step += 1
+                logger.progress(1, {})
+                at_log = step % t.log_every == 0 or step == total
+                if (check_every_step or at_log or step % t.ckpt_every == 0) and bool(bad):
+                    raise NonFiniteLossError(
+                        f"the loss became NaN or infinite by step {step}; the last good checkpoint is kept "
+                        f"({last if last.exists() else 'none yet'}): lower optim.lr or set optim.clip_grad")
+                if at_log:
+                    elapsed = time.perf_counter() - window_start
+                    row = {k: float(v) / count for k, v in sums.items()}
+                    row.update(lr=lr, images_per_sec=window_images / max(elapsed, 1e-9))
+                    state["images"] += window_images
+                    state["seconds"] += elapsed
+                    logger.log(step, row)
+                    shown = ("loss", "acc", "mask", "pseudo_acc", "images_per_sec")
+                    logger.progress(0, {k: v for k, v in row.items() if k in shown})
+                    sums, count, window_images = {}, 0, 0
+                    window_start = time.perf_counter()
+                if t.eval_every and step % t.eval_every == 0 and step < total:
+                    self._validate(eval_net(), step, state, logger)
+                    window_start = time.perf_counter()
+                if step % t.ckpt_every == 0 and is_main:
+                    checkpoint(step)
+            metrics = self._finish(eval_net(), step, state, logger)
+            if is_main:
+                checkpoint(step)
+        finally:
+            logger.close()
+        barrier()
+        final_model = eval_net()
+        assert isinstance(final_model, ImageClassifier)
+        return TrainResult(self.run_dir, metrics, final_model)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def _validate(self, net: nn.Module, step: int, state: dict, logger: RunLogger) -> float | None:
+        """Top-1 on the validation split (rank 0); keeps the best weights as best.safetensors."""
+        if not self.dist.is_main or len(self.data.split.val) == 0:
+            barrier()
+            return None
+        logits = predict_logits(net, self.data.train, self.data.split.val, device=self.device)
+        acc = top1(logits, self.data.train.labels[self.data.split.val])
+        logger.log(step, {"top1": acc}, prefix="val")
+        if acc > state["best_val"]:
+            state["best_val"] = acc
+            state["best_step"] = step
+            export_weights(net, self.ckpt_dir / "best.safetensors", net.spec.to_dict())
+        barrier()
+        return acc
+
+    def _finish(self, net: nn.Module, step: int, state: dict, logger: RunLogger) -> dict[str, Any]:
+        val = self._validate(net, step, state, logger)
+        metrics: dict[str, Any] = {"method": self.cfg.train.method, "steps": step,
+                                   "labeled": len(self.data.split.labeled), "val_top1": val,
+                                   "best_val_top1": state["best_val"] if state["best_val"] >= 0 else None,
+                                   "best_step": state.get("best_step"),
+                                   "train_seconds": state["seconds"],
+                                   "images_per_sec": state["images"] / max(state["seconds"], 1e-9)}
+        if not self.dist.is_main:
+            return metrics
+        export_weights(net, self.ckpt_dir / "model.safetensors", net.spec.to_dict())
+        test = self.data.test
+        if test is not None and len(test):
+            report = classification_report(predict_logits(net, test, device=self.device), test.labels,
+                                           test.classes)
+            metrics.update(test_top1=report["top1"], test_top5=report["top5"], test_ece=report["ece"])
+            logger.log(step, {"top1": report["top1"]}, prefix="test")
+        (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+
+def train(cfg: Config, data: PreparedData | None = None, run_dir: Path | None = None) -> TrainResult:
+    """Train one method as configured; returns the run folder, final metrics and the eval model."""
+    return Trainer(cfg, data, run_dir).fit()
+

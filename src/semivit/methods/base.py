@@ -1,0 +1,96 @@
+"""The one interface every method implements, and the registry that maps names to methods (USB-style).
+
+A method is a small class: it declares which views of labeled and unlabeled images it needs, computes
+its loss in :meth:`Method.training_step`, and updates any extra state (an EMA teacher, a memory) in
+:meth:`Method.on_step_end`. The :class:`~semivit.engine.trainer.Trainer` owns everything else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from semivit.config import build_dataclass
+from semivit.data.loaders import Batch
+from semivit.errors import SemivitError
+from semivit.models.factory import ImageClassifier
+
+
+@dataclass
+class StepOutput:
+    """A step's loss and detached scalar metrics (read on the host only at log time: no syncs per step)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class NoParams:
+    pass
+
+
+class Method(nn.Module):
+    """Base class: subclasses set ``name`` and ``Params`` and implement :meth:`training_step`."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    #: view names (see :mod:`semivit.data.augment`) made for each labeled / unlabeled image; () = no stream
+    labeled_views: tuple[str, ...] = ("weak",)
+    unlabeled_views: tuple[str, ...] = ()
+    #: unlabeled images per labeled image in a step (μ); pre-training methods set their own batch
+    unlabeled_ratio: float = 0.0
+
+    def __init__(self, model: ImageClassifier, params: Any, num_classes: int, total_steps: int) -> None:
+        super().__init__()
+        self.model, self.params = model, params
+        self.num_classes, self.total_steps = num_classes, total_steps
+
+    def forward(self, batch: Batch, step: int) -> StepOutput:  # DDP calls forward; keep one entry point
+        return self.training_step(batch, step)
+
+    def training_step(self, batch: Batch, step: int) -> StepOutput:
+        raise NotImplementedError
+
+    def on_step_end(self, step: int) -> None:
+        """Called after each optimizer step (e.g. to update an EMA teacher)."""
+
+    def eval_model(self) -> nn.Module:
+        """The network that evaluation and prediction use."""
+        return self.model
+
+    def export_model(self) -> ImageClassifier:
+        """The classifier the next pipeline stage starts from."""
+        model = self.eval_model()
+        assert isinstance(model, ImageClassifier)
+        return model
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        near = difflib.get_close_matches(name, list(METHODS), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise SemivitError(f"unknown method '{name}'{hint}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def method_params(name: str, values: dict[str, Any]) -> Any:
+    """The validated settings of method ``name`` (unknown keys are errors that suggest the nearest)."""
+    return build_dataclass(method_class(name).Params, values, "method")
+
+
+def method_param_names(name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(method_class(name).Params)]

@@ -1,0 +1,163 @@
+"""``create_model``: one registry for every backbone, built from a few arguments (timm-style).
+
+Every model semivit trains is an :class:`ImageClassifier`: a timm backbone plus the normalisation of its
+training data (as buffers), so a saved ``.safetensors`` file is self-contained — ``predict`` needs no
+dataset statistics. Models take float images in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from semivit.errors import SemivitError
+
+# name → (embed_dim, depth, num_heads). nano/micro are for CPU runs on small images.
+VIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "vit_nano": (96, 6, 3),
+    "vit_micro": (128, 6, 4),
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+    "vit_large": (1024, 24, 16),
+    "vit_huge": (1280, 32, 16),
+}
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+def default_patch_size(image_size: int) -> int:
+    """A patch size that gives a useful number of tokens: 8×8 → 2 (16 tokens), 32×32 → 4 (64), 224 → 16."""
+    if image_size <= 16:
+        return 2
+    if image_size <= 32:
+        return 4
+    if image_size <= 64:
+        return 8
+    return 16
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model (stored in checkpoints' metadata)."""
+
+    name: str
+    num_classes: int
+    in_chans: int
+    image_size: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ImageClassifier(nn.Module):
+    """A backbone with its input normalisation; ``forward`` gives logits, ``features`` pooled features."""
+
+    def __init__(self, backbone: nn.Module, spec: ModelSpec, mean: torch.Tensor | None = None,
+                 std: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.backbone, self.spec = backbone, spec
+        c = spec.in_chans
+        self.register_buffer("mean", (mean if mean is not None else torch.full((c,), 0.5)).view(1, c, 1, 1))
+        self.register_buffer("std", (std if std is not None else torch.full((c,), 0.25)).view(1, c, 1, 1))
+
+    @property
+    def is_vit(self) -> bool:
+        return hasattr(self.backbone, "blocks") and hasattr(self.backbone, "patch_embed")
+
+    @property
+    def num_features(self) -> int:
+        return int(self.backbone.num_features)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-logit features (B×num_features)."""
+        tokens = self.backbone.forward_features(self.normalize(x))
+        return self.backbone.forward_head(tokens, pre_logits=True)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.backbone.get_classifier()(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean.view_as(self.mean))
+        self.std.copy_(std.clamp_min(1e-3).view_as(self.std))
+
+
+def _vit(name: str, spec: ModelSpec, patch_size: int | None, embed_dim: int | None, depth: int | None,
+         num_heads: int | None, drop_path: float) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    base = VIT_SIZES[name]
+    embed_dim, depth, num_heads = embed_dim or base[0], depth or base[1], num_heads or base[2]
+    patch = patch_size or default_patch_size(spec.image_size)
+    if spec.image_size % patch:
+        raise SemivitError(f"image size {spec.image_size} is not divisible by patch size {patch}: set "
+                           f"model.patch_size to a divisor of {spec.image_size} or data.image_size")
+    if embed_dim % num_heads:
+        raise SemivitError(f"model.embed_dim {embed_dim} is not divisible by model.num_heads {num_heads}")
+    spec.kwargs.update(patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                       drop_path=drop_path)
+    # Global average pooling, as in MAE fine-tuning and Semi-ViT; sin-cos-free learned pos-embed here,
+    # MAE pre-training overwrites it with fixed sin-cos values.
+    return VisionTransformer(img_size=spec.image_size, patch_size=patch, in_chans=spec.in_chans,
+                             num_classes=spec.num_classes, embed_dim=embed_dim, depth=depth,
+                             num_heads=num_heads, drop_path_rate=drop_path, global_pool="avg")
+
+
+def _resnet(name: str, spec: ModelSpec, drop_path: float) -> nn.Module:
+    model = timm.create_model(name, pretrained=False, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                              drop_path_rate=drop_path)
+    if spec.image_size <= 64:
+        # CIFAR-style stem: a 7×7/2 conv and a max-pool would shrink 32×32 images to 8×8 at once.
+        model.conv1 = nn.Conv2d(spec.in_chans, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    spec.kwargs.update(drop_path=drop_path)
+    return model
+
+
+def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32, *,
+                 patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
+                 num_heads: int | None = None, drop_path: float = 0.1, classes: list[str] | None = None,
+                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> ImageClassifier:
+    """Build a classifier: a semivit ViT size (``vit_nano`` … ``vit_huge``), a ResNet, or any timm name."""
+    spec = ModelSpec(name, num_classes, in_chans, image_size, {}, list(classes or []))
+    if name in VIT_SIZES:
+        backbone = _vit(name, spec, patch_size, embed_dim, depth, num_heads, drop_path)
+    elif name in RESNETS:
+        backbone = _resnet(name, spec, drop_path)
+    elif timm.is_model(name):
+        kwargs: dict[str, Any] = {"drop_path_rate": drop_path}
+        if "vit" in name or "deit" in name:
+            kwargs["img_size"] = image_size
+            if patch_size:
+                kwargs["patch_size"] = patch_size
+        backbone = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans,
+                                     **kwargs)
+        spec.kwargs.update({k: v for k, v in kwargs.items() if k != "img_size"})
+    else:
+        import difflib
+
+        known = [*VIT_SIZES, *RESNETS]
+        near = difflib.get_close_matches(name, known + timm.list_models(), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise SemivitError(f"unknown model '{name}'{hint}: use one of {', '.join(known)} or a timm name")
+    return ImageClassifier(backbone, spec, mean, std)
+
+
+def model_from_spec(spec: dict[str, Any]) -> ImageClassifier:
+    """Rebuild a model from :meth:`ModelSpec.to_dict` (as stored in checkpoint metadata)."""
+    kwargs = dict(spec.get("kwargs", {}))
+    drop_path = kwargs.pop("drop_path", kwargs.pop("drop_path_rate", 0.0))
+    allowed = {k: kwargs[k] for k in ("patch_size", "embed_dim", "depth", "num_heads") if k in kwargs}
+    return create_model(spec["name"], spec["num_classes"], spec["in_chans"], spec["image_size"],
+                        drop_path=drop_path, classes=spec.get("classes"), **allowed)

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from semivit.config import Config, apply_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(2)
+
+
+def tiny_config(tmp_path: Path, **overrides) -> Config:
+    """A config that trains a very small ViT on digits for a few steps."""
+    base = {"data.source": "digits", "data.labels": "5-per-class", "model.name": "vit_nano",
+            "model.depth": 2, "model.embed_dim": 48, "model.num_heads": 2, "train.steps": 12,
+            "train.batch_size": 16, "train.eval_every": 6, "train.log_every": 3, "train.ckpt_every": 6,
+            "train.out": str(tmp_path), "train.name": "run", "train.progress": False,
+            "train.tensorboard": False, "optim.lr": 5e-3}
+    base.update(overrides)
+    return apply_overrides(Config(), base)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} is absent (real-data tests need it)")
+    return SHARED_DATA

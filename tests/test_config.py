@@ -1,0 +1,45 @@
+import pytest
+
+from semivit.config import Config, apply_overrides, parse_set_args
+from semivit.errors import SemivitError
+from semivit.methods import method_params
+
+
+def test_dotted_and_nested_overrides():
+    cfg = apply_overrides(Config(), {"optim.lr": "0.01", "train": {"steps": 5}, "optim.betas": "0.8,0.9"})
+    assert cfg.optim.lr == 0.01 and cfg.train.steps == 5 and cfg.optim.betas == (0.8, 0.9)
+    assert Config().optim.lr != 0.01  # the default is untouched
+
+
+def test_unknown_key_suggests_nearest():
+    with pytest.raises(SemivitError, match=r"unknown setting 'optim.lrr'.*did you mean 'lr'"):
+        apply_overrides(Config(), {"optim.lrr": 1})
+    with pytest.raises(SemivitError, match=r"unknown section 'optm'.*did you mean 'optim'"):
+        apply_overrides(Config(), {"optm.lr": 1})
+
+
+def test_bad_values_are_named():
+    with pytest.raises(SemivitError, match="train.steps must be a number"):
+        apply_overrides(Config(), {"train.steps": "many"})
+    with pytest.raises(SemivitError, match="train.steps must be a whole number"):
+        apply_overrides(Config(), {"train.steps": 1.5})
+    with pytest.raises(SemivitError, match="train.resume must be true or false"):
+        apply_overrides(Config(), {"train.resume": "maybe"})
+
+
+def test_optional_values_accept_none():
+    cfg = apply_overrides(Config(), parse_set_args(["optim.clip_grad=null", "train.ema=0.99"]))
+    assert cfg.optim.clip_grad is None and cfg.train.ema == 0.99
+
+
+def test_set_args_need_key_value():
+    with pytest.raises(SemivitError, match="KEY=VALUE"):
+        parse_set_args(["optim.lr"])
+
+
+def test_method_params_validated():
+    assert method_params("supervised", {"label_smoothing": 0.1}).label_smoothing == 0.1
+    with pytest.raises(SemivitError, match="did you mean 'mixup'"):
+        method_params("supervised", {"mixupp": 0.2})
+    with pytest.raises(SemivitError, match="unknown method 'supervize'.*did you mean 'supervised'"):
+        method_params("supervize", {})

@@ -1,0 +1,95 @@
+import os
+
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from semivit.config import OptimConfig
+from semivit.engine.checkpoint import load_checkpoint, save_checkpoint
+from semivit.engine.ema import ModelEMA
+from semivit.engine.evaluate import classification_report, expected_calibration_error, roc_auc
+from semivit.engine.optim import build_optimizer, lr_at
+from semivit.errors import SemivitError
+from semivit.methods.supervised import Supervised, SupervisedParams
+from semivit.models.factory import create_model
+
+
+def test_cosine_schedule_with_warmup():
+    assert lr_at(0, 100, 1.0, 10, 0.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, 10, 0.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 1.0, 10, 0.0) == pytest.approx(0.5)
+    assert lr_at(100, 100, 1.0, 0.1, 0.01) == pytest.approx(0.01)
+
+
+def test_layer_decay_groups():
+    model = create_model("vit_nano", 10, 1, 8, depth=3)
+    method = Supervised(model, SupervisedParams(), 10, 10)
+    opt = build_optimizer(method, OptimConfig(layer_decay=0.5, weight_decay=0.05))
+    scale_of = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    bb = model.backbone
+    assert scale_of[id(bb.head.weight)] == 1.0
+    assert scale_of[id(bb.blocks[2].attn.qkv.weight)] == 0.5
+    assert scale_of[id(bb.blocks[0].attn.qkv.weight)] == 0.125
+    assert scale_of[id(bb.patch_embed.proj.weight)] == 0.0625
+    assert wd_of[id(bb.pos_embed)] == 0.0 and wd_of[id(bb.blocks[0].norm1.weight)] == 0.0
+    assert wd_of[id(bb.blocks[0].attn.qkv.weight)] == 0.05
+
+
+def test_ema_update_rule():
+    model = torch.nn.Linear(2, 2)
+    ema = ModelEMA(model, decay=0.9)
+    before = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, 0.9 * before + 0.1 * model.weight)
+    assert not ema.module.weight.requires_grad
+
+
+def test_checkpoint_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    assert load_checkpoint(path)["step"] == 1  # the old checkpoint survives a failed write
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SemivitError, match="may be incomplete"):
+        load_checkpoint(path)
+    assert os.path.exists(path)
+
+
+def test_report_metrics():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.1, 0.0]])
+    labels = torch.tensor([0, 1, 0, 2])
+    report = classification_report(logits, labels, ["a", "b", "c"])
+    assert report["top1"] == 0.5 and report["top5"] == 1.0
+    assert report["per_class"] == {"a": 0.5, "b": 1.0, "c": 0.0}
+    assert report["confusion"][0] == [1, 0, 1]
+    probs = logits.softmax(1)
+    conf = probs.max(1).values
+    correct = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    # all four confidences fall into one 15-bin bucket here: ECE = |mean acc − mean conf|
+    assert expected_calibration_error(probs, labels) == pytest.approx(abs(correct.mean() - conf.mean()).item(),
+                                                                      abs=1e-6)
+
+
+def test_roc_auc_matches_sklearn():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(200, generator=g)
+    positives = torch.rand(200, generator=g) < scores
+    assert roc_auc(scores, positives) == pytest.approx(roc_auc_score(positives.numpy(), scores.numpy()))
+    two = classification_report(torch.stack([-scores, scores], 1), positives.long(), ["neg", "pos"])
+    assert "roc_auc" in two

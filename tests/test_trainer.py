@@ -1,0 +1,82 @@
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from semivit.engine.checkpoint import load_checkpoint, read_weights
+from semivit.engine.trainer import train
+from semivit.errors import NonFiniteLossError
+from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.supervised import Supervised
+from tests.conftest import tiny_config
+
+
+def test_run_folder_contents(tmp_path):
+    result = train(tiny_config(tmp_path))
+    run = result.run_dir
+    for name in ("config.yaml", "split.json", "metrics.csv", "results.json", "checkpoints/last.pt",
+                 "checkpoints/model.safetensors", "checkpoints/best.safetensors"):
+        assert (run / name).is_file(), name
+    assert result.metrics["steps"] == 12 and 0 <= result.metrics["test_top1"] <= 1
+    assert "val/top1" in (run / "metrics.csv").read_text()
+
+
+def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
+    straight = train(tiny_config(tmp_path / "a", **{"train.ema": 0.9})).model.state_dict()
+
+    original = Supervised.on_step_end
+
+    def interrupt(self, step):
+        original(self, step)
+        if step == 8:  # after the checkpoint at step 6, mid-way to the next one
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Supervised, "on_step_end", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path / "b", **{"train.ema": 0.9}))
+    assert load_checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.pt")["step"] == 6
+    monkeypatch.setattr(Supervised, "on_step_end", original)
+    resumed = train(tiny_config(tmp_path / "b", **{"train.ema": 0.9, "train.resume": True})).model.state_dict()
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
+
+
+@dataclass
+class _NoParams:
+    nan_at: int = 7
+
+
+@register_method
+class _NanAfter(Supervised):
+    """A supervised method whose loss turns NaN at a chosen step (to test the guard)."""
+
+    name = "_test_nan"
+    Params = _NoParams
+    labeled_views = ("weak",)
+
+    def __init__(self, *args, **kwargs):
+        Method.__init__(self, *args, **kwargs)
+
+    def training_step(self, batch, step):
+        logits = self.model(batch.x["weak"])
+        loss = torch.nn.functional.cross_entropy(logits, batch.y)
+        if step >= self.params.nan_at:
+            loss = loss * float("nan")
+        return StepOutput(loss)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = tiny_config(tmp_path, **{"train.method": "_test_nan", "train.ckpt_every": 5})
+    with pytest.raises(NonFiniteLossError, match="NaN or infinite by step 8"):
+        train(cfg)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 5
+    assert all(torch.isfinite(v).all() for v in ckpt["method"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "checkpoints" / "model.safetensors").exists()
+
+
+def test_exported_model_carries_its_spec(tmp_path):
+    train(tiny_config(tmp_path))
+    tensors, meta = read_weights(tmp_path / "run")
+    assert meta["semivit_spec"]["num_classes"] == 10 and meta["semivit_spec"]["in_chans"] == 1
+    assert "mean" in tensors
