@@ -112,19 +112,33 @@ def _with_unlabeled(train: ImageSet, labeled: torch.Tensor, val: torch.Tensor) -
 
 
 def _indices_of(train: ImageSet, names: list[str], path: str) -> torch.Tensor:
-    """Map image ids (or bare file names) from a split/list file to indices of ``train``."""
+    """Map image names from a split/list file to indices of ``train``.
+
+    A name matches an id exactly or after dropping leading folders (``train/cat/1.jpg`` → ``cat/1.jpg``);
+    a bare file name matches when it is unique in the data (ImageNet-style list files).
+    """
     by_id = {name: i for i, name in enumerate(train.ids)}
+    base_count: dict[str, int] = {}
     by_base: dict[str, int] = {}
     for i, name in enumerate(train.ids):
-        by_base.setdefault(Path(name).name, i)
+        base = Path(name).name
+        base_count[base] = base_count.get(base, 0) + 1
+        by_base[base] = i
     out, missing = [], []
     for name in names:
-        i = by_id.get(name, by_base.get(Path(name).name))
-        (missing if i is None else out).append(name if i is None else i)
+        parts = name.replace("\\", "/").split("/")
+        found = next((by_id[key] for key in ("/".join(parts[k:]) for k in range(len(parts))) if key in by_id),
+                     None)
+        if found is None and base_count.get(parts[-1]) == 1:
+            found = by_base[parts[-1]]
+        if found is None:
+            missing.append(name)
+        else:
+            out.append(found)
     if missing:
         raise SemivitError(f"split file '{path}' names {len(missing)} images not in the training data "
                            f"(first: '{missing[0]}'): was it made for another data set?")
-    return torch.tensor(sorted(out), dtype=torch.long)
+    return torch.tensor(sorted(set(out)), dtype=torch.long)
 
 
 def load_split(path: str, train: ImageSet, val_spec: str = "auto", seed: int = 0) -> Split:

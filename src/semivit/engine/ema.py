@@ -29,5 +29,11 @@ class ModelEMA(nn.Module):
         for ema_b, b in zip(self.module.buffers(), model.buffers()):
             ema_b.copy_(b)
 
+    def train(self, mode: bool = True) -> ModelEMA:
+        """The average always runs in eval mode (no dropout / drop-path), even inside a training method."""
+        super().train(mode)
+        self.module.eval()
+        return self
+
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)

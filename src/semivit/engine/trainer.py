@@ -22,7 +22,13 @@ from semivit.config import Config, save_config
 from semivit.data import PreparedData, channel_stats, prepare_data
 from semivit.data.loaders import BatchMaker
 from semivit.data.splits import save_split, steps_for_epochs
-from semivit.engine.checkpoint import capture_rng, export_weights, load_checkpoint, restore_rng, save_checkpoint
+from semivit.engine.checkpoint import (
+    capture_rng,
+    export_weights,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from semivit.engine.distributed import DistInfo, barrier, init_distributed
 from semivit.engine.ema import ModelEMA
 from semivit.engine.evaluate import classification_report, predict_logits, top1

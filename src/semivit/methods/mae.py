@@ -1,0 +1,64 @@
+"""MAE pre-training (He et al. 2021): reconstruct masked patches of every image, labels unused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from semivit.data.loaders import Batch
+from semivit.errors import SemivitError
+from semivit.methods.base import Method, StepOutput, register_method
+from semivit.models.mae import MAEDecoder, masked_patch_loss, patchify, random_masking, sincos_pos_embed
+
+
+@dataclass
+class MAEParams:
+    mask_ratio: float = 0.75
+    decoder_dim: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+    view: str = "weak"  # augmentation before masking (the paper: random resized crop + flip)
+
+
+@register_method
+class MAE(Method):
+    """Masked-autoencoder pre-training of the ViT encoder; the exported model is the encoder."""
+
+    name = "mae"
+    Params = MAEParams
+    labeled_views = ()
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.model.is_vit:
+            raise SemivitError("mae pre-trains ViTs only: choose a vit_* model")
+        self.unlabeled_views = (self.params.view,)
+        vit = self.model.backbone
+        self.patch = vit.patch_embed.patch_size[0]
+        num_patches = vit.patch_embed.num_patches
+        # MAE uses fixed sin-cos position embeddings; fine-tuning later treats them as a learned start.
+        with torch.no_grad():
+            vit.pos_embed.copy_(sincos_pos_embed(vit.embed_dim, int(num_patches ** 0.5)))
+        vit.pos_embed.requires_grad_(False)
+        self.decoder = MAEDecoder(vit.embed_dim, num_patches, self.patch ** 2 * self.model.spec.in_chans,
+                                  self.params.decoder_dim, self.params.decoder_depth, self.params.decoder_heads)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode the visible patches only; returns tokens [cls, visible], the mask and the restore order."""
+        vit = self.model.backbone
+        tokens = vit.patch_embed(self.model.normalize(x)) + vit.pos_embed[:, 1:]
+        keep, mask, restore = random_masking(len(x), tokens.shape[1], self.params.mask_ratio, x.device)
+        tokens = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+        cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(len(x), -1, -1)
+        tokens = vit.blocks(torch.cat([cls, tokens], dim=1))
+        return vit.fc_norm(vit.norm(tokens)), mask, restore  # one of the two is a LayerNorm
+
+    def training_step(self, batch: Batch, step: int) -> StepOutput:
+        x = batch.u[self.params.view]
+        tokens, mask, restore = self.encode(x)
+        pred = self.decoder(tokens, restore)
+        target = patchify(self.model.normalize(x), self.patch)
+        loss = masked_patch_loss(pred, target, mask, self.params.norm_pix_loss)
+        return StepOutput(loss, {"loss_rec": loss.detach(), "mask": mask.mean().detach()})

@@ -1,0 +1,139 @@
+"""Pseudo-labelling with a confidence threshold: FixMatch, and Semi-ViT's EMA-Teacher with
+probabilistic pseudo mixup.
+
+Both share one step (Sohn et al. 2020, Eq. 2–4; Cai et al. 2022, Sec. 3): a teacher labels the weak view
+of each unlabeled image, ŷ = argmax p, and the student learns ŷ on the strong view where max p ≥ τ:
+
+    L = CE(labeled) + λ_u · (1/μB) Σ_i 1[max p_i ≥ τ] · CE(ŷ_i, student(strong_i))
+
+FixMatch's teacher is the student itself; the EMA-Teacher is θ' ← m·θ' + (1−m)·θ, updated every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semivit.data.loaders import Batch
+from semivit.engine.ema import ModelEMA
+from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.mixing import mix, soft_cross_entropy, soft_targets
+
+
+@dataclass
+class PseudoLabelParams:
+    threshold: float = 0.7  # τ: confidence needed to use a pseudo-label
+    lambda_u: float = 5.0  # λ_u: weight of the unlabeled loss
+    mu: float = 5.0  # μ: unlabeled images per labeled image
+    pseudo_mixup: str = "off"  # probabilistic pseudo mixup: off | mixup | cutmix
+    mixup_smoothing: float = 0.1  # label smoothing of the mixed soft targets
+    ema: float = 0.999  # EMA-Teacher momentum m (ema_teacher only)
+    eval_with: str = "teacher"  # ema_teacher: evaluate the teacher or the student
+
+
+def pseudo_mixup(x: torch.Tensor, conf: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 mode: str, smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Probabilistic pseudo mixup (Semi-ViT, Sec. 3.3).
+
+    Each sample i is mixed with a shuffled partner j with ratio λ = p_i / (p_i + p_j); the soft target is
+    λ·onehot(ŷ_i) + (1−λ)·onehot(ŷ_j) (smoothed), and the mixed sample's confidence is max(p_i, p_j).
+    Returns the mixed images, targets and confidences.
+    """
+    perm = torch.randperm(len(x), device=x.device)
+    lam = conf / (conf + conf[perm]).clamp_min(1e-12)
+    mixed, lam = mix(x, perm, lam, mode)
+    targets = soft_targets(labels, num_classes, smoothing)
+    lam = lam.view(-1, 1)
+    return mixed, lam * targets + (1 - lam) * targets[perm], torch.maximum(conf, conf[perm])
+
+
+class PseudoLabelMethod(Method):
+    """The shared step; subclasses choose the teacher."""
+
+    Params = PseudoLabelParams
+    labeled_views = ("weak",)
+    unlabeled_views = ("weak", "strong")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        p = self.params
+        if p.pseudo_mixup not in ("off", "mixup", "cutmix"):
+            from semivit.errors import SemivitError
+
+            raise SemivitError(f"method.pseudo_mixup must be off, mixup or cutmix, got '{p.pseudo_mixup}'")
+        self.unlabeled_ratio = p.mu
+
+    def teacher_logits(self, x_weak: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, step: int) -> StepOutput:
+        p = self.params
+        x_l, y, u_weak, u_strong = batch.x["weak"], batch.y, batch.u["weak"], batch.u["strong"]
+        assert y is not None
+        with torch.no_grad():
+            probs = self.teacher_logits(u_weak).float().softmax(-1)
+        conf, pseudo = probs.max(-1)
+        if p.pseudo_mixup != "off":
+            u_input, u_targets, mixed_conf = pseudo_mixup(u_strong, conf, pseudo, self.num_classes,
+                                                          p.pseudo_mixup, p.mixup_smoothing)
+            mask = (mixed_conf >= p.threshold).float()
+        else:
+            u_input, u_targets = u_strong, F.one_hot(pseudo, self.num_classes).float()
+            mask = (conf >= p.threshold).float()
+        # one forward pass over labeled and strong unlabeled images
+        logits = self.model(torch.cat([x_l, u_input]))
+        logits_l, logits_u = logits[:len(x_l)], logits[len(x_l):]
+        loss_x = F.cross_entropy(logits_l.float(), y)
+        loss_u = (soft_cross_entropy(logits_u, u_targets) * mask).mean()
+        loss = loss_x + p.lambda_u * loss_u
+        return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
+                                 "acc": (logits_l.argmax(-1) == y).float().mean().detach(),
+                                 **self._diagnostics(conf >= p.threshold, pseudo, batch.u_true)})
+
+    @staticmethod
+    def _diagnostics(mask: torch.Tensor, pseudo: torch.Tensor, truth: torch.Tensor | None) -> dict:
+        """Mask ratio; pseudo-label accuracy (of the used labels), recall (share of correct pseudo-labels
+        that pass the threshold) and the teacher's accuracy, against hidden labels where they exist."""
+        out = {"mask": mask.float().mean()}
+        if truth is None:
+            return out
+        known = truth >= 0
+        correct = (pseudo == truth) & known
+        out["pseudo_acc"] = (correct & mask).sum() / (mask & known).sum().clamp_min(1)
+        out["pseudo_recall"] = (correct & mask).sum() / correct.sum().clamp_min(1)
+        out["teacher_acc"] = correct.sum() / known.sum().clamp_min(1)
+        return {k: v.detach().float() for k, v in out.items()}
+
+
+@register_method
+class FixMatch(PseudoLabelMethod):
+    """FixMatch (Sohn et al., NeurIPS 2020): the student labels its own weak views."""
+
+    name = "fixmatch"
+
+    def teacher_logits(self, x_weak: torch.Tensor) -> torch.Tensor:
+        return self.model(x_weak)
+
+
+@register_method
+class EMATeacher(PseudoLabelMethod):
+    """Semi-ViT's EMA-Teacher (Cai et al., NeurIPS 2022): pseudo-labels from an EMA of the student,
+    initialised from the supervised fine-tuned model this stage starts from."""
+
+    name = "ema_teacher"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = ModelEMA(self.model, self.params.ema)
+
+    def teacher_logits(self, x_weak: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x_weak)
+
+    def on_step_end(self, step: int) -> None:
+        self.teacher.update(self.model)
+
+    def eval_model(self) -> nn.Module:
+        return self.teacher.module if self.params.eval_with == "teacher" else self.model

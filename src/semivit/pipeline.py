@@ -1,0 +1,88 @@
+"""Multi-stage recipes: each stage is one method run by the Trainer, started from the previous stage's
+exported weights (an EMA teacher's when the stage has one).
+
+A recipe is YAML: shared ``data / model / optim / train`` sections and a list of ``stages``, each with a
+``method``, its ``params`` and any section overrides. Stages are written to ``OUT/NAME/stageK-METHOD/``;
+with ``--resume`` finished stages are skipped and an interrupted one continues at its step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from semivit.config import Config, apply_overrides, load_yaml
+from semivit.data import prepare_data
+from semivit.engine.trainer import TrainResult, train
+from semivit.errors import SemivitError
+
+log = logging.getLogger("semivit")
+RECIPES = Path(__file__).parent / "recipes"
+_STAGE_KEYS = {"method", "params", "model", "optim", "train"}
+
+
+def find_recipe(name: str | Path) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = RECIPES / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+    raise SemivitError(f"recipe '{name}' not found: pass a YAML file or one of {', '.join(names)}")
+
+
+def stage_configs(recipe: dict[str, Any], overrides: dict[str, Any]) -> tuple[str, list[Config]]:
+    """The resolved config of every stage: recipe sections < stage sections < command-line overrides."""
+    stages = recipe.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise SemivitError("a recipe needs a non-empty 'stages' list (each with a 'method')")
+    shared = {k: v for k, v in recipe.items() if k not in ("stages", "name", "description")}
+    base = apply_overrides(Config(), shared)
+    configs = []
+    for k, stage in enumerate(stages, 1):
+        if not isinstance(stage, dict) or "method" not in stage:
+            raise SemivitError(f"stage {k} of the recipe needs a 'method'")
+        unknown = set(stage) - _STAGE_KEYS
+        if unknown:
+            raise SemivitError(f"stage {k} has unknown keys {sorted(unknown)}: use {sorted(_STAGE_KEYS)}")
+        values: dict[str, Any] = {"train.method": stage["method"]}
+        for section in ("model", "optim", "train"):
+            values.update({f"{section}.{key}": v for key, v in (stage.get(section) or {}).items()})
+        cfg = apply_overrides(base, values)
+        cfg.method = dict(stage.get("params") or {})
+        configs.append(apply_overrides(cfg, overrides))
+    return str(recipe.get("name", "recipe")), configs
+
+
+def run_recipe(recipe_name: str | Path, overrides: dict[str, Any] | None = None,
+               run_name: str | None = None) -> TrainResult:
+    """Run every stage of a recipe; returns the last stage's result."""
+    name, configs = stage_configs(load_yaml(find_recipe(recipe_name)), overrides or {})
+    first = configs[0]
+    root = Path(first.train.out) / (run_name or first.train.name or name)
+    data = prepare_data(first.data, first.train.seed)
+    previous: Path | None = None
+    result: TrainResult | None = None
+    for k, cfg in enumerate(configs, 1):
+        stage_dir = root / f"stage{k}-{cfg.train.method}"
+        if previous is not None:
+            cfg.model.pretrained = str(previous)
+        exported = stage_dir / "checkpoints" / "model.safetensors"
+        if cfg.train.resume and (stage_dir / "results.json").is_file() and exported.is_file():
+            log.info("stage %d (%s) already finished: %s", k, cfg.train.method, stage_dir)
+            previous = exported
+            continue
+        log.info("stage %d/%d: %s → %s", k, len(configs), cfg.train.method, stage_dir)
+        result = train(cfg, data, stage_dir)
+        previous = exported
+    if result is None:  # every stage had finished before: report the last one
+        import json
+
+        from semivit.engine.checkpoint import load_model
+
+        model, _ = load_model(previous)  # type: ignore[arg-type]
+        metrics = json.loads((stage_dir / "results.json").read_text())
+        result = TrainResult(stage_dir, metrics, model)  # type: ignore[arg-type]
+    return result
