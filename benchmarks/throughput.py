@@ -81,15 +81,19 @@ def main() -> int:
     data = prepare_data(cfg.data, cfg.train.seed)
     load_seconds = time.perf_counter() - start
     images = data.train
+    model = create_model(args.model, images.num_classes, images.channels, images.image_size[0])
+    shape = (args.batch_size, images.channels, *images.image_size)
+    # bare step before and after the training run, averaged, so slow drifts of the machine cancel out
+    bare_before = bare_step_images_per_sec(model, shape, images.num_classes, steps=max(10, args.steps // 3))
     result = train(cfg, data)
     full = trainer_images_per_sec(result.run_dir)
-    model = create_model(args.model, images.num_classes, images.channels, images.image_size[0])
-    bare = bare_step_images_per_sec(model, (args.batch_size, images.channels, *images.image_size),
-                                    images.num_classes, steps=max(10, args.steps // 3))
+    bare_after = bare_step_images_per_sec(model, shape, images.num_classes, steps=max(10, args.steps // 3))
+    bare = (bare_before + bare_after) / 2
     print(f"data: {args.data} ({len(images)} train images, {images.channels}×{images.image_size[0]}px), "
           f"loaded in {load_seconds:.1f}s; model {args.model}; batch {args.batch_size}; "
           f"threads {torch.get_num_threads()}")
-    print(f"bare model step (fwd+bwd+AdamW): {bare:8.1f} images/s")
+    print(f"bare model step (fwd+bwd+AdamW): {bare:8.1f} images/s (before {bare_before:.1f}, after "
+          f"{bare_after:.1f})")
     print(f"{args.method} training step:      {full:8.1f} images/s (labeled + unlabeled images)")
     print(f"ratio: {full / bare:.3f}   (data path + method overhead: {100 * (1 - full / bare):.1f}%)")
     if result.metrics.get("test_top1") is not None:

@@ -56,3 +56,14 @@ def test_train_evaluate_predict(tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == 3 and {"path", "label", "confidence", "topk"} <= rows[0].keys()
     assert 0 <= float(rows[0]["confidence"]) <= 1 and rows[0]["topk"].count(":") == 5
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_table_and_report(tmp_path, capsys):
+    code, out, _ = run_cli(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu"], capsys)
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "demo" / "results.csv")))
+    assert [r["method"].split()[0] for r in rows] == ["supervised-only", "semivit"]
+    assert set(rows[0]) == {"method", "labels", "test_top1", "seconds"} and rows[0]["labels"] == "40"
+    assert (tmp_path / "demo" / "curves.png").is_file() and (tmp_path / "demo" / "report.html").is_file()
+    assert (tmp_path / "demo" / "semivit" / "stage3-ema_teacher" / "results.json").is_file()
