@@ -42,8 +42,9 @@ class MAE(Method):
         with torch.no_grad():
             vit.pos_embed.copy_(sincos_pos_embed(vit.embed_dim, int(num_patches ** 0.5)))
         vit.pos_embed.requires_grad_(False)
+        p = self.params
         self.decoder = MAEDecoder(vit.embed_dim, num_patches, self.patch ** 2 * self.model.spec.in_chans,
-                                  self.params.decoder_dim, self.params.decoder_depth, self.params.decoder_heads)
+                                  p.decoder_dim, p.decoder_depth, p.decoder_heads)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encode the visible patches only; returns tokens [cls, visible], the mask and the restore order."""
