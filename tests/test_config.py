@@ -43,3 +43,9 @@ def test_method_params_validated():
         method_params("supervised", {"mixupp": 0.2})
     with pytest.raises(SemivitError, match="unknown method 'supervize'.*did you mean 'supervised'"):
         method_params("supervize", {})
+
+
+def test_yaml_booleans_reach_string_settings_as_on_off():
+    cfg = apply_overrides(Config(), parse_set_args(["method.x=1", "data.labels=all"]))
+    assert cfg.method == {"x": 1}
+    assert method_params("ema_teacher", parse_set_args(["pseudo_mixup=off"])).pseudo_mixup == "off"

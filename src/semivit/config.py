@@ -34,6 +34,9 @@ class DataConfig:
     on_corrupt: str = "skip"  # "skip" (count and go on) or "fail"
     workers: int = 2  # DataLoader workers for streamed (large) folders
     flip: bool | None = None  # horizontal flips in augmentation (None = the source's default)
+    strong_ops: int = 2  # RandAugment ops per image in the strong view
+    strong_magnitude: float = 10.0  # RandAugment magnitude (0–10; 10 = FixMatch's range); lower for tiny images
+    strong_erase: bool = True  # Cutout after RandAugment in the strong view
 
 
 @dataclass
@@ -150,6 +153,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return int(number)
         return number
     if annotation is str:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a boolean
+            return "on" if value else "off"
         if isinstance(value, (dict, list)):
             raise SemivitError(f"{where} must be a string, got {value!r}")
         return str(value)

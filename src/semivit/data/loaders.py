@@ -145,8 +145,9 @@ class BatchMaker:
     def __init__(self, train: ImageSet, labeled: torch.Tensor, unlabeled: torch.Tensor, *,
                  labeled_views: tuple[str, ...], unlabeled_views: tuple[str, ...], batch_size: int,
                  unlabeled_batch_size: int, device: torch.device, seed: int, flip: bool, rank: int = 0,
-                 world: int = 1, workers: int = 2) -> None:
+                 world: int = 1, workers: int = 2, view_options: dict[str, dict] | None = None) -> None:
         self.train, self.device, self.flip = train, device, flip
+        self.view_options = view_options or {}  # per-view keyword arguments, e.g. strong-view magnitude
         self.labeled_views, self.unlabeled_views = labeled_views, unlabeled_views
         self.labeled = (ImageStream(train, IndexStream(labeled, batch_size, seed, 1, rank, world), workers)
                         if labeled_views and batch_size > 0 else None)
@@ -160,7 +161,8 @@ class BatchMaker:
 
     def _views(self, images: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         x = to_float(images)
-        return {name: make_view(name, x, self.generator, flip=self.flip) for name in names}
+        return {name: make_view(name, x, self.generator, flip=self.flip, **self.view_options.get(name, {}))
+                for name in names}
 
     def next(self, step: int) -> Batch:
         self.generator.manual_seed(self.seed * 1_000_003 + self.rank * 7919 + step * 31 + 17)

@@ -119,7 +119,7 @@ class Trainer:
         return steps_for_epochs(epochs, len(pool), t.batch_size * t.accum_steps)
 
     def _batch_maker(self, method: Any) -> BatchMaker:
-        t, world = self.cfg.train, self.dist.world
+        t, d, world = self.cfg.train, self.cfg.data, self.dist.world
         if t.batch_size % world:
             raise SemivitError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
         per_rank = t.batch_size // world
@@ -133,7 +133,8 @@ class Trainer:
                           labeled_views=tuple(method.labeled_views), unlabeled_views=tuple(method.unlabeled_views),
                           batch_size=per_rank, unlabeled_batch_size=unlabeled, device=self.device,
                           seed=t.seed, flip=self.data.flip, rank=self.dist.rank, world=world,
-                          workers=self.cfg.data.workers)
+                          workers=self.cfg.data.workers, view_options={"strong": {
+                              "num_ops": d.strong_ops, "magnitude": d.strong_magnitude, "erase": d.strong_erase}})
 
     # -------------------------------------------------------------------------------------------- the loop
     def fit(self) -> TrainResult:

@@ -60,9 +60,6 @@ class PseudoLabelMethod(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
-        # YAML 1.1 reads a bare `off` (recipe or --set) as the boolean False, which arrives here as "False"
-        if str(p.pseudo_mixup).lower() in ("false", "none", "no", "0"):
-            p.pseudo_mixup = "off"
         if p.pseudo_mixup not in ("off", "mixup", "cutmix"):
             from semivit.errors import SemivitError
 

@@ -1,0 +1,112 @@
+"""Semi-ViT pieces checked against their definitions on tiny tensors."""
+
+import pytest
+import torch
+
+from semivit.data.loaders import Batch
+from semivit.methods.pseudo_label import EMATeacher, FixMatch, PseudoLabelParams, pseudo_mixup
+from semivit.models.factory import create_model
+from semivit.models.mae import masked_patch_loss, patchify, random_masking, sincos_pos_embed
+
+
+def test_pseudo_mixup_ratio_targets_and_confidence():
+    torch.manual_seed(0)
+    x = torch.rand(6, 1, 4, 4)
+    conf = torch.tensor([0.9, 0.5, 0.6, 0.99, 0.3, 0.8])
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(1)
+    mixed, targets, mixed_conf = pseudo_mixup(x, conf, labels, 3, "mixup", smoothing=0.0)
+    torch.manual_seed(1)
+    perm = torch.randperm(6)
+    lam = conf / (conf + conf[perm])  # λ = p_i / (p_i + p_j)
+    assert torch.allclose(mixed, lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm])
+    onehot = torch.nn.functional.one_hot(labels, 3).float()
+    assert torch.allclose(targets, lam.view(-1, 1) * onehot + (1 - lam.view(-1, 1)) * onehot[perm])
+    assert torch.equal(mixed_conf, torch.maximum(conf, conf[perm]))
+
+
+def test_pseudo_mixup_cutmix_targets_match_pasted_area():
+    torch.manual_seed(0)
+    x = torch.zeros(4, 1, 8, 8)
+    x[torch.arange(4)] += torch.arange(4).float().view(4, 1, 1, 1)  # image i is filled with value i
+    conf = torch.tensor([0.9, 0.3, 0.7, 0.5])
+    mixed, targets, _ = pseudo_mixup(x, conf, torch.arange(4), 4, "cutmix", smoothing=0.0)
+    for i in range(4):
+        own = (mixed[i] == i).float().mean()  # share of pixels still from image i
+        if targets[i].max() < 1:
+            assert targets[i, i] == pytest.approx(float(own), abs=1e-6)
+
+
+def _batch(model_classes=3, n=4, mu=2, size=8):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, size, size, generator=g)
+    u = torch.rand(n * mu, 1, size, size, generator=g)
+    return Batch(x={"weak": x}, y=torch.tensor([0, 1, 2, 0]), u={"weak": u, "strong": u.flip(-1)},
+                 u_index=torch.arange(n * mu), u_true=torch.tensor([0, 1, 2, 0, 1, 2, -1, 0]))
+
+
+def test_threshold_one_means_no_unlabeled_loss():
+    model = create_model("vit_nano", 3, 1, 8, depth=1)
+    method = FixMatch(model, PseudoLabelParams(threshold=1.01, mu=2), 3, 10)
+    out = method.training_step(_batch(), 0)
+    assert out.metrics["loss_u"] == 0 and out.metrics["mask"] == 0
+    assert float(out.loss) == pytest.approx(float(out.metrics["loss_x"]))
+
+
+def test_zero_threshold_uses_every_pseudo_label_and_diagnostics():
+    model = create_model("vit_nano", 3, 1, 8, depth=1)
+    method = EMATeacher(model, PseudoLabelParams(threshold=0.0, mu=2, ema=0.5), 3, 10)
+    out = method.training_step(_batch(), 0)
+    assert out.metrics["mask"] == 1 and out.metrics["loss_u"] > 0
+    assert 0 <= out.metrics["pseudo_acc"] <= 1 and out.metrics["pseudo_recall"] == 1  # all pass the mask
+    out.loss.backward()
+    assert model.backbone.head.weight.grad is not None
+    assert all(p.grad is None for p in method.teacher.parameters())  # the teacher gets no gradient
+
+
+def test_ema_teacher_follows_the_student():
+    model = create_model("vit_nano", 3, 1, 8, depth=1)
+    method = EMATeacher(model, PseudoLabelParams(ema=0.9), 3, 10)
+    before = method.teacher.module.backbone.head.weight.clone()
+    with torch.no_grad():
+        model.backbone.head.weight.add_(1.0)
+    method.on_step_end(0)
+    expected = 0.9 * before + 0.1 * model.backbone.head.weight
+    assert torch.allclose(method.teacher.module.backbone.head.weight, expected)
+    method.train()
+    assert not method.teacher.module.training  # the teacher always predicts in eval mode
+
+
+def test_random_masking_ratio_and_restore():
+    keep, mask, restore = random_masking(5, 16, 0.75, torch.device("cpu"))
+    assert keep.shape == (5, 4) and mask.sum(1).tolist() == [12] * 5
+    for i in range(5):  # kept patches are exactly the unmasked ones
+        assert set(keep[i].tolist()) == set(torch.nonzero(mask[i] == 0).flatten().tolist())
+    assert torch.equal(torch.gather(torch.arange(16).expand(5, -1).gather(1, restore.argsort(1)), 1, restore),
+                       torch.arange(16).expand(5, -1))
+
+
+def test_masked_patch_loss_ignores_visible_patches():
+    target = torch.rand(2, 4, 12)
+    pred = torch.rand(2, 4, 12)
+    mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 1, 1]])
+    base = masked_patch_loss(pred, target, mask)
+    pred2 = pred.clone()
+    pred2[mask == 0] += 5.0  # change only the visible patches
+    assert masked_patch_loss(pred2, target, mask) == pytest.approx(float(base))
+    normed = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    manual = (((pred - normed) ** 2).mean(-1) * mask).sum() / mask.sum()
+    assert float(base) == pytest.approx(float(manual), rel=1e-5)
+
+
+def test_patchify_matches_patch_embedding_order():
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    patches = patchify(x, 4)
+    assert patches.shape == (2, 4, 16)
+    assert torch.equal(patches[0, 1], x[0, 0, :4, 4:].flatten())  # row-major: second patch is top-right
+
+
+def test_sincos_pos_embed_shape_and_values():
+    table = sincos_pos_embed(16, 3)
+    assert table.shape == (1, 10, 16) and torch.all(table[0, 0] == 0)
+    assert table.abs().max() <= 1.0
