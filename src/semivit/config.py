@@ -35,7 +35,8 @@ class DataConfig:
     workers: int = 2  # DataLoader workers for streamed (large) folders
     flip: bool | None = None  # horizontal flips in augmentation (None = the source's default)
     strong_ops: int = 2  # RandAugment ops per image in the strong view
-    strong_magnitude: float = 10.0  # RandAugment magnitude (0–10; 10 = FixMatch's range); lower for tiny images
+    strong_magnitude: float | None = None  # RandAugment magnitude 0–10 (10 = FixMatch's); None = 5 for images
+    #                                        of ≤ 16 px (8×8 digits lose too much at 10), else 10
     strong_erase: bool = True  # Cutout after RandAugment in the strong view
 
 

@@ -1,0 +1,114 @@
+"""Semi-ViT's claims at small scale: one table of rows on the same split, seed and step budget.
+
+    python benchmarks/semi_table.py --data digits --labels 4-per-class --out /tmp/semi-digits
+
+Rows (the shipped recipes, trimmed or varied; every fine-tuning row gets stages 2+3's steps):
+  supervised-only              the semivit recipe's supervised stage, for stage 2 + 3 steps, labels only
+  fixmatch                     supervised → fixmatch: the ema_teacher row with the student as its own teacher
+                               (as Semi-ViT compares them: same init, threshold, λ_u, μ, steps)
+  ema_teacher                  supervised → ema_teacher without pseudo mixup (no MAE)
+  ema_teacher + pseudo mixup   supervised → ema_teacher with pseudo mixup (no MAE)
+  semivit pipeline             mae → supervised → ema_teacher + pseudo mixup (the full recipe)
+Prints a markdown table (test top-1 of the final model, best validation top-1, wall seconds, images/s of
+the last stage, and the final pseudo-label accuracy and mask ratio) and writes it to OUT/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from semivit.config import Config, load_yaml
+from semivit.data import prepare_data
+from semivit.engine.trainer import train
+from semivit.pipeline import find_recipe, stage_configs
+
+
+def _last_diagnostics(run_dir: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with open(run_dir / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            for key in ("train/pseudo_acc", "train/mask"):
+                if row.get(key):
+                    out[key.split("/")[1]] = float(row[key])
+    return out
+
+
+def run_stages(stages: list[Config], data: Any, out: Path) -> tuple[dict[str, Any], Path]:
+    previous = None
+    metrics: dict[str, Any] = {}
+    run_dir = out
+    for k, cfg in enumerate(stages, 1):
+        if previous is not None:
+            cfg.model.pretrained = str(previous)
+        run_dir = out / f"stage{k}-{cfg.train.method}"
+        metrics = train(cfg, data, run_dir).metrics
+        previous = run_dir / "checkpoints" / "model.safetensors"
+    return metrics, run_dir
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="digits")
+    p.add_argument("--labels", default="4-per-class")
+    p.add_argument("--split", help="a split/list file (e.g. ../shared/data/cifar10_labels250_seed0.txt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/semi-table")
+    p.add_argument("--set", action="append", default=[], help="extra KEY=VALUE for every stage")
+    p.add_argument("--rows", default="all", help="comma-separated row numbers (1-5) to run")
+    args = p.parse_args()
+    from semivit.config import parse_set_args
+
+    overrides = {"data.source": args.data, "data.labels": args.labels, "train.seed": args.seed,
+                 "train.progress": False, "train.tensorboard": False, **parse_set_args(args.set)}
+    if args.split:
+        overrides["data.split"] = args.split
+    out = Path(args.out)
+    _, semivit = stage_configs(load_yaml(find_recipe("semivit")), overrides)
+    data = prepare_data(semivit[0].data, args.seed)
+    mae, sup, ema = semivit
+
+    def variant(cfg: Config, **method: Any) -> Config:
+        import copy
+
+        new = copy.deepcopy(cfg)
+        new.method = {**new.method, **method}
+        return new
+
+    baseline = variant(sup)
+    baseline.train.steps = (sup.train.steps or 0) + (ema.train.steps or 0)
+    fixmatch = variant(ema, pseudo_mixup="off")
+    fixmatch.train.method = "fixmatch"
+    rows = [("supervised-only", [baseline]),
+            ("fixmatch", [variant(sup), fixmatch]),
+            ("ema_teacher", [variant(sup), variant(ema, pseudo_mixup="off")]),
+            ("ema_teacher + pseudo mixup", [variant(sup), variant(ema)]),
+            ("semivit pipeline (mae → sup → ema_teacher + mixup)", [variant(mae), variant(sup), variant(ema)])]
+    chosen = range(1, 6) if args.rows == "all" else [int(r) for r in args.rows.split(",")]
+    lines = [f"data {args.data}, labels {len(data.split.labeled)} ({args.labels if not args.split else args.split}), "
+             f"val {len(data.split.val)}, seed {args.seed}", "",
+             "| method | test top-1 | best val top-1 | seconds | images/s (last stage) | pseudo-label acc | mask |",
+             "|---|---|---|---|---|---|---|"]
+    for i in chosen:
+        name, stages = rows[i - 1]
+        start = time.perf_counter()
+        metrics, last_dir = run_stages(stages, data, out / f"row{i}")
+        seconds = time.perf_counter() - start
+        diag = _last_diagnostics(last_dir)
+        line = (f"| {name} | {metrics.get('test_top1', float('nan')):.4f} | {metrics.get('best_val_top1') or 0:.4f} "
+                f"| {seconds:.0f} | {metrics['images_per_sec']:.0f} | "
+                f"{diag.get('pseudo_acc', float('nan')):.3f} | {diag.get('mask', float('nan')):.3f} |")
+        lines.append(line)
+        print(line, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
