@@ -52,16 +52,6 @@ class ImageSet:
         assert self.read is not None
         return torch.stack([self.read(int(i)) for i in indices])
 
-    def subset(self, indices: torch.Tensor | list[int]) -> ImageSet:
-        """A new ImageSet holding only ``indices`` (same classes)."""
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        if self.images is not None:
-            return ImageSet(self.labels[idx], [self.ids[i] for i in idx.tolist()], self.classes,
-                            self.channels, self.image_size, images=self.images[idx])
-        parent_read = self.read
-        mapping = idx.tolist()
-        return ImageSet(self.labels[idx], [self.ids[i] for i in mapping], self.classes, self.channels,
-                        self.image_size, read=lambda i: parent_read(mapping[i]))
 
 
 @dataclass

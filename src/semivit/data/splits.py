@@ -170,10 +170,5 @@ def save_split(split: Split, train: ImageSet, path: str | Path, meta: dict) -> N
     Path(path).write_text(json.dumps(split.to_json(train, meta)))
 
 
-def labels_per_class(split: Split, train: ImageSet) -> float:
-    """Average number of labeled images per class (for reports)."""
-    return len(split.labeled) / max(1, train.num_classes)
-
-
 def steps_for_epochs(epochs: float, n_images: int, batch_size: int) -> int:
     return max(1, math.ceil(epochs * n_images / batch_size))

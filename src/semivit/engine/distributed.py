@@ -42,27 +42,6 @@ def init_distributed(device_kind: str) -> DistInfo:
     return DistInfo(rank, world, local_rank)
 
 
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    value = value.clone()
-    dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value / dist.get_world_size()
-
-
-def gather_cat(value: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor from all ranks along dim 0, keeping gradients for the local part.
-
-    Used by losses that need the global batch (NT-Xent negatives, PAWS supports).
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    parts = [torch.zeros_like(value) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, value.contiguous())
-    parts[dist.get_rank()] = value
-    return torch.cat(parts)
-
-
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

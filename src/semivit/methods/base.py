@@ -7,7 +7,6 @@ its loss in :meth:`Method.training_step`, and updates any extra state (an EMA te
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -91,6 +90,3 @@ def method_params(name: str, values: dict[str, Any]) -> Any:
     """The validated settings of method ``name`` (unknown keys are errors that suggest the nearest)."""
     return build_dataclass(method_class(name).Params, values, "method")
 
-
-def method_param_names(name: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(method_class(name).Params)]

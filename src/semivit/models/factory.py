@@ -88,9 +88,6 @@ class ImageClassifier(nn.Module):
         tokens = self.backbone.forward_features(self.normalize(x))
         return self.backbone.forward_head(tokens, pre_logits=True)
 
-    def head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.backbone.get_classifier()(features)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))
 
