@@ -60,6 +60,7 @@ def main() -> int:
     p.add_argument("--out", default="runs/semi-table")
     p.add_argument("--set", action="append", default=[], help="extra KEY=VALUE for every stage")
     p.add_argument("--rows", default="all", help="comma-separated row numbers (1-5) to run")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's steps (CPU budgets)")
     args = p.parse_args()
     from semivit.config import parse_set_args
 
@@ -70,6 +71,8 @@ def main() -> int:
     out = Path(args.out)
     _, semivit = stage_configs(load_yaml(find_recipe("semivit")), overrides)
     data = prepare_data(semivit[0].data, args.seed)
+    for cfg in semivit:
+        cfg.train.steps = max(1, round((cfg.train.steps or 0) * args.steps_scale))
     mae, sup, ema = semivit
 
     def variant(cfg: Config, **method: Any) -> Config:
@@ -90,7 +93,8 @@ def main() -> int:
             ("semivit pipeline (mae → sup → ema_teacher + mixup)", [variant(mae), variant(sup), variant(ema)])]
     chosen = range(1, 6) if args.rows == "all" else [int(r) for r in args.rows.split(",")]
     lines = [f"data {args.data}, labels {len(data.split.labeled)} ({args.labels if not args.split else args.split}), "
-             f"val {len(data.split.val)}, seed {args.seed}", "",
+             f"val {len(data.split.val)}, seed {args.seed}, stage steps "
+             f"{'/'.join(str(c.train.steps) for c in semivit)} (mae/supervised/semi)", "",
              "| method | test top-1 | best val top-1 | seconds | images/s (last stage) | pseudo-label acc | mask |",
              "|---|---|---|---|---|---|---|"]
     for i in chosen:

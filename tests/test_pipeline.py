@@ -1,7 +1,8 @@
 import pytest
 
+from semivit.config import load_yaml
 from semivit.errors import SemivitError
-from semivit.pipeline import run_recipe, stage_configs
+from semivit.pipeline import RECIPES, find_recipe, run_recipe, stage_configs
 
 RECIPE = """
 name: tiny
@@ -48,3 +49,12 @@ def test_bad_recipes_are_clear():
         stage_configs({"stages": [{"method": "mae", "step": 3}]}, {})
     with pytest.raises(SemivitError, match="recipe 'nope' not found"):
         run_recipe("nope")
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES.glob("*.yaml")))
+def test_shipped_recipes_are_valid(recipe):
+    from semivit.methods import method_params
+
+    _, configs = stage_configs(load_yaml(find_recipe(recipe)), {})
+    for cfg in configs:
+        method_params(cfg.train.method, cfg.method)  # raises on an unknown or badly typed key
