@@ -160,9 +160,13 @@ class BatchMaker:
         self.seed, self.rank = seed, rank
 
     def _views(self, images: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """One augmented batch per view name; ``"contrastive:2"`` is a second, independent contrastive view."""
         x = to_float(images)
-        return {name: make_view(name, x, self.generator, flip=self.flip, **self.view_options.get(name, {}))
-                for name in names}
+        out = {}
+        for name in names:
+            kind = name.split(":", 1)[0]
+            out[name] = make_view(kind, x, self.generator, flip=self.flip, **self.view_options.get(kind, {}))
+        return out
 
     def next(self, step: int) -> Batch:
         self.generator.manual_seed(self.seed * 1_000_003 + self.rank * 7919 + step * 31 + 17)

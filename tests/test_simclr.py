@@ -1,0 +1,83 @@
+"""SimCLRv2 pieces against their definitions."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from semivit.data.loaders import Batch
+from semivit.engine.checkpoint import export_weights
+from semivit.methods.distill import Distill, DistillParams
+from semivit.methods.losses import distillation_loss, nt_xent
+from semivit.methods.simclr import SimCLR, SimCLRParams
+from semivit.models.factory import create_model
+from semivit.models.heads import ProjectionHead
+
+
+def nt_xent_by_hand(z1, z2, tau):
+    z = F.normalize(torch.cat([z1, z2]), dim=-1)
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        sims = [math.exp(float(z[i] @ z[k]) / tau) for k in range(2 * n) if k != i]
+        total += -math.log(math.exp(float(z[i] @ z[j]) / tau) / sum(sims))
+    return total / (2 * n)
+
+
+def test_nt_xent_matches_the_definition_and_is_symmetric():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    loss, _ = nt_xent(z1, z2, 0.3)
+    assert float(loss) == pytest.approx(nt_xent_by_hand(z1, z2, 0.3), rel=1e-5)
+    assert float(nt_xent(z2, z1, 0.3)[0]) == pytest.approx(float(loss), rel=1e-6)
+
+
+def test_nt_xent_is_low_for_matching_views():
+    z = torch.randn(6, 16)
+    matched, hit = nt_xent(z, z + 0.01 * torch.randn(6, 16), 0.1)
+    shuffled, _ = nt_xent(z, z[torch.tensor([1, 2, 3, 4, 5, 0])], 0.1)
+    assert float(matched) < float(shuffled) and float(hit) == 1.0
+
+
+def test_projection_head_layers():
+    head = ProjectionHead(32, 64, 16, num_layers=3)
+    assert len(head.blocks) == 3 and head(torch.randn(4, 32)).shape == (4, 16)
+    assert isinstance(head.blocks[0][-1], torch.nn.ReLU) and not isinstance(head.blocks[2][-1], torch.nn.ReLU)
+
+
+def test_simclr_gradient_reaches_the_encoder():
+    model = create_model("vit_nano", 10, 3, 16, depth=1, patch_size=4)
+    method = SimCLR(model, SimCLRParams(), 10, 10)
+    x = torch.rand(6, 3, 16, 16)
+    out = method.training_step(Batch(u={"contrastive": x, "contrastive:2": x.flip(-1)}), 0)
+    out.loss.backward()
+    assert model.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_distillation_loss_is_kl_plus_teacher_entropy():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    tau = 2.0
+    p_t = F.softmax(t / tau, -1)
+    kl = F.kl_div(F.log_softmax(s / tau, -1), p_t, reduction="batchmean")
+    entropy = -(p_t * p_t.log()).sum(-1).mean()
+    assert float(distillation_loss(s, t, tau)) == pytest.approx(float(kl + entropy), rel=1e-5)
+    assert float(distillation_loss(t, t, tau)) == pytest.approx(float(entropy), rel=1e-5)  # minimum at S = T
+
+
+def test_distill_student_learns_from_a_frozen_teacher(tmp_path):
+    teacher = create_model("vit_nano", 3, 1, 8, depth=2)
+    export_weights(teacher, tmp_path / "t.safetensors", teacher.spec.to_dict())
+    student = create_model("vit_nano", 3, 1, 8, depth=1, embed_dim=48, num_heads=2)  # big-to-small
+    method = Distill(student, DistillParams(teacher=str(tmp_path / "t.safetensors"), labeled_weight=0.5), 3, 10)
+    x = torch.rand(4, 1, 8, 8)
+    batch = Batch(x={"weak": x}, y=torch.tensor([0, 1, 2, 0]), u={"weak": torch.rand(8, 1, 8, 8)})
+    method.train()
+    assert not method.teacher.training
+    out = method.training_step(batch, 0)
+    out.loss.backward()
+    assert all(p.grad is None for p in method.teacher.parameters())
+    assert student.backbone.head.weight.grad is not None and "loss_x" in out.metrics
