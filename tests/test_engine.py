@@ -93,3 +93,17 @@ def test_roc_auc_matches_sklearn():
     assert roc_auc(scores, positives) == pytest.approx(roc_auc_score(positives.numpy(), scores.numpy()))
     two = classification_report(torch.stack([-scores, scores], 1), positives.long(), ["neg", "pos"])
     assert "roc_auc" in two
+
+
+def test_knn_and_linear_probe_on_separable_features():
+    from semivit.engine.evaluate import knn_top1, linear_probe_top1
+
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, 8, generator=g) * 5
+    bank_y = torch.arange(3).repeat(10)
+    bank = centers[bank_y] + torch.randn(30, 8, generator=g)
+    query_y = torch.arange(3).repeat(5)
+    queries = centers[query_y] + torch.randn(15, 8, generator=g)
+    assert knn_top1(bank, bank_y, queries, query_y, k=5) == 1.0
+    assert linear_probe_top1(bank, bank_y, queries, query_y) == 1.0
+    assert knn_top1(bank, bank_y, queries, (query_y + 1) % 3, k=5) == 0.0

@@ -81,3 +81,26 @@ def test_distill_student_learns_from_a_frozen_teacher(tmp_path):
     out.loss.backward()
     assert all(p.grad is None for p in method.teacher.parameters())
     assert student.backbone.head.weight.grad is not None and "loss_x" in out.metrics
+
+
+def test_finetuning_keeps_the_first_projection_layer(tmp_path):
+    from semivit.config import Config, apply_overrides
+    from semivit.engine.trainer import train
+
+    base = {"data.labels": "2-per-class", "model.name": "vit_nano", "model.depth": 1, "train.batch_size": 16,
+            "train.steps": 2, "train.eval_every": 0, "train.out": str(tmp_path), "train.progress": False,
+            "train.tensorboard": False}
+    pre = train(apply_overrides(Config(), {**base, "train.method": "simclr", "train.name": "pre",
+                                           "method.finetune_layer": 1}))
+    assert pre.model.spec.kwargs["head_layers"] == 1
+    exported = pre.run_dir / "checkpoints" / "model.safetensors"
+    fine = train(apply_overrides(Config(), {**base, "train.name": "fine", "model.pretrained": str(exported)}))
+    head = fine.model.backbone.head
+    assert isinstance(head, torch.nn.Sequential) and len(head) == 2  # projection layer 1 + new classifier
+    pre_w = pre.model.backbone.head[0][0].weight
+    # started from the pre-trained layer: two small steps away from it, far from any fresh initialisation
+    assert (head[0][0].weight - pre_w).abs().max() < 0.1 * pre_w.abs().max()
+    from semivit.engine.checkpoint import load_model
+
+    again, _ = load_model(fine.run_dir / "checkpoints" / "model.safetensors")  # rebuilt from the spec
+    assert isinstance(again.backbone.head, torch.nn.Sequential)

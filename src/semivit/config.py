@@ -49,6 +49,7 @@ class ModelConfig:
     num_heads: int | None = None
     drop_path: float = 0.1
     pretrained: str | None = None  # local checkpoint (.safetensors, or .pth read with weights_only=True)
+    head_layers: int | None = None  # projection-head layers before the classifier; None = as in `pretrained`
 
 
 @dataclass

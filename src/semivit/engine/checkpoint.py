@@ -81,6 +81,20 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return tensors, {k: json.loads(v) for k, v in meta.items()}
 
 
+def read_spec(path: str | Path) -> dict[str, Any] | None:
+    """The model spec stored in a semivit ``.safetensors`` file, or None for other files."""
+    from safetensors import safe_open
+
+    if not str(path).endswith(".safetensors") or not Path(path).is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return None
+    return json.loads(meta["semivit_spec"]) if "semivit_spec" in meta else None
+
+
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a saved classifier (see :func:`export_weights`); returns the model and the metadata."""
     from semivit.models.factory import model_from_spec

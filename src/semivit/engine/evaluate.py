@@ -80,3 +80,40 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     keep = labels >= 0
     return float((logits[keep].argmax(1) == labels[keep]).float().mean()) if keep.any() else float("nan")
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
+                     device: torch.device | str = "cpu", batch_size: int = 512) -> torch.Tensor:
+    """Pooled features (``model.features``) for ``images[indices]``, float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    idx = torch.arange(len(images)) if indices is None else indices
+    out = [model.features(to_float(images.get(idx[i:i + batch_size]).to(device))).float().cpu()
+           for i in range(0, len(idx), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def knn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+             k: int = 20, temperature: float = 0.07) -> float:
+    """Weighted k-nearest-neighbour accuracy on frozen features (Wu et al. 2018; as used by DINO):
+    cosine similarity, the k most similar bank samples vote with weight exp(sim / T)."""
+    bank = torch.nn.functional.normalize(bank, dim=1)
+    queries = torch.nn.functional.normalize(queries, dim=1)
+    num_classes = int(bank_labels.max()) + 1
+    k = min(k, len(bank))
+    sims, idx = (queries @ bank.T).topk(k, dim=1)
+    votes = torch.zeros(len(queries), num_classes).scatter_add_(1, bank_labels[idx], (sims / temperature).exp())
+    return float((votes.argmax(1) == query_labels).float().mean())
+
+
+def linear_probe_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                      test_y: torch.Tensor) -> float:
+    """Accuracy of a logistic-regression classifier fitted on frozen, standardised features."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    clf = LogisticRegression(max_iter=2000)
+    clf.fit(((train_x - mean) / std).numpy(), train_y.numpy())
+    return float(clf.score(((test_x - mean) / std).numpy(), test_y.numpy()))

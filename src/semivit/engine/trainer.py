@@ -19,19 +19,27 @@ import torch
 from torch import nn
 
 from semivit.config import Config, save_config
-from semivit.data import PreparedData, channel_stats, prepare_data
+from semivit.data import ImageSet, PreparedData, channel_stats, prepare_data
 from semivit.data.loaders import BatchMaker
 from semivit.data.splits import save_split, steps_for_epochs
 from semivit.engine.checkpoint import (
     capture_rng,
     export_weights,
     load_checkpoint,
+    read_spec,
     restore_rng,
     save_checkpoint,
 )
 from semivit.engine.distributed import DistInfo, barrier, init_distributed
 from semivit.engine.ema import ModelEMA
-from semivit.engine.evaluate import classification_report, predict_logits, top1
+from semivit.engine.evaluate import (
+    classification_report,
+    extract_features,
+    knn_top1,
+    linear_probe_top1,
+    predict_logits,
+    top1,
+)
 from semivit.engine.logger import RunLogger
 from semivit.engine.optim import build_optimizer, lr_at, set_lr
 from semivit.errors import NonFiniteLossError, SemivitError
@@ -97,10 +105,15 @@ class Trainer:
         if size[0] != size[1]:
             raise SemivitError(f"images are {size[0]}×{size[1]}; ViTs here need square images: "
                                f"set data.image_size")
+        head_layers, head_hidden = m.head_layers or 0, None
+        if m.head_layers is None and m.pretrained:  # keep the projection-head layers the weights came with
+            kwargs = (read_spec(m.pretrained) or {}).get("kwargs", {})
+            head_layers, head_hidden = kwargs.get("head_layers", 0), kwargs.get("head_hidden")
         torch.manual_seed(self.cfg.train.seed)  # same initial weights on every rank and every resume
         model = create_model(m.name, train.num_classes, train.channels, size[0], patch_size=m.patch_size,
                              embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-                             drop_path=m.drop_path, classes=train.classes)
+                             drop_path=m.drop_path, classes=train.classes, head_layers=head_layers,
+                             head_hidden=head_hidden)
         model.set_normalization(*channel_stats(train, seed=self.cfg.train.seed))
         if m.pretrained:
             load_pretrained(model, m.pretrained, verbose=self.dist.is_main)
@@ -151,6 +164,7 @@ class Trainer:
         total = self._total_steps(method_cls)
         model = self._build_model()
         method = method_cls(model, self.params, self.data.train.num_classes, total).to(self.device)
+        self.pretraining = not method.labeled_views  # judged by k-NN on features, not by its head
         batches = self._batch_maker(method)
         trained: nn.Module = method
         if self.dist.enabled:
@@ -271,19 +285,38 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ evaluation
     def _validate(self, net: nn.Module, step: int, state: dict, logger: RunLogger) -> float | None:
-        """Top-1 on the validation split (rank 0); keeps the best weights as best.safetensors."""
+        """Top-1 on the validation split (rank 0); keeps the best weights as best.safetensors.
+
+        Pre-training methods (no labeled stream) are judged by k-NN top-1 of their frozen features, with
+        the labeled images as the memory bank: their classifier head is untrained.
+        """
         if not self.dist.is_main or len(self.data.split.val) == 0:
             barrier()
             return None
-        logits = predict_logits(net, self.data.train, self.data.split.val, device=self.device)
-        acc = top1(logits, self.data.train.labels[self.data.split.val])
-        logger.log(step, {"top1": acc}, prefix="val")
+        val = self.data.split.val
+        if self.pretraining:
+            acc, _ = self._knn(net, self.data.train, val)
+            logger.log(step, {"knn_top1": acc}, prefix="val")
+        else:
+            logits = predict_logits(net, self.data.train, val, device=self.device)
+            acc = top1(logits, self.data.train.labels[val])
+            logger.log(step, {"top1": acc}, prefix="val")
         if acc > state["best_val"]:
             state["best_val"] = acc
             state["best_step"] = step
             export_weights(net, self.ckpt_dir / "best.safetensors", net.spec.to_dict())
         barrier()
         return acc
+
+    def _knn(self, net: nn.Module, images: ImageSet, queries: torch.Tensor,
+             probe: bool = False) -> tuple[float, float | None]:
+        """k-NN top-1 (and optionally a linear probe's) of ``images[queries]``, the labeled set as the bank."""
+        train, labeled = self.data.train, self.data.split.labeled
+        bank = extract_features(net, train, labeled, device=self.device)
+        feats = extract_features(net, images, queries, device=self.device)
+        bank_y, query_y = train.labels[labeled], images.labels[queries]
+        return (knn_top1(bank, bank_y, feats, query_y),
+                linear_probe_top1(bank, bank_y, feats, query_y) if probe else None)
 
     def _finish(self, net: nn.Module, step: int, state: dict, logger: RunLogger) -> dict[str, Any]:
         val = self._validate(net, step, state, logger)
@@ -302,6 +335,11 @@ class Trainer:
                                            test.classes)
             metrics.update(test_top1=report["top1"], test_top5=report["top5"], test_ece=report["ece"])
             logger.log(step, {"top1": report["top1"]}, prefix="test")
+            if self.pretraining:  # representation quality: k-NN and a linear probe fitted on the labels
+                knn, linear = self._knn(net, test, torch.arange(len(test)), probe=True)
+                metrics.update(test_knn_top1=knn, test_linear_top1=linear)
+                logger.log(step, {"knn_top1": metrics["test_knn_top1"],
+                                  "linear_top1": metrics["test_linear_top1"]}, prefix="test")
         (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 

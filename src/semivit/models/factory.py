@@ -131,8 +131,14 @@ def _resnet(name: str, spec: ModelSpec, drop_path: float) -> nn.Module:
 def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32, *,
                  patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
                  num_heads: int | None = None, drop_path: float = 0.1, classes: list[str] | None = None,
-                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> ImageClassifier:
-    """Build a classifier: a semivit ViT size (``vit_nano`` … ``vit_huge``), a ResNet, or any timm name."""
+                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None, head_layers: int = 0,
+                 head_hidden: int | None = None) -> ImageClassifier:
+    """Build a classifier: a semivit ViT size (``vit_nano`` … ``vit_huge``), a ResNet, or any timm name.
+
+    ``head_layers`` > 0 puts that many projection-head layers (Linear–BN–ReLU, ``head_hidden`` wide)
+    between the pooled features and the classifier: SimCLRv2 fine-tunes "from the first layer of the
+    projection head" this way.
+    """
     spec = ModelSpec(name, num_classes, in_chans, image_size, {}, list(classes or []))
     if name in VIT_SIZES:
         backbone = _vit(name, spec, patch_size, embed_dim, depth, num_heads, drop_path)
@@ -154,13 +160,29 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int
         near = difflib.get_close_matches(name, known + timm.list_models(), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise SemivitError(f"unknown model '{name}'{hint}: use one of {', '.join(known)} or a timm name")
-    return ImageClassifier(backbone, spec, mean, std)
+    model = ImageClassifier(backbone, spec, mean, std)
+    if head_layers > 0:
+        from semivit.models.heads import ProjectionHead
+
+        hidden = head_hidden or model.num_features
+        attach_head_layers(model, list(ProjectionHead(model.num_features, hidden, hidden, head_layers + 1)
+                                       .blocks[:head_layers]), hidden)
+    return model
+
+
+def attach_head_layers(model: ImageClassifier, layers: list[nn.Module], hidden: int) -> None:
+    """Insert ``layers`` (projection-head blocks, output width ``hidden``) before a new linear classifier,
+    and record them in the spec so the model can be rebuilt."""
+    attr = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("classifier", "head")
+    setattr(model.backbone, attr, nn.Sequential(*layers, nn.Linear(hidden, model.spec.num_classes)))
+    model.spec.kwargs.update(head_layers=len(layers), head_hidden=hidden)
 
 
 def model_from_spec(spec: dict[str, Any]) -> ImageClassifier:
     """Rebuild a model from :meth:`ModelSpec.to_dict` (as stored in checkpoint metadata)."""
     kwargs = dict(spec.get("kwargs", {}))
     drop_path = kwargs.pop("drop_path", kwargs.pop("drop_path_rate", 0.0))
-    allowed = {k: kwargs[k] for k in ("patch_size", "embed_dim", "depth", "num_heads") if k in kwargs}
+    allowed = {k: kwargs[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "head_layers",
+                                      "head_hidden") if k in kwargs}
     return create_model(spec["name"], spec["num_classes"], spec["in_chans"], spec["image_size"],
                         drop_path=drop_path, classes=spec.get("classes"), **allowed)
