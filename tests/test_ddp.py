@@ -22,3 +22,23 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
         assert torch.equal(a[key], b[key]), key
     # rank 0 wrote the run folder
     assert (tmp_path / "run" / "checkpoints" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_nt_xent_gathered_over_two_ranks_equals_one_process(tmp_path):
+    from semivit.methods.losses import nt_xent
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+           str(REPO / "tests" / "nt_xent_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.randn(8, 6, generator=g).requires_grad_(True)
+    z2 = torch.randn(8, 6, generator=g).requires_grad_(True)
+    loss, _ = nt_xent(z1, z2, temperature=0.5)
+    loss.backward()
+    assert float(ranks[0]["loss"]) == pytest.approx(float(loss), rel=1e-5)
+    assert torch.allclose(torch.cat([r["grad1"] for r in ranks]), z1.grad, atol=1e-6)
+    assert torch.allclose(torch.cat([r["grad2"] for r in ranks]), z2.grad, atol=1e-6)

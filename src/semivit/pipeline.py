@@ -1,5 +1,6 @@
 """Multi-stage recipes: each stage is one method run by the Trainer, started from the previous stage's
-exported weights (an EMA teacher's when the stage has one).
+exported weights (an EMA teacher's when the stage has one) — or, for a ``distill`` stage, with the previous
+stage as its teacher and a student trained from scratch.
 
 A recipe is YAML: shared ``data / model / optim / train`` sections and a list of ``stages``, each with a
 ``method``, its ``params`` and any section overrides. Stages are written to ``OUT/NAME/stageK-METHOD/``;
@@ -67,7 +68,10 @@ def run_recipe(recipe_name: str | Path, overrides: dict[str, Any] | None = None,
     result: TrainResult | None = None
     for k, cfg in enumerate(configs, 1):
         stage_dir = root / f"stage{k}-{cfg.train.method}"
-        if previous is not None:
+        if previous is not None and cfg.train.method == "distill":
+            # SimCLRv2 distillation: the previous stage is the teacher; the student starts from scratch
+            cfg.method.setdefault("teacher", str(previous))
+        elif previous is not None:
             cfg.model.pretrained = str(previous)
         exported = stage_dir / "checkpoints" / "model.safetensors"
         if cfg.train.resume and (stage_dir / "results.json").is_file() and exported.is_file():
