@@ -58,3 +58,9 @@ def test_shipped_recipes_are_valid(recipe):
     _, configs = stage_configs(load_yaml(find_recipe(recipe)), {})
     for cfg in configs:
         method_params(cfg.train.method, cfg.method)  # raises on an unknown or badly typed key
+
+
+def test_stages_do_not_share_sections():
+    _, configs = stage_configs({"stages": [{"method": "supervised"}, {"method": "distill"}]}, {})
+    configs[0].model.pretrained = "stage1.safetensors"
+    assert configs[1].model.pretrained is None

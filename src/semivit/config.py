@@ -7,6 +7,7 @@ badly typed value raises :class:`SemivitError` naming the key and the nearest va
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -200,7 +201,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
         else:
             raise SemivitError(f"setting '{key}' needs a section, like 'optim.{key}' "
                                f"(sections: {', '.join([*SECTIONS, 'method'])})")
-    out = dataclasses.replace(cfg)
+    out = copy.deepcopy(cfg)  # sections must not be shared: pipeline stages change them one by one
     for section, values in nested.items():
         if section == "method":
             out.method = {**cfg.method, **values}
