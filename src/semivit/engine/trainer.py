@@ -164,7 +164,7 @@ class Trainer:
         total = self._total_steps(method_cls)
         model = self._build_model()
         method = method_cls(model, self.params, self.data.train.num_classes, total).to(self.device)
-        self.pretraining = not method.labeled_views  # judged by k-NN on features, not by its head
+        self.pretraining = not method.trains_classifier  # judged by k-NN on features, not by its head
         batches = self._batch_maker(method)
         trained: nn.Module = method
         if self.dist.enabled:

@@ -43,6 +43,8 @@ class Method(nn.Module):
     unlabeled_views: tuple[str, ...] = ()
     #: unlabeled images per labeled image in a step (μ); pre-training methods set their own batch
     unlabeled_ratio: float = 0.0
+    #: False for pre-training methods whose classifier head stays untrained: they are validated by k-NN
+    trains_classifier: bool = True
 
     def __init__(self, model: ImageClassifier, params: Any, num_classes: int, total_steps: int) -> None:
         super().__init__()

@@ -29,6 +29,7 @@ class MAE(Method):
     name = "mae"
     Params = MAEParams
     labeled_views = ()
+    trains_classifier = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

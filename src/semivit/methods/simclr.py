@@ -29,6 +29,7 @@ class SimCLR(Method):
     name = "simclr"
     Params = SimCLRParams
     labeled_views = ()
+    trains_classifier = False
     unlabeled_views = ("contrastive", "contrastive:2")
 
     def __init__(self, *args, **kwargs) -> None:
