@@ -9,13 +9,18 @@ from safetensors.torch import load_file
 from tests.conftest import REPO
 
 
-@pytest.mark.slow
-def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
+def torchrun_two_gloo_ranks(script: str, out, port: int) -> None:
+    """Run ``tests/SCRIPT OUT`` as two CPU processes through torchrun (never a home-made launcher)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(REPO / "tests" / "ddp_worker.py"), str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(REPO / "tests" / script), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
+    torchrun_two_gloo_ranks("ddp_worker.py", tmp_path, 29517)
     a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
@@ -28,11 +33,7 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
 def test_nt_xent_gathered_over_two_ranks_equals_one_process(tmp_path):
     from semivit.methods.losses import nt_xent
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
-           str(REPO / "tests" / "nt_xent_worker.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two_gloo_ranks("nt_xent_worker.py", tmp_path, 29518)
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
     g = torch.Generator().manual_seed(0)
     z1 = torch.randn(8, 6, generator=g).requires_grad_(True)
