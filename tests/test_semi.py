@@ -137,3 +137,13 @@ def test_short_ema_teacher_run_beats_supervised_only(tmp_path):
         "method.ema": 0.99, "method.threshold": 0.7, "method.pseudo_mixup": "mixup"})
     semi = train(semi_cfg, data)
     assert semi.metrics["test_top1"] > only.metrics["test_top1"] + 0.03, (semi.metrics, only.metrics)
+
+
+def test_pseudo_mixup_both_and_bad_mode():
+    from semivit.errors import SemivitError
+
+    model = create_model("vit_nano", 3, 1, 8, depth=1)
+    method = EMATeacher(model, PseudoLabelParams(threshold=0.0, mu=2, pseudo_mixup="both"), 3, 10)
+    assert float(method.training_step(_batch(), 0).metrics["loss_u"]) > 0
+    with pytest.raises(SemivitError, match="must be off, mixup, cutmix or both"):
+        FixMatch(model, PseudoLabelParams(pseudo_mixup="sometimes"), 3, 10)

@@ -28,7 +28,7 @@ class PseudoLabelParams:
     threshold: float = 0.7  # τ: confidence needed to use a pseudo-label
     lambda_u: float = 5.0  # λ_u: weight of the unlabeled loss
     mu: float = 5.0  # μ: unlabeled images per labeled image
-    pseudo_mixup: str = "off"  # probabilistic pseudo mixup: off | mixup | cutmix
+    pseudo_mixup: str = "off"  # probabilistic pseudo mixup: off | mixup | cutmix | both (each batch picks one)
     mixup_smoothing: float = 0.1  # label smoothing of the mixed soft targets
     ema: float = 0.999  # EMA-Teacher momentum m (ema_teacher only)
     eval_with: str = "teacher"  # ema_teacher: evaluate the teacher or the student
@@ -60,10 +60,10 @@ class PseudoLabelMethod(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
-        if p.pseudo_mixup not in ("off", "mixup", "cutmix"):
+        if p.pseudo_mixup not in ("off", "mixup", "cutmix", "both"):
             from semivit.errors import SemivitError
 
-            raise SemivitError(f"method.pseudo_mixup must be off, mixup or cutmix, got '{p.pseudo_mixup}'")
+            raise SemivitError(f"method.pseudo_mixup must be off, mixup, cutmix or both, got '{p.pseudo_mixup}'")
         self.unlabeled_ratio = p.mu
 
     def teacher_logits(self, x_weak: torch.Tensor) -> torch.Tensor:
@@ -77,8 +77,11 @@ class PseudoLabelMethod(Method):
             probs = self.teacher_logits(u_weak).float().softmax(-1)
         conf, pseudo = probs.max(-1)
         if p.pseudo_mixup != "off":
+            mode = p.pseudo_mixup
+            if mode == "both":  # as the reference code: mixup or CutMix with equal chance, per batch
+                mode = "cutmix" if torch.rand(()) < 0.5 else "mixup"
             u_input, u_targets, mixed_conf = pseudo_mixup(u_strong, conf, pseudo, self.num_classes,
-                                                          p.pseudo_mixup, p.mixup_smoothing)
+                                                          mode, p.mixup_smoothing)
             mask = (mixed_conf >= p.threshold).float()
         else:
             u_input, u_targets = u_strong, F.one_hot(pseudo, self.num_classes).float()
