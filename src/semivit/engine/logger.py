@@ -57,10 +57,12 @@ class RunLogger:
                     self._tb.add_scalar(key, value, step)
         self.flush()
 
-    def progress(self, steps: int, postfix: dict[str, float]) -> None:
+    def progress(self, steps: int, postfix: dict[str, float] | None = None) -> None:
+        """Advance the bar; ``postfix`` (given at log steps) replaces the metrics it shows."""
         if self._bar is not None:
             self._bar.update(steps)
-            self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
+            if postfix:  # an empty update would wipe the last logged metrics every step
+                self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
 
     def flush(self) -> None:
         tmp = self.path.with_suffix(".csv.tmp")

@@ -251,7 +251,7 @@ class Trainer:
                 if ema is not None:
                     ema.update(method.export_model())
                 step += 1
-                logger.progress(1, {})
+                logger.progress(1)
                 at_log = step % t.log_every == 0 or step == total
                 if (check_every_step or at_log or step % t.ckpt_every == 0) and bool(bad):
                     raise NonFiniteLossError(
