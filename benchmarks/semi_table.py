@@ -53,6 +53,8 @@ def run_stages(stages: list[Config], data: Any, out: Path) -> tuple[dict[str, An
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipe", default="semivit", help="a three-stage mae → supervised → semi recipe "
+                   "(semivit for CPU, semivit-cifar for 32-px images on a GPU)")
     p.add_argument("--data", default="digits")
     p.add_argument("--labels", default="4-per-class")
     p.add_argument("--split", help="a split/list file (e.g. ../shared/data/cifar10_labels250_seed0.txt)")
@@ -69,7 +71,7 @@ def main() -> int:
     if args.split:
         overrides["data.split"] = args.split
     out = Path(args.out)
-    _, semivit = stage_configs(load_yaml(find_recipe("semivit")), overrides)
+    _, semivit = stage_configs(load_yaml(find_recipe(args.recipe)), overrides)
     data = prepare_data(semivit[0].data, args.seed)
     for cfg in semivit:
         cfg.train.steps = max(1, round((cfg.train.steps or 0) * args.steps_scale))
@@ -92,7 +94,9 @@ def main() -> int:
             ("ema_teacher + pseudo mixup", [variant(sup), variant(ema)]),
             ("semivit pipeline (mae → sup → ema_teacher + mixup)", [variant(mae), variant(sup), variant(ema)])]
     chosen = range(1, 6) if args.rows == "all" else [int(r) for r in args.rows.split(",")]
-    lines = [f"data {args.data}, labels {len(data.split.labeled)} ({args.labels if not args.split else args.split}), "
+    labels = args.split or args.labels
+    lines = [f"recipe {args.recipe}, model {sup.model.name}, data {args.data}, "
+             f"labels {len(data.split.labeled)} ({labels}), "
              f"val {len(data.split.val)}, seed {args.seed}, stage steps "
              f"{'/'.join(str(c.train.steps) for c in semivit)} (mae/supervised/semi)", "",
              "| method | test top-1 | best val top-1 | seconds | images/s (last stage) | pseudo-label acc | mask |",

@@ -24,24 +24,36 @@ import torch
 
 from semivit.config import Config, apply_overrides
 from semivit.data import prepare_data
-from semivit.engine.trainer import train
+from semivit.engine.trainer import amp_dtype, resolve_device, train
 from semivit.models.factory import create_model
 
 
 def bare_step_images_per_sec(model: torch.nn.Module, shape: tuple[int, ...], num_classes: int, steps: int,
-                             warmup: int = 5) -> float:
-    """Forward + backward + AdamW step on one fixed batch (the model's own speed limit)."""
+                             warmup: int = 5, device: torch.device | None = None,
+                             dtype: torch.dtype | None = None) -> float:
+    """Forward + backward + AdamW step on one fixed batch (the model's own speed limit).
+
+    On a GPU the step runs under the same autocast ``dtype`` as the Trainer's, and the clock stops after a
+    synchronize, so queued kernels are counted.
+    """
+    device = device or torch.device("cpu")
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.rand(shape)
-    y = torch.randint(num_classes, (shape[0],))
+    x = torch.rand(shape, device=device)
+    y = torch.randint(num_classes, (shape[0],), device=device)
     model.train()
     for i in range(warmup + steps):
         if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return shape[0] * steps / (time.perf_counter() - start)
 
 
@@ -61,6 +73,8 @@ def main() -> int:
     p.add_argument("--model", default="vit_nano")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--amp", default="auto", help="the Trainer's train.amp (GPU only): auto | bf16 | fp16 | off")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = p.parse_args()
     if args.threads:
@@ -77,21 +91,26 @@ def main() -> int:
         "data.source": source, "data.labels": args.labels, "model.name": args.model,
         "train.method": args.method, "train.steps": args.steps, "train.batch_size": args.batch_size,
         "train.eval_every": 0, "train.log_every": 10, "train.ckpt_every": 10**9, "train.out": tmp.name,
-        "train.name": "bench", "train.progress": False, "train.tensorboard": False, "train.device": "cpu"})
+        "train.name": "bench", "train.progress": False, "train.tensorboard": False, "train.device": args.device,
+        "train.amp": args.amp})
     data = prepare_data(cfg.data, cfg.train.seed)
     load_seconds = time.perf_counter() - start
     images = data.train
     model = create_model(args.model, images.num_classes, images.channels, images.image_size[0])
     shape = (args.batch_size, images.channels, *images.image_size)
+    device = resolve_device(args.device)
+    dtype = amp_dtype(args.amp, device)
     # bare step before and after the training run, averaged, so slow drifts of the machine cancel out
-    bare_before = bare_step_images_per_sec(model, shape, images.num_classes, steps=max(10, args.steps // 3))
+    bare_before = bare_step_images_per_sec(model, shape, images.num_classes, steps=max(10, args.steps // 3),
+                                          device=device, dtype=dtype)
     result = train(cfg, data)
     full = trainer_images_per_sec(result.run_dir)
-    bare_after = bare_step_images_per_sec(model, shape, images.num_classes, steps=max(10, args.steps // 3))
+    bare_after = bare_step_images_per_sec(model, shape, images.num_classes, steps=max(10, args.steps // 3),
+                                          device=device, dtype=dtype)
     bare = (bare_before + bare_after) / 2
     print(f"data: {args.data} ({len(images)} train images, {images.channels}×{images.image_size[0]}px), "
           f"loaded in {load_seconds:.1f}s; model {args.model}; batch {args.batch_size}; "
-          f"threads {torch.get_num_threads()}")
+          f"device {device}{' ' + str(dtype) if dtype else ''}; threads {torch.get_num_threads()}")
     print(f"bare model step (fwd+bwd+AdamW): {bare:8.1f} images/s (before {bare_before:.1f}, after "
           f"{bare_after:.1f})")
     print(f"{args.method} training step:      {full:8.1f} images/s (labeled + unlabeled images)")

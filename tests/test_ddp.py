@@ -11,7 +11,9 @@ from tests.conftest import REPO
 
 def torchrun_two_gloo_ranks(script: str, out, port: int) -> None:
     """Run ``tests/SCRIPT OUT`` as two CPU processes through torchrun (never a home-made launcher)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # keep the caller's PYTHONPATH: the package may come from src/ rather than an install
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(REPO / "tests" / script), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
