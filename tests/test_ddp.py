@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 from tests.conftest import REPO
 
 
-def torchrun_two_gloo_ranks(script: str, out, port: int) -> None:
-    """Run ``tests/SCRIPT OUT`` as two CPU processes through torchrun (never a home-made launcher)."""
+def torchrun_two_gloo_ranks(script: str, out, port: int) -> list[dict[str, torch.Tensor]]:
+    """Run ``tests/SCRIPT OUT`` as two CPU processes through torchrun (never a home-made launcher); returns
+    what each rank saved as ``OUT/rank{r}.safetensors``."""
     # keep the caller's PYTHONPATH: the package may come from src/ rather than an install
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -18,12 +19,12 @@ def torchrun_two_gloo_ranks(script: str, out, port: int) -> None:
            str(REPO / "tests" / script), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return [load_file(str(out / f"rank{r}.safetensors")) for r in range(2)]
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
-    torchrun_two_gloo_ranks("ddp_worker.py", tmp_path, 29517)
-    a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
+    a, b = torchrun_two_gloo_ranks("ddp_worker.py", tmp_path, 29517)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -35,8 +36,7 @@ def test_two_gloo_ranks_end_with_identical_weights(tmp_path):
 def test_nt_xent_gathered_over_two_ranks_equals_one_process(tmp_path):
     from semivit.methods.losses import nt_xent
 
-    torchrun_two_gloo_ranks("nt_xent_worker.py", tmp_path, 29518)
-    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
+    ranks = torchrun_two_gloo_ranks("nt_xent_worker.py", tmp_path, 29518)
     g = torch.Generator().manual_seed(0)
     z1 = torch.randn(8, 6, generator=g).requires_grad_(True)
     z2 = torch.randn(8, 6, generator=g).requires_grad_(True)

@@ -27,7 +27,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--unlabeled", help="an extra pool of unlabeled images (folder or CSV)")
     g.add_argument("--labels", help="all | N-per-class | N | P%%  (e.g. 4-per-class, 250, 10%%)")
     g.add_argument("--split", help="a split.json from an earlier run, or a list file of labeled images")
-    g.add_argument("--model", help="vit_nano, vit_tiny, vit_small, vit_base, resnet18, ... or a timm name")
+    g.add_argument("--model", help="vit_nano, vit_tiny, vit_small, vit_base, resnet18, semiformer_tiny, ... "
+                                   "or a timm name")
     g.add_argument("--steps", type=int, help="optimizer steps")
     g.add_argument("--epochs", type=float, help="epochs over the labeled images (instead of --steps)")
     g.add_argument("--batch-size", type=int, help="labeled images per step (over all processes)")
@@ -104,15 +105,50 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            f"{model.spec.in_chans}×{model.spec.image_size}px: evaluate on the data it was "
                            f"trained on")
     device = resolve_device(args.device or "auto")
-    logits = predict_logits(model.to(device), part, device=device)
+    if args.classifier == "snn":
+        logits = _snn_logits(model.to(device), bundle.train, part, args, device)
+    else:
+        logits = predict_logits(model.to(device), part, device=device)
     report = classification_report(logits, part.labels, model.spec.classes or part.classes)
     print(f"top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}  ECE {report['ece']:.4f}  "
           f"n={report['n']}" + (f"  ROC AUC {report['roc_auc']:.4f}" if "roc_auc" in report else ""))
+    if hasattr(model, "stream_logits"):  # Semiformer: the fused prediction above, and each stream alone
+        from semivit.engine.evaluate import stream_top1
+
+        report["streams"] = stream_top1(model, part, device=device)
+        print("  ".join(f"{name} top-1 {acc:.4f}" for name, acc in report["streams"].items()))
     for name, acc in report["per_class"].items():
         print(f"  {name:>20}: {acc:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _snn_logits(model: Any, train: Any, part: Any, args: argparse.Namespace, device: Any) -> Any:
+    """Log-probabilities of the soft nearest-neighbour classifier (PAWS) with the run's labeled images as
+    the support bank: ``--split``, else the run folder's split.json, else every labeled training image."""
+    import torch
+
+    from semivit.data.splits import load_split
+    from semivit.engine.evaluate import extract_features, snn_probs
+
+    split_path = args.split
+    if split_path is None:
+        path = Path(args.checkpoint)
+        run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        split_path = str(run / "split.json") if (run / "split.json").is_file() else None
+    if split_path is not None:
+        bank_idx = load_split(split_path, train).labeled
+    else:
+        bank_idx = torch.nonzero(train.labels >= 0).squeeze(1)
+    if len(bank_idx) == 0:
+        raise SemivitError("no labeled images for the snn classifier's support bank: pass --split")
+    print(f"snn classifier: {len(bank_idx)} labeled images as the support bank"
+          + (f" ({split_path})" if split_path else " (every labeled training image)"))
+    bank = extract_features(model, train, bank_idx, device=device)
+    queries = extract_features(model, part, device=device)
+    probs = snn_probs(bank, train.labels[bank_idx], queries, model.spec.num_classes, args.tau)
+    return probs.clamp_min(1e-12).log()
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -127,15 +163,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths, images = read_image_files(args.inputs, spec.image_size, spec.in_chans)
     classes = spec.classes or [str(i) for i in range(spec.num_classes)]
     k = min(args.topk, spec.num_classes)
+    streams = ("conv", "transformer") if hasattr(model, "stream_logits") else ()  # Semiformer: also each stream
     with torch.no_grad():
-        probs = torch.cat([model(to_float(images[i:i + 256])).softmax(1) for i in range(0, len(images), 256)])
-    conf, idx = probs.topk(k, dim=1)
+        chunks = [to_float(images[i:i + 256]) for i in range(0, len(images), 256)]
+        outs = [model.stream_logits(x) if streams else {"fused": model(x)} for x in chunks]
+        probs = {name: torch.cat([o[name] for o in outs]).softmax(1) for name in ("fused", *streams)}
+    conf, idx = probs["fused"].topk(k, dim=1)
     with open(args.output, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "label", "confidence", "topk"])
-        for path, c, i in zip(paths, conf.tolist(), idx.tolist()):
+        writer.writerow(["path", "label", "confidence", "topk",
+                         *[f"{name}_{col}" for name in streams for col in ("label", "confidence")]])
+        for n, (path, c, i) in enumerate(zip(paths, conf.tolist(), idx.tolist())):
             topk = ";".join(f"{classes[j]}:{p:.4f}" for j, p in zip(i, c))
-            writer.writerow([path, classes[i[0]], f"{c[0]:.4f}", topk])
+            per_stream = [v for name in streams for v in (classes[int(probs[name][n].argmax())],
+                                                          f"{float(probs[name][n].max()):.4f}")]
+            writer.writerow([path, classes[i[0]], f"{c[0]:.4f}", topk, *per_stream])
     print(f"wrote {len(paths)} predictions to {args.output}")
     return 0
 
@@ -174,6 +216,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", choices=["test", "train"], default="test")
     p.add_argument("--device")
     p.add_argument("--json", help="also write the full report (with the confusion matrix) here")
+    p.add_argument("--classifier", choices=["head", "snn"], default="head",
+                   help="the model's head, or soft nearest neighbours over the labeled images (after paws)")
+    p.add_argument("--split", help="snn: the labeled images (a split.json or list; default: the run's)")
+    p.add_argument("--tau", type=float, default=0.1, help="snn: temperature of the soft nearest neighbours")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="label images: CSV of label, confidence and top-k")

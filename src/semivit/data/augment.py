@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -370,9 +371,29 @@ def contrastive(x: torch.Tensor, generator: torch.Generator | None, out_size: Si
     return _gaussian_blur(x, generator, p_blur).clamp_(0, 1) if blur else x
 
 
+def multicrop_large(x: torch.Tensor, generator: torch.Generator | None, flip: bool = True,
+                    scale: tuple[float, float] = (0.75, 1.0), jitter_strength: float = 0.5,
+                    **kwargs: Any) -> torch.Tensor:
+    """A large multi-crop view (Caron et al. 2020; PAWS's CIFAR setting): a SimCLR view at full size from a
+    crop of ``scale`` of the image (0.75–1 on 32 px; 0.14–1 on ImageNet)."""
+    return contrastive(x, generator, scale=scale, flip=flip, jitter_strength=jitter_strength, **kwargs)
+
+
+def multicrop_small(x: torch.Tensor, generator: torch.Generator | None, flip: bool = True,
+                    out_size: Size | None = None, scale: tuple[float, float] = (0.3, 0.75),
+                    jitter_strength: float = 0.5, **kwargs: Any) -> torch.Tensor:
+    """A small multi-crop view: a crop of ``scale`` of the image, resized to ``out_size`` (default 9/16 of
+    the side: 18 px from 32 px, as PAWS on CIFAR-10; 96 px from 224 on ImageNet is 3/7). Small views cost a
+    fraction of a large one, which is the point of multi-crop."""
+    size = out_size or max(1, round(x.shape[-1] * 9 / 16))
+    return contrastive(x, generator, out_size=size, scale=scale, flip=flip, jitter_strength=jitter_strength,
+                       **kwargs)
+
+
 # "none" is the batch as it is (evaluation view; draws no randomness).
 _VIEWS: dict[str, Callable[..., torch.Tensor]] = {"none": lambda x, generator, flip: x, "weak": weak,
-                                                   "strong": strong, "contrastive": contrastive}
+                                                   "strong": strong, "contrastive": contrastive,
+                                                   "large": multicrop_large, "small": multicrop_small}
 VIEW_NAMES: tuple[str, ...] = tuple(_VIEWS)
 
 

@@ -65,6 +65,52 @@ class IndexStream:
         self._perm = self._permutation()
 
 
+class BalancedIndexStream:
+    """Class-balanced index batches: ``classes_per_batch`` classes × ``per_class`` images each (PAWS's
+    support sampler, Assran et al. 2021, Sec. 3). Batch ``n`` is a pure function of ``(seed, key, rank, n)``;
+    each rank draws its own support set (PAWS gathers them across ranks).
+
+    Classes are drawn without replacement (all classes when ``classes_per_batch`` is None or larger than
+    the number of classes with labels); images within a class without replacement when it has enough.
+    Batches are ordered class by class.
+    """
+
+    def __init__(self, pool: torch.Tensor, labels: torch.Tensor, classes_per_batch: int | None,
+                 per_class: int, seed: int, key: int, rank: int = 0) -> None:
+        if len(pool) == 0:
+            raise ValueError("empty index pool")
+        pool_labels = labels[pool]
+        self.by_class = [pool[pool_labels == c] for c in torch.unique(pool_labels[pool_labels >= 0]).tolist()]
+        if not self.by_class:
+            raise ValueError("no labeled images in the pool")
+        n = len(self.by_class)
+        self.classes_per_batch = n if classes_per_batch is None else min(classes_per_batch, n)
+        self.per_class, self.seed, self.key, self.rank = per_class, seed, key, rank
+        self.batch_size = self.classes_per_batch * per_class
+        self.cursor = 0
+
+    def next(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.key * 7919 + self.rank * 104_729
+                                          + self.cursor)
+        self.cursor += 1
+        chosen = torch.randperm(len(self.by_class), generator=g)[:self.classes_per_batch].sort().values
+        out = []
+        for c in chosen.tolist():
+            members = self.by_class[c]
+            if len(members) >= self.per_class:
+                pick = torch.randperm(len(members), generator=g)[:self.per_class]
+            else:
+                pick = torch.randint(len(members), (self.per_class,), generator=g)
+            out.append(members[pick])
+        return torch.cat(out)
+
+    def state_dict(self) -> dict:
+        return {"cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cursor = int(state["cursor"])
+
+
 class _Decode(Dataset):
     def __init__(self, images: ImageSet) -> None:
         self.images = images
@@ -85,7 +131,7 @@ class ImageStream:
     stores the position of the batch actually consumed, not of the one being decoded.
     """
 
-    def __init__(self, images: ImageSet, indices: IndexStream, workers: int,
+    def __init__(self, images: ImageSet, indices: IndexStream | BalancedIndexStream, workers: int,
                  resident: torch.Tensor | None = None) -> None:
         self.images, self.indices, self.workers = images, indices, workers
         self.resident = resident  # the in-memory images already on the GPU, or None
@@ -172,14 +218,20 @@ class BatchMaker:
     def __init__(self, train: ImageSet, labeled: torch.Tensor, unlabeled: torch.Tensor, *,
                  labeled_views: tuple[str, ...], unlabeled_views: tuple[str, ...], batch_size: int,
                  unlabeled_batch_size: int, device: torch.device, seed: int, flip: bool, rank: int = 0,
-                 world: int = 1, workers: int = 2, view_options: dict[str, dict] | None = None) -> None:
+                 world: int = 1, workers: int = 2, view_options: dict[str, dict] | None = None,
+                 support: tuple[int | None, int] | None = None) -> None:
+        """``support = (classes per batch, images per class)`` makes the labeled stream class-balanced
+        (:class:`BalancedIndexStream`; ``batch_size`` is then ignored for it)."""
         self.train, self.device, self.flip = train, device, flip
         self.view_options = view_options or {}  # per-view keyword arguments, e.g. strong-view magnitude
         self.labeled_views, self.unlabeled_views = labeled_views, unlabeled_views
         resident = resident_images(train, device)
         self.labels = train.labels.to(device)
-        self.labeled = (ImageStream(train, IndexStream(labeled, batch_size, seed, 1, rank, world), workers,
-                                    resident) if labeled_views and batch_size > 0 else None)
+        labeled_stream: IndexStream | BalancedIndexStream = (
+            BalancedIndexStream(labeled, train.labels, support[0], support[1], seed, 1, rank) if support
+            else IndexStream(labeled, batch_size, seed, 1, rank, world))
+        self.labeled = (ImageStream(train, labeled_stream, workers, resident)
+                        if labeled_views and (batch_size > 0 or support) else None)
         self.unlabeled = (ImageStream(train, IndexStream(unlabeled, unlabeled_batch_size, seed, 2, rank,
                                                          world), workers, resident)
                           if unlabeled_views and unlabeled_batch_size > 0 else None)

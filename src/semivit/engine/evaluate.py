@@ -29,6 +29,31 @@ def predict_logits(model: nn.Module, images: ImageSet, indices: torch.Tensor | N
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+@torch.no_grad()
+def predict_stream_logits(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
+                          device: torch.device | str = "cpu", batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Each head's logits (float32, CPU) of a dual-stream model with ``stream_logits`` (Semiformer):
+    ``{"conv", "transformer", "fused"}``, for ``images[indices]`` (all when None)."""
+    was_training = model.training
+    model.eval()
+    idx = torch.arange(len(images)) if indices is None else indices
+    out: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(idx), batch_size):
+        chunk = to_float(images.get(idx[start:start + batch_size]).to(device))
+        for name, logits in model.stream_logits(chunk).items():  # type: ignore[operator]
+            out.setdefault(name, []).append(logits.float().cpu())
+    model.train(was_training)
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def stream_top1(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
+                device: torch.device | str = "cpu") -> dict[str, float]:
+    """Top-1 of each head of a dual-stream model and of their fused prediction: ``{"conv": …, …}``."""
+    labels = images.labels if indices is None else images.labels[indices]
+    return {name: top1(logits, labels)
+            for name, logits in predict_stream_logits(model, images, indices, device=device).items()}
+
+
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """ECE (Guo et al. 2017): Σ_b |B_b|/n · |acc(B_b) − conf(B_b)| over equal-width confidence bins."""
     conf, pred = probs.max(1)
@@ -106,6 +131,24 @@ def knn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tenso
     sims, idx = (queries @ bank.T).topk(k, dim=1)
     votes = torch.zeros(len(queries), num_classes).scatter_add_(1, bank_labels[idx], (sims / temperature).exp())
     return float((votes.argmax(1) == query_labels).float().mean())
+
+
+def snn_probs(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, num_classes: int,
+              tau: float = 0.1, chunk: int = 4096) -> torch.Tensor:
+    """Soft nearest-neighbour class probabilities over a labeled bank (PAWS, Assran et al. 2021, Eq. 1):
+    π(z) = Σ_i softmax_i(cos(z, z_i) / τ) · onehot(y_i). Used to evaluate and to predict after PAWS."""
+    from semivit.methods.losses import snn
+
+    onehot = torch.nn.functional.one_hot(bank_labels, num_classes).float()
+    return torch.cat([snn(queries[i:i + chunk], bank, onehot, tau) for i in range(0, len(queries), chunk)])
+
+
+def snn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor,
+             tau: float = 0.1) -> float:
+    """Accuracy of the soft nearest-neighbour classifier (:func:`snn_probs`) on frozen features."""
+    num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
+    probs = snn_probs(bank, bank_labels, queries, num_classes, tau)
+    return float((probs.argmax(1) == query_labels).float().mean())
 
 
 def linear_probe_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,

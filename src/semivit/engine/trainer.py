@@ -38,6 +38,7 @@ from semivit.engine.evaluate import (
     knn_top1,
     linear_probe_top1,
     predict_logits,
+    snn_top1,
     top1,
 )
 from semivit.engine.logger import RunLogger
@@ -128,7 +129,9 @@ class Trainer:
                 raise SemivitError(f"train.steps must be positive, got {t.steps}")
             return t.steps
         epochs = 100.0 if t.epochs is None else t.epochs
-        pool = self.data.split.labeled if method_cls.labeled_views else self.data.split.unlabeled
+        # epochs count labeled images for methods driven by labels, unlabeled ones for (semi-)pre-training
+        by_labels = method_cls.labeled_views and method_cls.trains_classifier
+        pool = self.data.split.labeled if by_labels else self.data.split.unlabeled
         return steps_for_epochs(epochs, len(pool), t.batch_size * t.accum_steps)
 
     def _batch_maker(self, method: Any) -> BatchMaker:
@@ -136,9 +139,10 @@ class Trainer:
         if t.batch_size % world:
             raise SemivitError(f"train.batch_size {t.batch_size} must be divisible by the {world} processes")
         per_rank = t.batch_size // world
-        if method.labeled_views:
+        support = getattr(method, "support", None)  # PAWS: a class-balanced labeled support set
+        if method.labeled_views and not support:
             unlabeled = round(per_rank * method.unlabeled_ratio)
-        else:  # pre-training: the batch is made of unlabeled images
+        else:  # pre-training (and PAWS, whose labeled batch is its support): the batch is unlabeled images
             unlabeled = per_rank
         if method.labeled_views and len(self.data.split.labeled) == 0:
             raise SemivitError("no labeled images in the split: use --labels with at least 1 per class")
@@ -146,9 +150,9 @@ class Trainer:
                           labeled_views=tuple(method.labeled_views), unlabeled_views=tuple(method.unlabeled_views),
                           batch_size=per_rank, unlabeled_batch_size=unlabeled, device=self.device,
                           seed=t.seed, flip=self.data.flip, rank=self.dist.rank, world=world,
-                          workers=self.cfg.data.workers, view_options={"strong": {
+                          workers=self.cfg.data.workers, support=support, view_options={"strong": {
                               "num_ops": d.strong_ops, "magnitude": self._strong_magnitude(),
-                              "erase": d.strong_erase}})
+                              "erase": d.strong_erase}, **getattr(method, "view_options", {})})
 
     def _strong_magnitude(self) -> float:
         if self.cfg.data.strong_magnitude is not None:
@@ -163,7 +167,9 @@ class Trainer:
         method_cls = method_class(t.method)
         total = self._total_steps(method_cls)
         model = self._build_model()
-        method = method_cls(model, self.params, self.data.train.num_classes, total).to(self.device)
+        method = method_cls(model, self.params, self.data.train.num_classes, total)
+        method.setup(len(self.data.train))
+        method.to(self.device)
         self.pretraining = not method.trains_classifier  # judged by k-NN on features, not by its head
         batches = self._batch_maker(method)
         trained: nn.Module = method
@@ -251,6 +257,8 @@ class Trainer:
                 if ema is not None:
                     ema.update(method.export_model())
                 step += 1
+                if method.validation_every and step % method.validation_every == 0:
+                    self._method_validation(method, step, logger)
                 logger.progress(1)
                 at_log = step % t.log_every == 0 or step == total
                 if (check_every_step or at_log or step % t.ckpt_every == 0) and bool(bad):
@@ -308,15 +316,29 @@ class Trainer:
         barrier()
         return acc
 
+    def _method_validation(self, method: Any, step: int, logger: RunLogger) -> None:
+        """Hand the method its model's logits on the validation split (every rank computes them, so a
+        decision such as SSMAE's gate is the same everywhere). The test set is never used here."""
+        val = self.data.split.val
+        if len(val) == 0:
+            raise SemivitError(f"method '{method.name}' decides on a validation split, but it is empty: "
+                               f"set data.val (e.g. 5-per-class)")
+        logits = predict_logits(method.eval_model(), self.data.train, val, device=self.device)
+        values = method.on_validation(step, logits, self.data.train.labels[val])
+        if values:
+            logger.log(step, values, prefix="gate")
+
     def _knn(self, net: nn.Module, images: ImageSet, queries: torch.Tensor,
-             probe: bool = False) -> tuple[float, float | None]:
-        """k-NN top-1 (and optionally a linear probe's) of ``images[queries]``, the labeled set as the bank."""
+             probe: bool = False) -> tuple[float, dict[str, float]]:
+        """k-NN top-1 of ``images[queries]`` with the labeled set as the bank; with ``probe`` also a linear
+        probe's and the soft nearest-neighbour classifier's (PAWS's) top-1."""
         train, labeled = self.data.train, self.data.split.labeled
         bank = extract_features(net, train, labeled, device=self.device)
         feats = extract_features(net, images, queries, device=self.device)
         bank_y, query_y = train.labels[labeled], images.labels[queries]
-        return (knn_top1(bank, bank_y, feats, query_y),
-                linear_probe_top1(bank, bank_y, feats, query_y) if probe else None)
+        extra = ({"linear_top1": linear_probe_top1(bank, bank_y, feats, query_y),
+                  "snn_top1": snn_top1(bank, bank_y, feats, query_y)} if probe else {})
+        return knn_top1(bank, bank_y, feats, query_y), extra
 
     def _finish(self, net: nn.Module, step: int, state: dict, logger: RunLogger) -> dict[str, Any]:
         val = self._validate(net, step, state, logger)
@@ -336,10 +358,18 @@ class Trainer:
             metrics.update(test_top1=report["top1"], test_top5=report["top5"], test_ece=report["ece"])
             logger.log(step, {"top1": report["top1"]}, prefix="test")
             if self.pretraining:  # representation quality: k-NN and a linear probe fitted on the labels
-                knn, linear = self._knn(net, test, torch.arange(len(test)), probe=True)
-                metrics.update(test_knn_top1=knn, test_linear_top1=linear)
-                logger.log(step, {"knn_top1": metrics["test_knn_top1"],
-                                  "linear_top1": metrics["test_linear_top1"]}, prefix="test")
+                knn, extra = self._knn(net, test, torch.arange(len(test)), probe=True)
+                metrics.update(test_knn_top1=knn, **{f"test_{k}": v for k, v in extra.items()})
+                logger.log(step, {"knn_top1": knn, **extra}, prefix="test")
+        if hasattr(net, "stream_logits"):  # a dual-stream model (Semiformer): each head alone, and fused
+            from semivit.engine.evaluate import stream_top1
+
+            parts = {"val": (self.data.train, self.data.split.val), "test": (test, None)}
+            for part, (images, idx) in parts.items():
+                if images is not None and len(images if idx is None else idx):
+                    accs = stream_top1(net, images, idx, device=self.device)
+                    metrics.update({f"{part}_top1_{k}": v for k, v in accs.items()})
+                    logger.log(step, {f"top1_{k}": v for k, v in accs.items()}, prefix=part)
         (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 

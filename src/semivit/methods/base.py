@@ -57,8 +57,21 @@ class Method(nn.Module):
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         raise NotImplementedError
 
+    #: steps between calls of :meth:`on_validation` (0 = never): methods that decide on validation results
+    validation_every: int = 0
+
+    def setup(self, num_train: int) -> None:
+        """Called once after construction, before a checkpoint is restored: size per-image state (a
+        pseudo-label memory) for the ``num_train`` training images, so it is saved and resumed with the
+        method's buffers."""
+
     def on_step_end(self, step: int) -> None:
         """Called after each optimizer step (e.g. to update an EMA teacher)."""
+
+    def on_validation(self, step: int, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Called every :attr:`validation_every` steps with the model's logits on the *validation* split
+        (never the test set) and its labels, on every rank; returns values to log (e.g. a gate's state)."""
+        return {}
 
     def eval_model(self) -> nn.Module:
         """The network that evaluation and prediction use."""

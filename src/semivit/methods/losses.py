@@ -48,3 +48,63 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     """
     targets = F.softmax(teacher_logits.float() / temperature, dim=-1)
     return -(targets * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
+
+
+def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.1) -> torch.Tensor:
+    """One-hot targets with label smoothing: (1 − s)·onehot + s/K (PAWS's support labels use s = 0.1)."""
+    return F.one_hot(labels, num_classes).float() * (1 - smoothing) + smoothing / num_classes
+
+
+def snn(queries: torch.Tensor, supports: torch.Tensor, support_labels: torch.Tensor,
+        tau: float = 0.1) -> torch.Tensor:
+    """Soft nearest-neighbour classifier (PAWS, Assran et al. 2021, Eq. 1).
+
+    π(z) = Σ_i softmax_i(z·z_i / τ) · y_i over the support samples, with z and z_i L2-normalised and y_i
+    (soft) one-hot labels. Returns class probabilities (rows sum to 1).
+    """
+    q, s = F.normalize(queries.float(), dim=-1), F.normalize(supports.float(), dim=-1)
+    return F.softmax(q @ s.T / tau, dim=-1) @ support_labels.float()
+
+
+def sharpen(probs: torch.Tensor, temperature: float = 0.25) -> torch.Tensor:
+    """PAWS target sharpening (Eq. 2): [ρ(p)]_k = p_k^{1/T} / Σ_j p_j^{1/T}."""
+    p = probs.float().clamp_min(1e-12) ** (1.0 / temperature)
+    return p / p.sum(-1, keepdim=True)
+
+
+def mean_entropy(probs: torch.Tensor, reduce_ranks: bool = True) -> torch.Tensor:
+    """H(p̄): entropy of the batch-mean prediction (PAWS's ME-MAX regulariser maximises it, Eq. 4).
+
+    With DDP the mean is taken over every rank's batch (the gradient flows back through an all-reduce of
+    the means, as one process holding the joined batch would compute it).
+    """
+    mean = probs.float().mean(0)
+    if reduce_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from torch.distributed.nn.functional import all_reduce
+
+        mean = all_reduce(mean) / dist.get_world_size()
+    return -(mean * mean.clamp_min(1e-12).log()).sum()
+
+
+def paws_loss(anchor_probs: torch.Tensor, targets: torch.Tensor, me_max: bool = True,
+              sharpen_temperature: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """PAWS objective (Eq. 3–4): mean cross-entropy H(target, π(view)) − H(mean of sharpened π(view)).
+
+    ``targets`` are sharpened predictions of the *other* large view, computed without gradient; returns
+    (the total loss, the ME-MAX entropy term) — the entropy is returned for logging.
+    """
+    ce = -(targets.detach() * anchor_probs.float().clamp_min(1e-12).log()).sum(-1).mean()
+    if not me_max:
+        return ce, torch.zeros((), device=ce.device)
+    entropy = mean_entropy(sharpen(anchor_probs, sharpen_temperature))
+    return ce - entropy, entropy
+
+
+def gather_supports(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's support embeddings (with gradient) and labels, concatenated (PAWS gathers supports)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z, labels
+    joined, _ = _gather_with_grad(z)
+    parts = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, labels.contiguous())
+    return joined, torch.cat(parts)

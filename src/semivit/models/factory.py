@@ -84,9 +84,33 @@ class ImageClassifier(nn.Module):
         return (x - self.mean) / self.std
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled pre-logit features (B×num_features)."""
-        tokens = self.backbone.forward_features(self.normalize(x))
+        """Pooled pre-logit features (B×num_features). ViTs also take images of another size (a multiple
+        of the patch size: multi-crop's small views), with the position embeddings resampled to fit."""
+        if self.is_vit and tuple(x.shape[-2:]) != (self.spec.image_size, self.spec.image_size):
+            tokens = self._vit_tokens_any_size(self.normalize(x))
+        else:
+            tokens = self.backbone.forward_features(self.normalize(x))
         return self.backbone.forward_head(tokens, pre_logits=True)
+
+    def _vit_tokens_any_size(self, x: torch.Tensor) -> torch.Tensor:
+        from timm.layers import resample_abs_pos_embed
+
+        vit = self.backbone
+        patch = vit.patch_embed.patch_size[0]
+        if x.shape[-1] % patch or x.shape[-2] % patch:
+            raise ValueError(f"a {tuple(x.shape[-2:])} image is not a multiple of the {patch}-px patch")
+        grid = vit.patch_embed.proj(x)  # B×D×h×w
+        h, w = grid.shape[-2:]
+        t = vit.patch_embed.norm(grid.flatten(2).transpose(1, 2))
+        prefix = vit.num_prefix_tokens if not getattr(vit, "no_embed_class", False) else 0
+        pos = resample_abs_pos_embed(vit.pos_embed, [h, w], num_prefix_tokens=prefix)
+        cls = [vit.cls_token.expand(len(t), -1, -1)] if vit.cls_token is not None else []
+        if prefix:
+            t = torch.cat([*cls, t], 1) + pos
+        else:
+            t = torch.cat([*cls, t + pos], 1)
+        t = vit.norm_pre(vit.patch_drop(vit.pos_drop(t)))
+        return vit.norm(vit.blocks(t))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))
@@ -96,18 +120,25 @@ class ImageClassifier(nn.Module):
         self.std.copy_(std.clamp_min(1e-3).view_as(self.std))
 
 
+def vit_patch_size(image_size: int, patch_size: int | None, embed_dim: int, num_heads: int) -> int:
+    """The patch size (given, or the default for the image size), after checking that the image divides
+    into whole patches and the width into whole heads."""
+    patch = patch_size or default_patch_size(image_size)
+    if image_size % patch:
+        raise SemivitError(f"image size {image_size} is not divisible by patch size {patch}: set "
+                           f"model.patch_size to a divisor of {image_size} or data.image_size")
+    if embed_dim % num_heads:
+        raise SemivitError(f"model.embed_dim {embed_dim} is not divisible by model.num_heads {num_heads}")
+    return patch
+
+
 def _vit(name: str, spec: ModelSpec, patch_size: int | None, embed_dim: int | None, depth: int | None,
          num_heads: int | None, drop_path: float) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     base = VIT_SIZES[name]
     embed_dim, depth, num_heads = embed_dim or base[0], depth or base[1], num_heads or base[2]
-    patch = patch_size or default_patch_size(spec.image_size)
-    if spec.image_size % patch:
-        raise SemivitError(f"image size {spec.image_size} is not divisible by patch size {patch}: set "
-                           f"model.patch_size to a divisor of {spec.image_size} or data.image_size")
-    if embed_dim % num_heads:
-        raise SemivitError(f"model.embed_dim {embed_dim} is not divisible by model.num_heads {num_heads}")
+    patch = vit_patch_size(spec.image_size, patch_size, embed_dim, num_heads)
     spec.kwargs.update(patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                        drop_path=drop_path)
     # Global average pooling, as in MAE fine-tuning and Semi-ViT; sin-cos-free learned pos-embed here,
@@ -140,6 +171,13 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int
     projection head" this way.
     """
     spec = ModelSpec(name, num_classes, in_chans, image_size, {}, list(classes or []))
+    if name.startswith("semiformer"):  # Semiformer's dual-stream model: its own wrapper (per-stream logits)
+        from semivit.models.semiformer import create_semiformer
+
+        if head_layers > 0:
+            raise SemivitError("model.head_layers is not supported by Semiformer models")
+        return create_semiformer(spec, mean, std, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                 num_heads=num_heads, drop_path=drop_path)
     if name in VIT_SIZES:
         backbone = _vit(name, spec, patch_size, embed_dim, depth, num_heads, drop_path)
     elif name in RESNETS:

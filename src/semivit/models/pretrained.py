@@ -24,8 +24,10 @@ _PREFIXES = ("module.", "_orig_mod.", "model.", "encoder.", "student.")
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A flat tensor dict from a ``.safetensors`` or a ``.pth/.pt`` file (never unpickles code)."""
     p = Path(path)
+    if p.is_dir() and (p / "checkpoints" / "model.safetensors").is_file():  # a run folder: its exported model
+        p = p / "checkpoints" / "model.safetensors"
     if not p.is_file():
-        raise SemivitError(f"weights file '{path}' not found: pass a .safetensors or .pth file")
+        raise SemivitError(f"weights file '{path}' not found: pass a .safetensors or .pth file, or a run folder")
     if p.suffix == ".safetensors":
         try:
             return load_file(str(p))

@@ -1,0 +1,119 @@
+"""PAWS (Assran et al. 2021, "Semi-Supervised Learning of Visual Features by Non-Parametrically Predicting
+View Assignments with Support Samples"): semi-supervised pre-training by soft nearest neighbours.
+
+Each step: a class-balanced labeled support batch and unlabeled images, each seen as 2 large views and
+``multicrop`` small ones. Every view is classified by the soft nearest-neighbour classifier π over the
+support embeddings (Eq. 1); its target is the sharpened π of the *other* large view (Eq. 2, no gradient),
+small views learn the mean of the two large-view targets; the loss is the cross-entropy to the targets
+minus the entropy of the mean sharpened prediction (ME-MAX, Eq. 3–4). The classifier head is not trained:
+after pre-training, classify by soft nearest neighbours over the labeled set (``semivit evaluate
+--classifier snn``) or fine-tune (the ``paws`` recipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from semivit.data.loaders import Batch
+from semivit.errors import SemivitError
+from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.losses import gather_supports, paws_loss, sharpen, smooth_one_hot, snn
+from semivit.models.factory import attach_head_layers
+from semivit.models.heads import ProjectionHead
+
+
+@dataclass
+class PAWSParams:
+    tau: float = 0.1  # τ of the soft nearest-neighbour classifier
+    sharpen: float = 0.25  # T of the target sharpening
+    me_max: bool = True  # the mean-entropy maximisation regulariser
+    label_smoothing: float = 0.1  # support labels: (1 − s)·onehot + s/K
+    classes_per_batch: int | None = None  # support classes per step and rank (None = every class)
+    images_per_class: int = 4  # support images per class and step (drawn with replacement when fewer)
+    multicrop: int = 6  # small views per unlabeled image (PAWS CIFAR-10: 6 of 18 px; ImageNet: 6 of 96 px)
+    large_scale: tuple[float, float] = (0.75, 1.0)  # crop scale of the large views (ImageNet: 0.14–1)
+    small_scale: tuple[float, float] = (0.3, 0.75)  # crop scale of the small views (ImageNet: 0.05–0.14)
+    small_size: int | None = None  # side of the small views in px (None: ~9/16 of the image, a patch multiple)
+    jitter_strength: float = 0.5  # colour distortion s (PAWS: 0.5 on CIFAR-10, 1.0 on ImageNet)
+    proj_layers: int = 3
+    proj_dim: int = 128
+    proj_hidden: int | None = None  # None = the backbone's feature width
+    pred_head: bool = False  # a 2-layer prediction head on the anchor side (PAWS's ImageNet runs use one)
+    finetune_layer: int = 1  # head layers exported with the encoder for fine-tuning (SimCLRv2's choice)
+
+
+@register_method
+class PAWS(Method):
+    name = "paws"
+    Params = PAWSParams
+    labeled_views = ("large",)
+    trains_classifier = False  # judged by k-NN / soft nearest neighbours on features until fine-tuned
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        p = self.params
+        if not 0 <= p.finetune_layer < p.proj_layers:
+            raise SemivitError(f"method.finetune_layer must be in [0, {p.proj_layers - 1}], got {p.finetune_layer}")
+        if p.multicrop < 0 or p.images_per_class < 1:
+            raise SemivitError("method.multicrop must be ≥ 0 and method.images_per_class ≥ 1")
+        self.unlabeled_views = ("large", "large:2", *(f"small:{i}" for i in range(1, p.multicrop + 1)))
+        self.support = (p.classes_per_batch, p.images_per_class)  # read by the Trainer: balanced sampler
+        small = p.small_size or self._default_small_size()
+        self.view_options = {"large": {"scale": tuple(p.large_scale), "jitter_strength": p.jitter_strength},
+                             "small": {"scale": tuple(p.small_scale), "jitter_strength": p.jitter_strength,
+                                       "out_size": small}}
+        head = ProjectionHead(self.model.num_features, p.proj_hidden, p.proj_dim, p.proj_layers)
+        kept = list(head.blocks[:p.finetune_layer])
+        if kept:
+            attach_head_layers(self.model, kept, head.blocks[0][0].out_features)
+        self.kept = torch.nn.ModuleList(kept)
+        self.projector = torch.nn.Sequential(*head.blocks[p.finetune_layer:])
+        self.predictor = (torch.nn.Sequential(torch.nn.Linear(p.proj_dim, p.proj_dim), torch.nn.BatchNorm1d(p.proj_dim),
+                                              torch.nn.ReLU(inplace=True), torch.nn.Linear(p.proj_dim, p.proj_dim))
+                          if p.pred_head else None)
+
+    def _default_small_size(self) -> int:
+        side = self.model.spec.image_size
+        size = max(1, round(side * 9 / 16))
+        if self.model.is_vit:  # a ViT needs whole patches
+            patch = self.model.backbone.patch_embed.patch_size[0]
+            size = max(patch, round(size / patch) * patch)
+        return size
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.model.features(x)
+        for block in self.kept:
+            h = block(h)
+        return self.projector(h)
+
+    def training_step(self, batch: Batch, step: int) -> StepOutput:
+        p = self.params
+        support_x, support_y = batch.x["large"], batch.y
+        large = [batch.u["large"], batch.u["large:2"]]
+        small = [batch.u[name] for name in self.unlabeled_views[2:]]
+        n_support, b = len(support_x), len(large[0])
+        # supports and large views share one forward pass (one size); small views take a second one
+        h = self.project(torch.cat([support_x, *large]))
+        h_small = self.project(torch.cat(small)) if small else h[:0]
+        z, z_small = (self.predictor(h), self.predictor(h_small)) if self.predictor is not None else (h, h_small)
+        supports, labels = gather_supports(z[:n_support], support_y)
+        target_supports, _ = gather_supports(h[:n_support].detach(), support_y)
+        labels = smooth_one_hot(labels, self.num_classes, p.label_smoothing)
+        anchors = torch.cat([z[n_support:], z_small])
+        probs = snn(anchors, supports, labels, p.tau)
+        with torch.no_grad():
+            views = h[n_support:].detach()
+            swapped = torch.cat([views[b:], views[:b]])  # view 1's target comes from view 2, and back
+            targets = sharpen(snn(swapped, target_supports, labels, p.tau), p.sharpen)
+            if small:
+                mean_target = (targets[:b] + targets[b:]) / 2
+                targets = torch.cat([targets, mean_target.repeat(len(small), 1)])
+        loss, entropy = paws_loss(probs, targets, p.me_max, p.sharpen)
+        metrics = {"loss_ce": (loss + entropy).detach(), "me_max_entropy": entropy.detach()}
+        if batch.u_true is not None:  # diagnostics against hidden labels: the large views' snn predictions
+            known = batch.u_true >= 0
+            hits = (probs[:b].argmax(-1) == batch.u_true).float()
+            metrics["snn_acc"] = (hits * known).sum() / known.sum().clamp_min(1)
+        return StepOutput(loss, metrics)
