@@ -189,14 +189,18 @@ def test_random_erase_masks_one_rectangle() -> None:
 
 def test_make_view_dispatch() -> None:
     x = batch(2)
-    assert A.VIEW_NAMES == ("none", "weak", "strong", "contrastive")
+    assert A.VIEW_NAMES == ("none", "weak", "strong", "contrastive", "large", "small")
     assert A.make_view("none", x, gen(), flip=True) is x
     assert torch.equal(A.make_view("strong", x, gen(), flip=False, erase=False),
                        A.strong(x, gen(), flip=False, erase=False))
-    with pytest.raises(ValueError, match="none, weak, strong, contrastive"):
+    with pytest.raises(ValueError, match="none, weak, strong, contrastive, large, small"):
         A.make_view("randaugment", x, gen(), flip=True)
     with pytest.raises(ValueError, match="B×C×H×W"):
         A.make_view("weak", torch.zeros(2, 3, 8, 8, dtype=torch.uint8), gen(), flip=True)
+    x = batch(3)  # multi-crop: large views keep the size, small ones default to 9/16 of the side
+    assert A.make_view("large", x, gen(), flip=True).shape == x.shape
+    assert A.make_view("small", x, gen(), flip=True).shape[-1] == round(x.shape[-1] * 9 / 16)
+    assert A.make_view("small", x, gen(), flip=True, out_size=4).shape[-2:] == (4, 4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
