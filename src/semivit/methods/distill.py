@@ -25,7 +25,9 @@ class DistillParams:
     temperature: float = 1.0  # τ (SimCLRv2 uses 1.0 for its headline numbers)
     labeled_weight: float = 0.0  # α: weight of the labeled cross-entropy (0 = unlabeled distillation only)
     view: str = "weak"  # augmentation of the images both networks see
-    mu: float = 4.0  # unlabeled images per labeled image (the labeled batch sets the scale)
+    # unlabeled images per labeled image when labeled_weight > 0; with labeled_weight 0 there is no labeled
+    # stream and a step is train.batch_size unlabeled images (mu is not used)
+    mu: float = 4.0
 
 
 @register_method
