@@ -147,8 +147,9 @@ class ImageStream:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.images.in_memory:
             idx = self.indices.next()
-            if self.resident is not None:
-                return idx, self.resident[_to_device(idx, self.resident.device)]
+            if self.resident is not None:  # index on the GPU; the indices stay there for the batch too
+                idx = _to_device(idx, self.resident.device)
+                return idx, self.resident[idx]
             return idx, self.images.get(idx)
         if self._loader is None:
             self._loader = iter(DataLoader(_Decode(self.images), batch_sampler=self._batches(),

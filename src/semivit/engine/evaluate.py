@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,38 +13,38 @@ from semivit.data.imageset import ImageSet
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
-                   device: torch.device | str = "cpu", batch_size: int = 512,
-                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Logits (float32, on the CPU) of ``model`` for ``images[indices]`` (all when None)."""
+def _batched(fn: Callable[[torch.Tensor], Any], model: nn.Module, images: ImageSet, indices: torch.Tensor | None,
+             device: torch.device | str, batch_size: int, amp_dtype: torch.dtype | None = None) -> list[Any]:
+    """``fn(chunk)`` for float image chunks of ``images[indices]`` (all when None), with ``model`` in eval mode
+    (restored afterwards) and under autocast ``amp_dtype`` when given: the one inference loop."""
     was_training = model.training
     model.eval()
     idx = torch.arange(len(images)) if indices is None else indices
     device = torch.device(device)
     out = []
     for start in range(0, len(idx), batch_size):
-        chunk = images.get(idx[start:start + batch_size]).to(device, non_blocking=True)
+        chunk = to_float(images.get(idx[start:start + batch_size]).to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-            out.append(model(to_float(chunk)).float().cpu())
+            out.append(fn(chunk))
     model.train(was_training)
+    return out
+
+
+def predict_logits(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
+                   device: torch.device | str = "cpu", batch_size: int = 512,
+                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Logits (float32, on the CPU) of ``model`` for ``images[indices]`` (all when None)."""
+    out = _batched(lambda x: model(x).float().cpu(), model, images, indices, device, batch_size, amp_dtype)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-@torch.no_grad()
 def predict_stream_logits(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
                           device: torch.device | str = "cpu", batch_size: int = 512) -> dict[str, torch.Tensor]:
     """Each head's logits (float32, CPU) of a dual-stream model with ``stream_logits`` (Semiformer):
     ``{"conv", "transformer", "fused"}``, for ``images[indices]`` (all when None)."""
-    was_training = model.training
-    model.eval()
-    idx = torch.arange(len(images)) if indices is None else indices
-    out: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(idx), batch_size):
-        chunk = to_float(images.get(idx[start:start + batch_size]).to(device))
-        for name, logits in model.stream_logits(chunk).items():  # type: ignore[operator]
-            out.setdefault(name, []).append(logits.float().cpu())
-    model.train(was_training)
-    return {name: torch.cat(parts) for name, parts in out.items()}
+    out = _batched(lambda x: {k: v.float().cpu() for k, v in model.stream_logits(x).items()},  # type: ignore[operator]
+                   model, images, indices, device, batch_size)
+    return {name: torch.cat([o[name] for o in out]) for name in (out[0] if out else {})}
 
 
 def stream_top1(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
@@ -107,16 +108,11 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits[keep].argmax(1) == labels[keep]).float().mean()) if keep.any() else float("nan")
 
 
-@torch.no_grad()
 def extract_features(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
                      device: torch.device | str = "cpu", batch_size: int = 512) -> torch.Tensor:
     """Pooled features (``model.features``) for ``images[indices]``, float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    idx = torch.arange(len(images)) if indices is None else indices
-    out = [model.features(to_float(images.get(idx[i:i + batch_size]).to(device))).float().cpu()
-           for i in range(0, len(idx), batch_size)]
-    model.train(was_training)
+    out = _batched(lambda x: model.features(x).float().cpu(), model, images, indices,  # type: ignore[operator]
+                   device, batch_size)
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 

@@ -7,9 +7,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def _gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _world() -> int:
+    """The number of DDP processes (1 without torch.distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All ranks' ``x`` concatenated (gradients flow back to every rank), and this rank's offset."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world() == 1:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
@@ -26,8 +31,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2,
     positive is their most similar key.
     """
     z1, z2 = F.normalize(z1.float(), dim=-1), F.normalize(z2.float(), dim=-1)
-    k1, offset = _gather_with_grad(z1) if gather else (z1, 0)
-    k2, _ = _gather_with_grad(z2) if gather else (z2, 0)
+    k1, offset = gather_with_grad(z1) if gather else (z1, 0)
+    k2, _ = gather_with_grad(z2) if gather else (z2, 0)
     n, m = len(z1), len(k1)
     keys = torch.cat([k1, k2])
     idx = torch.arange(n, device=z1.device) + offset
@@ -79,10 +84,10 @@ def mean_entropy(probs: torch.Tensor, reduce_ranks: bool = True) -> torch.Tensor
     the means, as one process holding the joined batch would compute it).
     """
     mean = probs.float().mean(0)
-    if reduce_ranks and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if reduce_ranks and _world() > 1:
         from torch.distributed.nn.functional import all_reduce
 
-        mean = all_reduce(mean) / dist.get_world_size()
+        mean = all_reduce(mean) / _world()
     return -(mean * mean.clamp_min(1e-12).log()).sum()
 
 
@@ -102,9 +107,9 @@ def paws_loss(anchor_probs: torch.Tensor, targets: torch.Tensor, me_max: bool = 
 
 def gather_supports(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's support embeddings (with gradient) and labels, concatenated (PAWS gathers supports)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if _world() == 1:
         return z, labels
-    joined, _ = _gather_with_grad(z)
-    parts = [torch.empty_like(labels) for _ in range(dist.get_world_size())]
+    joined, _ = gather_with_grad(z)
+    parts = [torch.empty_like(labels) for _ in range(_world())]
     dist.all_gather(parts, labels.contiguous())
     return joined, torch.cat(parts)

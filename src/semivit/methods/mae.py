@@ -57,10 +57,14 @@ class MAE(Method):
         tokens = vit.blocks(torch.cat([cls, tokens], dim=1))
         return vit.fc_norm(vit.norm(tokens)), mask, restore  # one of the two is a LayerNorm
 
-    def training_step(self, batch: Batch, step: int) -> StepOutput:
-        x = batch.u[self.params.view]
+    def reconstruction_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MAE loss of batch ``x``: mask, encode the visible patches, decode, MSE on masked patches only.
+        Returns the loss and the mask (1 = removed)."""
         tokens, mask, restore = self.encode(x)
         pred = self.decoder(tokens, restore)
         target = patchify(self.model.normalize(x), self.patch)
-        loss = masked_patch_loss(pred, target, mask, self.params.norm_pix_loss)
+        return masked_patch_loss(pred, target, mask, self.params.norm_pix_loss), mask
+
+    def training_step(self, batch: Batch, step: int) -> StepOutput:
+        loss, mask = self.reconstruction_loss(batch.u[self.params.view])
         return StepOutput(loss, {"loss_rec": loss.detach(), "mask": mask.mean().detach()})

@@ -19,7 +19,7 @@ import torch
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
 from semivit.methods.base import Method, StepOutput, register_method
-from semivit.methods.losses import gather_supports, paws_loss, sharpen, smooth_one_hot, snn
+from semivit.methods.losses import gather_supports, gather_with_grad, paws_loss, sharpen, smooth_one_hot, snn
 from semivit.models.factory import attach_head_layers
 from semivit.models.heads import ProjectionHead
 
@@ -99,7 +99,9 @@ class PAWS(Method):
         h_small = self.project(torch.cat(small)) if small else h[:0]
         z, z_small = (self.predictor(h), self.predictor(h_small)) if self.predictor is not None else (h, h_small)
         supports, labels = gather_supports(z[:n_support], support_y)
-        target_supports, _ = gather_supports(h[:n_support].detach(), support_y)
+        # targets use the projection (no prediction head): the same gathered supports when there is none
+        target_supports = (supports.detach() if self.predictor is None
+                           else gather_with_grad(h[:n_support].detach())[0])
         labels = smooth_one_hot(labels, self.num_classes, p.label_smoothing)
         anchors = torch.cat([z[n_support:], z_small])
         probs = snn(anchors, supports, labels, p.tau)

@@ -98,17 +98,25 @@ class PseudoLabelMethod(Method):
 
     @staticmethod
     def _diagnostics(mask: torch.Tensor, pseudo: torch.Tensor, truth: torch.Tensor | None) -> dict:
-        """Mask ratio; pseudo-label accuracy (of the used labels), recall (share of correct pseudo-labels
-        that pass the threshold) and the teacher's accuracy, against hidden labels where they exist."""
-        out = {"mask": mask.float().mean()}
-        if truth is None:
-            return out
+        """:func:`pseudo_label_diagnostics` and the teacher's accuracy on all weak views."""
+        out = pseudo_label_diagnostics(mask, pseudo, truth)
+        if truth is not None:
+            known = truth >= 0
+            out["teacher_acc"] = (((pseudo == truth) & known).sum() / known.sum().clamp_min(1)).float()
+        return out
+
+
+def pseudo_label_diagnostics(mask: torch.Tensor, pseudo: torch.Tensor,
+                             truth: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Mask ratio; against hidden labels where they exist (``truth`` ≥ 0; benchmarks only, never the loss):
+    pseudo-label accuracy of the used labels and recall (share of correct pseudo-labels that pass the mask)."""
+    out = {"mask": mask.float().mean()}
+    if truth is not None:
         known = truth >= 0
         correct = (pseudo == truth) & known
         out["pseudo_acc"] = (correct & mask).sum() / (mask & known).sum().clamp_min(1)
         out["pseudo_recall"] = (correct & mask).sum() / correct.sum().clamp_min(1)
-        out["teacher_acc"] = correct.sum() / known.sum().clamp_min(1)
-        return {k: v.detach().float() for k, v in out.items()}
+    return {k: v.detach().float() for k, v in out.items()}
 
 
 @register_method

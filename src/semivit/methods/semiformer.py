@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
 from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.pseudo_label import pseudo_label_diagnostics
 from semivit.models.semiformer import fuse_logits
 
 SOURCES = ("conv", "transformer", "fused")
@@ -143,12 +144,10 @@ class Semiformer(Method):
         threshold) and each head's accuracy on the weak views (computed during the warm-up too)."""
         preds = {s: weak[s].argmax(-1) for s in ("conv", "transformer")}
         preds["fused"] = fuse_logits(weak["conv"], weak["transformer"]).argmax(-1)
-        out = {"mask": mask.float().mean(), "agree": (preds["conv"] == preds["transformer"]).float().mean()}
+        out = {**pseudo_label_diagnostics(mask, pseudo, truth),
+               "agree": (preds["conv"] == preds["transformer"]).float().mean()}
         if truth is not None:
             known = truth >= 0
-            correct = (pseudo == truth) & known
-            out["pseudo_acc"] = (correct & mask).sum() / (mask & known).sum().clamp_min(1)
-            out["pseudo_recall"] = (correct & mask).sum() / correct.sum().clamp_min(1)
             for s, pred in preds.items():
                 out[f"weak_acc_{s}"] = ((pred == truth) & known).sum() / known.sum().clamp_min(1)
         return {k: v.detach().float() for k, v in out.items()}

@@ -25,7 +25,6 @@ from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
 from semivit.methods.base import StepOutput, register_method
 from semivit.methods.mae import MAE, MAEParams
-from semivit.models.mae import masked_patch_loss, patchify
 
 
 @dataclass
@@ -102,11 +101,7 @@ class SSMAE(MAE):
         x, y = batch.x["weak"], batch.y
         u_weak, u_strong, u_idx = batch.u["weak"], batch.u["strong"], batch.u_index
         # reconstruction of every image of the batch, from a masked view
-        everything = torch.cat([x, batch.u[p.view] if p.view != "weak" else u_weak])
-        tokens, mask, restore = self.encode(everything)
-        pred = self.decoder(tokens, restore)
-        loss_rec = masked_patch_loss(pred, patchify(self.model.normalize(everything), self.patch), mask,
-                                     p.norm_pix_loss)
+        loss_rec, _ = self.reconstruction_loss(torch.cat([x, batch.u[p.view]]))
         # classification of the whole images: labeled weak views and unlabeled strong views
         logits = self.model(torch.cat([x, u_strong]))
         logits_l, logits_s = logits[:len(x)], logits[len(x):]
