@@ -24,8 +24,7 @@ from typing import Any
 
 from semivit.config import Config, load_yaml
 from semivit.data import prepare_data
-from semivit.engine.trainer import train
-from semivit.pipeline import find_recipe, stage_configs
+from semivit.pipeline import find_recipe, run_stages, stage_configs
 
 
 def _last_diagnostics(run_dir: Path) -> dict[str, float]:
@@ -36,19 +35,6 @@ def _last_diagnostics(run_dir: Path) -> dict[str, float]:
                 if row.get(key):
                     out[key.split("/")[1]] = float(row[key])
     return out
-
-
-def run_stages(stages: list[Config], data: Any, out: Path) -> tuple[dict[str, Any], Path]:
-    previous = None
-    metrics: dict[str, Any] = {}
-    run_dir = out
-    for k, cfg in enumerate(stages, 1):
-        if previous is not None:
-            cfg.model.pretrained = str(previous)
-        run_dir = out / f"stage{k}-{cfg.train.method}"
-        metrics = train(cfg, data, run_dir).metrics
-        previous = run_dir / "checkpoints" / "model.safetensors"
-    return metrics, run_dir
 
 
 def main() -> int:
@@ -104,7 +90,8 @@ def main() -> int:
     for i in chosen:
         name, stages = rows[i - 1]
         start = time.perf_counter()
-        metrics, last_dir = run_stages(stages, data, out / f"row{i}")
+        result = run_stages(stages, out / f"row{i}", data)
+        metrics, last_dir = result.metrics, result.run_dir
         seconds = time.perf_counter() - start
         diag = _last_diagnostics(last_dir)
         line = (f"| {name} | {metrics.get('test_top1', float('nan')):.4f} | {metrics.get('best_val_top1') or 0:.4f} "

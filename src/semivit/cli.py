@@ -1,4 +1,4 @@
-"""``semivit train | run | demo | evaluate | predict`` — the command line.
+"""``semivit train | run | bench | demo | evaluate | predict`` — the command line.
 
 User errors (bad paths, data, settings) print one line and exit with status 2, never a traceback.
 """
@@ -79,6 +79,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     result = run_recipe(args.recipe, _overrides(args))
     _print_metrics(result.metrics, result.run_dir)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from semivit.bench import run_suite
+
+    root = run_suite(args.suite, out=args.out, only=args.only, dry_run=args.dry_run)
+    if not args.dry_run:
+        print((root / "table.md").read_text() if (root / "table.md").is_file() else "no cell ran")
+        print(f"table, CSV and label-efficiency plots: {root}")
     return 0
 
 
@@ -202,6 +212,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="a recipe YAML or a shipped name: semivit, fixmatch, supervised")
     _add_common(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="run a benchmark suite: method × data × labels × seed under one budget")
+    p.add_argument("suite", help="a suite YAML or a name in benchmarks/suites/ (cpu-small, gpu)")
+    p.add_argument("--out", help="folder for the cells and reports (default: the suite's, runs/bench)")
+    p.add_argument("--only", help="run only cells whose DATA/LABELS/METHOD/seedS contains this text")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their stage steps; train nothing")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="supervised-only vs Semi-ViT on digits with 4 labels per class")
     p.add_argument("--out")

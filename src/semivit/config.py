@@ -73,6 +73,9 @@ class TrainConfig:
     method: str = "supervised"
     steps: int | None = None  # optimizer steps; or give epochs (over the labeled set)
     epochs: float | None = None
+    # wall-clock limit in seconds (0 = none): training stops at the first step past it, then evaluates and
+    # exports as at the end (the schedule is cut, not compressed: for "accuracy at a time budget")
+    time_limit: float = 0.0
     batch_size: int = 64  # labeled images per step, summed over all processes
     accum_steps: int = 1  # gradient accumulation
     seed: int = 0

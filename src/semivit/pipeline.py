@@ -1,6 +1,7 @@
 """Multi-stage recipes: each stage is one method run by the Trainer, started from the previous stage's
-exported weights (an EMA teacher's when the stage has one) — or, for a ``distill`` stage, with the previous
-stage as its teacher and a student trained from scratch.
+exported weights (an EMA teacher's when the stage has one) — or, for a teacher-student stage (``distill``,
+``noisy_student``, ``feature_distill``), with the previous stage as its teacher and a student trained from
+scratch.
 
 A recipe is YAML: shared ``data / model / optim / train`` sections and a list of ``stages``, each with a
 ``method``, its ``params`` and any section overrides. Stages are written to ``OUT/NAME/stageK-METHOD/``;
@@ -21,6 +22,10 @@ from semivit.errors import SemivitError
 log = logging.getLogger("semivit")
 RECIPES = Path(__file__).parent / "recipes"
 _STAGE_KEYS = {"method", "params", "model", "optim", "train"}
+#: methods whose stage takes the previous stage as ``method.teacher`` and trains a new student from scratch:
+#: SimCLRv2 distillation, Noisy Student rounds (the student becomes the next round's teacher), feature
+#: distillation into a small student after a pre-training stage
+TEACHER_METHODS = ("distill", "noisy_student", "feature_distill")
 
 
 def find_recipe(name: str | Path) -> Path:
@@ -57,19 +62,27 @@ def stage_configs(recipe: dict[str, Any], overrides: dict[str, Any]) -> tuple[st
     return str(recipe.get("name", "recipe")), configs
 
 
-def run_recipe(recipe_name: str | Path, overrides: dict[str, Any] | None = None,
+def run_recipe(recipe_name: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None,
                run_name: str | None = None) -> TrainResult:
-    """Run every stage of a recipe; returns the last stage's result."""
-    name, configs = stage_configs(load_yaml(find_recipe(recipe_name)), overrides or {})
+    """Run every stage of a recipe (a shipped name, a YAML file or its parsed dict); returns the last
+    stage's result."""
+    recipe = recipe_name if isinstance(recipe_name, dict) else load_yaml(find_recipe(recipe_name))
+    name, configs = stage_configs(recipe, overrides or {})
     first = configs[0]
     root = Path(first.train.out) / (run_name or first.train.name or name)
-    data = prepare_data(first.data, first.train.seed)
+    return run_stages(configs, root)
+
+
+def run_stages(configs: list[Config], root: Path, data: Any = None) -> TrainResult:
+    """Run resolved stage configs in ``root/stageK-METHOD`` (``data``: already prepared, to share it)."""
+    data = data if data is not None else prepare_data(configs[0].data, configs[0].train.seed)
     previous: Path | None = None
     result: TrainResult | None = None
     for k, cfg in enumerate(configs, 1):
         stage_dir = root / f"stage{k}-{cfg.train.method}"
-        if previous is not None and cfg.train.method == "distill":
-            # SimCLRv2 distillation: the previous stage is the teacher; the student starts from scratch
+        if previous is not None and cfg.train.method in TEACHER_METHODS:
+            # the previous stage is the teacher; the student starts from scratch (unless the stage sets
+            # model.pretrained itself)
             cfg.method.setdefault("teacher", str(previous))
         elif previous is not None:
             cfg.model.pretrained = str(previous)

@@ -281,6 +281,11 @@ class Trainer:
                     window_start = time.perf_counter()
                 if step % t.ckpt_every == 0 and is_main:
                     checkpoint(step)
+                # one process checks every step; DDP ranks agree at log steps (a broadcast is a host sync)
+                if t.time_limit and (at_log or not self.dist.enabled) and self._past_time_limit(state, window_start):
+                    if is_main:
+                        log.info("time limit of %.0f s reached at step %d of %d", t.time_limit, step, total)
+                    break
             metrics = self._finish(eval_net(), step, state, logger)
             if is_main:
                 checkpoint(step)
@@ -290,6 +295,16 @@ class Trainer:
         final_model = eval_net()
         assert isinstance(final_model, ImageClassifier)
         return TrainResult(self.run_dir, metrics, final_model)
+
+    def _past_time_limit(self, state: dict, window_start: float) -> bool:
+        """Training seconds so far (earlier runs of a resumed job included) past ``train.time_limit``; one
+        decision for all ranks (rank 0's clock), so no process stops alone."""
+        spent = state["seconds"] + time.perf_counter() - window_start
+        if not self.dist.enabled:
+            return spent > self.cfg.train.time_limit
+        flag = torch.tensor(float(spent > self.cfg.train.time_limit), device=self.device)
+        torch.distributed.broadcast(flag, 0)
+        return bool(flag)
 
     # ------------------------------------------------------------------------------------------ evaluation
     def _validate(self, net: nn.Module, step: int, state: dict, logger: RunLogger) -> float | None:

@@ -1,0 +1,410 @@
+"""``semivit bench SUITE``: every method × data set × labels × seed cell under one equal budget.
+
+A suite is YAML (see ``benchmarks/suites/``)::
+
+    name: cpu-small
+    seeds: [0, 1]
+    budget: {steps: 600}            # or {seconds: 120}; a data set or method may set its own
+    set: {train.eval_every: 100}    # settings for every cell
+    data:
+      digits: {source: digits, labels: [2-per-class, 4-per-class]}
+      cifar10: {source: ../shared/data/cifar10_jpeg.zip, labels: [25-per-class], seeds: [0],
+                requires: ../shared/data/cifar10_jpeg.zip}   # skipped, with the reason, when missing
+    methods:
+      supervised: {method: supervised}                 # one stage
+      semivit: {recipe: semivit, set: {...}}           # a shipped recipe or a YAML file
+      paws: {recipe: paws, params: {paws: {multicrop: 6}}}   # params of the stages of one method
+
+``set`` keys apply to every stage of a cell (``method.*`` keys too: give a recipe's stage settings as
+``params`` keyed by the stage's method).
+
+Budgets (USB's rule: every method gets the same number of optimizer steps): ``steps: N`` rescales a
+recipe's stages so they sum to N, keeping their proportions; ``seconds: S`` gives each stage its share of S
+as ``train.time_limit`` (the run stops when it is spent: accuracy at a time budget). Each cell runs in
+``OUT/SUITE/DATA/LABELS/METHOD/seedS``; a finished cell is skipped and an interrupted one resumes at its
+step, so the same command continues a stopped suite. The table (markdown + CSV: test top-1 of the last and
+of the best-validation weights, mean ± std over seeds, images/s, wall seconds) and a label-efficiency plot
+(SVG: top-1 against labels per class, one line per method) are rewritten after every cell.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semivit.config import Config, load_yaml, parse_set_args
+from semivit.errors import SemivitError
+
+log = logging.getLogger("semivit")
+SUITE_DIRS = (Path("benchmarks") / "suites", Path("benchmarks"))
+_SUITE_KEYS = {"name", "description", "out", "seeds", "budget", "set", "data", "methods"}
+_DATA_KEYS = {"source", "labels", "seeds", "budget", "set", "requires", "split", "test"}
+_METHOD_KEYS = {"method", "recipe", "params", "set", "budget", "label"}
+_BUDGET_KEYS = {"steps", "seconds"}
+
+
+@dataclass
+class Cell:
+    data: str
+    labels: str
+    method: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.data}/{self.labels}/{self.method}/seed{self.seed}"
+
+
+@dataclass
+class Suite:
+    name: str
+    out: Path
+    seeds: list[int]
+    budget: dict[str, float]
+    settings: dict[str, Any]
+    data: dict[str, dict[str, Any]]
+    methods: dict[str, dict[str, Any]]
+    path: Path | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # data set → why it is skipped
+
+    def cells(self) -> list[Cell]:
+        out = []
+        for dname, d in self.data.items():
+            if dname in self.skipped:
+                continue
+            for labels in _as_list(d["labels"]):
+                for mname in self.methods:
+                    for seed in d.get("seeds", self.seeds):
+                        out.append(Cell(dname, str(labels), mname, int(seed)))
+        return out
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_keys(found: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(found) - allowed
+    if unknown:
+        raise SemivitError(f"unknown keys {sorted(unknown)} in {where}: use {sorted(allowed)}")
+
+
+def _settings(value: Any, where: str) -> dict[str, Any]:
+    """``set`` as a mapping {key: value} or a list of KEY=VALUE strings."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return parse_set_args([str(v) for v in value])
+    raise SemivitError(f"'set' in {where} must be a mapping of KEY: VALUE or a list of KEY=VALUE")
+
+
+def _budget(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, dict) or len(value) != 1 or not set(value) <= _BUDGET_KEYS:
+        raise SemivitError(f"budget in {where} must be one of {{steps: N}} or {{seconds: S}}, got {value!r}")
+    (kind, amount), = value.items()
+    if not isinstance(amount, (int, float)) or amount <= 0:
+        raise SemivitError(f"budget {kind} in {where} must be a positive number, got {amount!r}")
+    return {kind: float(amount)}
+
+
+def find_suite(name: str | Path) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in SUITE_DIRS:
+        candidate = folder / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for folder in SUITE_DIRS if folder.is_dir() for p in folder.glob("*.yaml")})
+    raise SemivitError(f"suite '{name}' not found: pass a YAML file" +
+                       (f" or one of {', '.join(known)}" if known else " (suites live in benchmarks/suites/)"))
+
+
+def load_suite(name: str | Path, out: str | None = None) -> Suite:
+    """Read and check a suite; data sets whose ``requires`` path is missing are marked skipped."""
+    path = find_suite(name)
+    raw = load_yaml(path)
+    _check_keys(raw, _SUITE_KEYS, str(path))
+    if not raw.get("data") or not raw.get("methods"):
+        raise SemivitError(f"{path}: a suite needs 'data' and 'methods' mappings")
+    data = {str(k): dict(v or {}) for k, v in raw["data"].items()}
+    methods = {str(k): dict(v or {}) for k, v in raw["methods"].items()}
+    for dname, d in data.items():
+        _check_keys(d, _DATA_KEYS, f"{path}: data.{dname}")
+        if "labels" not in d:
+            raise SemivitError(f"{path}: data.{dname} needs 'labels' (e.g. [4-per-class, 250])")
+        d["set"] = _settings(d.get("set"), f"data.{dname}")
+        if "budget" in d:
+            d["budget"] = _budget(d["budget"], f"data.{dname}")
+    for mname, m in methods.items():
+        _check_keys(m, _METHOD_KEYS, f"{path}: methods.{mname}")
+        if ("method" in m) == ("recipe" in m):
+            raise SemivitError(f"{path}: methods.{mname} needs exactly one of 'method' (one stage) or 'recipe'")
+        m["set"] = _settings(m.get("set"), f"methods.{mname}")
+        if "budget" in m:
+            m["budget"] = _budget(m["budget"], f"methods.{mname}")
+    suite = Suite(name=str(raw.get("name", path.stem)), out=Path(out or raw.get("out", "runs/bench")),
+                  seeds=[int(s) for s in _as_list(raw.get("seeds", [0]))],
+                  budget=_budget(raw.get("budget", {"steps": 1000}), str(path)),
+                  settings=_settings(raw.get("set"), str(path)), data=data, methods=methods, path=path)
+    for dname, d in data.items():
+        for required in _as_list(d.get("requires", [])):
+            if not Path(required).exists():
+                suite.skipped[dname] = f"{required} is missing"
+    return suite
+
+
+def cell_configs(suite: Suite, cell: Cell) -> list[Config]:
+    """The stage configs of one cell, budget applied: recipe < suite set < data set < method set < cell."""
+    from semivit.pipeline import find_recipe, stage_configs
+
+    d, m = suite.data[cell.data], suite.methods[cell.method]
+    if "recipe" in m:
+        recipe = load_yaml(find_recipe(m["recipe"]))
+    else:
+        recipe = {"name": cell.method, "stages": [{"method": m["method"], "params": m.get("params") or {}}]}
+    overrides = {**suite.settings, **d["set"], **m["set"],
+                 "data.source": d["source"], "data.labels": cell.labels, "train.seed": cell.seed,
+                 "train.progress": False, "train.tensorboard": False}
+    for key in ("split", "test"):
+        if d.get(key):
+            overrides[f"data.{key}"] = d[key]
+    _, configs = stage_configs(recipe, overrides)
+    if "recipe" in m:  # params per stage method: {paws: {multicrop: 6}} reaches only the paws stage
+        for cfg in configs:
+            cfg.method.update((m.get("params") or {}).get(cfg.train.method) or {})
+    budget = m.get("budget") or d.get("budget") or suite.budget
+    apply_budget(configs, budget)
+    return configs
+
+
+def apply_budget(configs: list[Config], budget: dict[str, float]) -> None:
+    """Scale the stages to the budget, keeping the recipe's proportions between them."""
+    planned = [c.train.steps or 0 for c in configs] if len(configs) > 1 else [1]
+    if not all(planned):
+        raise SemivitError("every stage of a benchmarked recipe needs train.steps (not epochs) to be budgeted")
+    total = sum(planned)
+    if "steps" in budget:
+        steps = [max(1, round(budget["steps"] * s / total)) for s in planned]
+        steps[-1] += int(budget["steps"]) - sum(steps)  # rounding: the last stage takes the remainder
+        for c, s in zip(configs, steps):
+            c.train.steps = max(1, s)
+    else:
+        for c, s in zip(configs, planned):
+            c.train.time_limit = budget["seconds"] * s / total
+
+
+def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict[str, Any]:
+    """Train one cell (resuming a stopped one) and evaluate its last and best weights on the test split."""
+    from semivit.data import PreparedData
+    from semivit.data.sources import load_source
+    from semivit.data.splits import load_split, make_split
+    from semivit.engine.checkpoint import load_model
+    from semivit.engine.evaluate import predict_logits, top1
+    from semivit.engine.trainer import resolve_device
+    from semivit.pipeline import run_stages
+
+    configs = cell_configs(suite, cell)
+    for c in configs:
+        c.train.resume = True
+    dcfg = configs[0].data
+    source_key = (dcfg.source, dcfg.test, dcfg.unlabeled, dcfg.image_size)
+    if source_key not in data_cache:
+        data_cache.clear()  # one data set in memory at a time
+        data_cache[source_key] = load_source(dcfg.source, test=dcfg.test, unlabeled=dcfg.unlabeled,
+                                             root=dcfg.root, download=dcfg.download,
+                                             image_size=dcfg.image_size, on_corrupt=dcfg.on_corrupt)
+    bundle = data_cache[source_key]
+    split = (load_split(dcfg.split, bundle.train, dcfg.val, cell.seed) if dcfg.split
+             else make_split(bundle.train, dcfg.labels, dcfg.val, cell.seed))
+    data = PreparedData(bundle, split, bundle.flip if dcfg.flip is None else dcfg.flip)
+    start = time.perf_counter()
+    result = run_stages(configs, cell_dir, data)
+    wall = time.perf_counter() - start
+    stages = [json.loads((cell_dir / f"stage{k}-{c.train.method}" / "results.json").read_text())
+              for k, c in enumerate(configs, 1)]
+    seconds = sum(st["train_seconds"] for st in stages)
+    images = sum(st["train_seconds"] * st["images_per_sec"] for st in stages)
+    metrics, classifier = result.metrics, _trains_classifier(configs[-1])
+    # a last stage that trains no classifier (pre-training) is scored by its snn / k-NN test accuracy
+    last = metrics.get("test_top1") if classifier else metrics.get("test_snn_top1", metrics.get("test_knn_top1"))
+    best = last
+    best_file = result.run_dir / "checkpoints" / "best.safetensors"
+    if classifier and best_file.is_file() and data.test is not None:
+        model, _ = load_model(best_file)
+        device = resolve_device(configs[-1].train.device)
+        best = top1(predict_logits(model.to(device), data.test, device=device), data.test.labels)
+    row = {"data": cell.data, "labels": cell.labels, "method": cell.method, "seed": cell.seed,
+           "labeled": len(split.labeled), "classes": bundle.train.num_classes,
+           "labels_per_class": len(split.labeled) / bundle.train.num_classes,
+           "test_top1_last": last, "test_top1_best": best, "best_val_top1": metrics.get("best_val_top1"),
+           "steps": sum(st["steps"] for st in stages),
+           "images_per_sec": images / max(seconds, 1e-9), "train_seconds": seconds, "wall_seconds": wall}
+    (cell_dir / "cell.json").write_text(json.dumps(row, indent=2))
+    return row
+
+
+def _trains_classifier(cfg: Config) -> bool:
+    from semivit.methods import method_class
+
+    return method_class(cfg.train.method).trains_classifier
+
+
+def run_suite(name: str | Path, out: str | None = None, only: str | None = None,
+              dry_run: bool = False) -> Path:
+    """Run (or continue) every cell of a suite; returns the folder with table.md/results.csv/plot.svg.
+    ``only``: a substring a cell's ``DATA/LABELS/METHOD/seedS`` key must contain."""
+    suite = load_suite(name, out)
+    root = suite.out / suite.name
+    for dname, why in suite.skipped.items():
+        log.warning("skipping data set %s: %s", dname, why)
+    cells = [c for c in suite.cells() if only is None or only in c.key]
+    if dry_run:
+        for c in cells:
+            configs = cell_configs(suite, c)
+            plan = ", ".join(f"{cfg.train.method} {cfg.train.steps or ''}"
+                             f"{f' ≤{cfg.train.time_limit:.0f}s' if cfg.train.time_limit else ''}"
+                             for cfg in configs)
+            print(f"{c.key}: {plan}")
+        return root
+    rows: list[dict[str, Any]] = []
+    data_cache: dict = {}
+    for n, cell in enumerate(cells, 1):
+        cell_dir = root / cell.data / cell.labels.replace("/", "_") / cell.method / f"seed{cell.seed}"
+        done = cell_dir / "cell.json"
+        if done.is_file():
+            rows.append(json.loads(done.read_text()))
+            continue
+        log.info("bench %d/%d: %s", n, len(cells), cell.key)
+        row = run_cell(suite, cell, cell_dir, data_cache)
+        log.info("bench %s: test top-1 %.4f (best-val weights %.4f), %.0f s", cell.key,
+                 row["test_top1_last"] or 0, row["test_top1_best"] or 0, row["wall_seconds"])
+        rows.append(row)
+        write_reports(suite, rows, root)
+    write_reports(suite, rows, root)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ reports
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (data, labels, method): mean and std over seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["data"], r["labels"], r["method"]), []).append(r)
+    out = []
+    for (dname, labels, method), rs in groups.items():
+        last = _mean_std([float(r["test_top1_last"]) for r in rs])
+        best = _mean_std([float(r["test_top1_best"]) for r in rs])
+        out.append({"data": dname, "labels": labels, "method": method, "seeds": len(rs),
+                    "labels_per_class": rs[0]["labels_per_class"],
+                    "top1_last_mean": last[0], "top1_last_std": last[1],
+                    "top1_best_mean": best[0], "top1_best_std": best[1],
+                    "images_per_sec": statistics.fmean(r["images_per_sec"] for r in rs),
+                    "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rs),
+                    "steps": rs[0]["steps"]})
+    return out
+
+
+def markdown_table(suite: Suite, summary: list[dict[str, Any]]) -> str:
+    budget = ", ".join(f"{k} {v:g}" for k, v in suite.budget.items())
+    lines = [f"# Suite {suite.name}", "",
+             f"Default budget per cell: {budget} (data sets or methods may set their own: see the suite). "
+             "Test top-1 of the final weights (last) and of the best-validation weights (best), mean ± std "
+             "over seeds; images/s of training (all stages); wall seconds per cell.", ""]
+    for dname, why in suite.skipped.items():
+        lines += [f"Skipped: {dname} ({why}).", ""]
+    order = list(suite.methods)
+    by_data: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in summary:
+        by_data.setdefault((s["data"], s["labels"]), []).append(s)
+    for (dname, labels), ss in by_data.items():
+        ss.sort(key=lambda s: order.index(s["method"]) if s["method"] in order else len(order))
+        lines += [f"## {dname}, {labels} labels", "",
+                  "| method | test top-1 (last) | test top-1 (best val) | seeds | steps | images/s | wall s |",
+                  "|---|---|---|---|---|---|---|"]
+        top = max(s["top1_last_mean"] for s in ss)
+        for s in ss:
+            last = f"{s['top1_last_mean']:.4f} ± {s['top1_last_std']:.4f}"
+            lines.append(f"| {s['method']} | {'**' + last + '**' if s['top1_last_mean'] == top else last} | "
+                         f"{s['top1_best_mean']:.4f} ± {s['top1_best_std']:.4f} | {s['seeds']} | {s['steps']} | "
+                         f"{s['images_per_sec']:.0f} | {s['wall_seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def label_efficiency_svg(summary: list[dict[str, Any]], dname: str, methods: list[str]) -> str:
+    """A dependency-free SVG line plot: test top-1 (last, mean ± std) against labels per class (log x)."""
+    pts = [s for s in summary if s["data"] == dname]
+    w, h, left, right, top, bottom = 640, 400, 60, 170, 30, 50
+    xs = sorted({s["labels_per_class"] for s in pts})
+    x_lo, x_hi = math.log(min(xs)), math.log(max(xs))
+    x_span = (x_hi - x_lo) or 1.0
+
+    def px(v: float) -> float:
+        return left + (math.log(v) - x_lo) / x_span * (w - left - right) if x_hi > x_lo else (left + w - right) / 2
+
+    def py(v: float) -> float:
+        return top + (1.0 - v) * (h - top - bottom)
+
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+              "#bcbd22", "#17becf", "#000000", "#aec7e8"]
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+           f'font-size="12">', f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{left}" y="18" font-size="14">{dname}: test top-1 against labels per class</text>']
+    for tick in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" '
+                   f'stroke="#ddd"/><text x="{left - 8}" y="{py(tick) + 4:.1f}" text-anchor="end">{tick:.1f}</text>')
+    for x in xs:
+        out.append(f'<text x="{px(x):.1f}" y="{h - bottom + 18}" text-anchor="middle">{x:g}</text>')
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">labels per class '
+               f'(log scale)</text>')
+    present = [m for m in methods if any(s["method"] == m for s in pts)]
+    for i, method in enumerate(present):
+        color = colors[i % len(colors)]
+        line = sorted((s for s in pts if s["method"] == method), key=lambda s: s["labels_per_class"])
+        coords = " ".join(f"{px(s['labels_per_class']):.1f},{py(s['top1_last_mean']):.1f}" for s in line)
+        out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for s in line:
+            x, lo, hi = px(s["labels_per_class"]), py(s["top1_last_mean"] - s["top1_last_std"]), \
+                py(s["top1_last_mean"] + s["top1_last_std"])
+            out.append(f'<circle cx="{x:.1f}" cy="{py(s["top1_last_mean"]):.1f}" r="3" fill="{color}"/>')
+            if s["top1_last_std"] > 0:
+                out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{lo:.1f}" y2="{hi:.1f}" stroke="{color}"/>')
+        ly = top + 16 * i + 10
+        out.append(f'<line x1="{w - right + 10}" x2="{w - right + 30}" y1="{ly}" y2="{ly}" stroke="{color}" '
+                   f'stroke-width="2"/><text x="{w - right + 35}" y="{ly + 4}">{method}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def write_reports(suite: Suite, rows: list[dict[str, Any]], root: Path) -> None:
+    if not rows:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarise(rows)
+    with open(root / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(summary[0]))
+        writer.writeheader()
+        writer.writerows(summary)
+    (root / "table.md").write_text(markdown_table(suite, summary) + "\n")
+    for dname in {s["data"] for s in summary}:
+        (root / f"label-efficiency-{dname}.svg").write_text(
+            label_efficiency_svg(summary, dname, list(suite.methods)) + "\n")

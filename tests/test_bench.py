@@ -1,0 +1,120 @@
+import csv
+import json
+
+import pytest
+
+from semivit.bench import apply_budget, cell_configs, load_suite, run_suite, summarise
+from semivit.cli import main
+from semivit.config import Config, apply_overrides
+from semivit.engine.trainer import train
+from semivit.errors import SemivitError
+from tests.conftest import REPO, tiny_config
+
+SUITE = """
+name: tiny
+seeds: [0, 1]
+budget: {steps: 6}
+set: {model.depth: 1, model.embed_dim: 32, model.num_heads: 2, train.batch_size: 8, train.eval_every: 3,
+      train.log_every: 3}
+data:
+  digits: {source: digits, labels: [2-per-class, 4-per-class]}
+  elsewhere: {source: /nowhere, labels: [10], requires: /nowhere/at/all}
+methods:
+  supervised: {method: supervised}
+  two-stage:
+    recipe: RECIPE
+"""
+RECIPE = """
+stages:
+  - method: mae
+    train: {steps: 100}
+  - method: supervised
+    train: {steps: 200}
+"""
+
+
+@pytest.fixture
+def suite_file(tmp_path):
+    (tmp_path / "two.yaml").write_text(RECIPE)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SUITE.replace("RECIPE", str(tmp_path / "two.yaml")))
+    return path
+
+
+def test_budget_keeps_stage_proportions_and_sums_to_the_budget():
+    configs = [apply_overrides(Config(), {"train.steps": s}) for s in (300, 500, 2000)]
+    apply_budget(configs, {"steps": 600})
+    assert [c.train.steps for c in configs] == [64, 107, 429] and sum(c.train.steps for c in configs) == 600
+    configs = [apply_overrides(Config(), {"train.steps": s}) for s in (100, 300)]
+    apply_budget(configs, {"seconds": 40})
+    assert [c.train.time_limit for c in configs] == [10, 30]
+
+
+def test_cells_apply_settings_in_order_and_skip_missing_data(suite_file):
+    suite = load_suite(suite_file)
+    assert suite.skipped == {"elsewhere": "/nowhere/at/all is missing"}
+    cells = suite.cells()
+    assert len(cells) == 2 * 2 * 2 and {c.data for c in cells} == {"digits"}
+    two = next(c for c in cells if c.method == "two-stage")
+    mae, sup = cell_configs(suite, two)
+    assert (mae.train.steps, sup.train.steps) == (2, 4)  # 6 steps split 1:2
+    assert mae.model.embed_dim == 32 and sup.data.labels == two.labels and sup.train.seed == two.seed
+
+
+def test_bad_suites_are_clear(tmp_path, suite_file):
+    with pytest.raises(SemivitError, match="suite 'nope' not found"):
+        load_suite("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(suite_file.read_text().replace("budget: {steps: 6}", "budjet: {steps: 6}"))
+    with pytest.raises(SemivitError, match="unknown keys.*budjet"):
+        load_suite(bad)
+    bad.write_text(suite_file.read_text().replace("budget: {steps: 6}", "budget: {epochs: 6}"))
+    with pytest.raises(SemivitError, match="budget"):
+        load_suite(bad)
+    assert main(["bench", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_suite_runs_every_cell_writes_reports_and_resumes(tmp_path, suite_file, caplog):
+    root = run_suite(suite_file, out=str(tmp_path / "out"), only="2-per-class")
+    rows = list(csv.DictReader(open(root / "results.csv")))
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"supervised", "two-stage"}
+    assert all(int(r["steps"]) == 6 and 0 <= float(r["test_top1_last"]) <= 1 for r in rows)
+    table = (root / "table.md").read_text()
+    assert "## digits, 2-per-class labels" in table and "Skipped: elsewhere" in table
+    assert "±" in table and (root / "label-efficiency-digits.svg").read_text().startswith("<svg")
+    # a second call trains nothing: every cell is done
+    before = {p: p.stat().st_mtime for p in root.rglob("cell.json")}
+    caplog.set_level("INFO", logger="semivit")
+    run_suite(suite_file, out=str(tmp_path / "out"), only="2-per-class")
+    assert "bench 1/" not in caplog.text
+    assert before == {p: p.stat().st_mtime for p in root.rglob("cell.json")}
+    # an interrupted cell (no cell.json, stage 2 unfinished) continues where it stopped
+    cell = root / "digits" / "2-per-class" / "two-stage" / "seed0"
+    (cell / "cell.json").unlink()
+    (cell / "stage2-supervised" / "results.json").unlink()
+    run_suite(suite_file, out=str(tmp_path / "out"), only="2-per-class/two-stage/seed0")
+    assert "stage 1 (mae) already finished" in caplog.text
+    assert json.loads((cell / "cell.json").read_text())["steps"] == 6
+
+
+def test_summary_mean_and_std_over_seeds():
+    rows = [{"data": "d", "labels": "4", "method": "m", "seed": s, "labels_per_class": 4.0, "steps": 5,
+             "test_top1_last": v, "test_top1_best": v, "images_per_sec": 10.0, "wall_seconds": 1.0}
+            for s, v in enumerate((0.5, 0.7))]
+    (s,) = summarise(rows)
+    assert s["top1_last_mean"] == pytest.approx(0.6) and s["top1_last_std"] == pytest.approx(0.1414, abs=1e-4)
+
+
+def test_time_limit_stops_training_early_and_still_evaluates(tmp_path):
+    result = train(tiny_config(tmp_path, **{"train.steps": 10_000, "train.time_limit": 0.5}))
+    assert 0 < result.metrics["steps"] < 10_000 and "test_top1" in result.metrics
+
+
+@pytest.mark.parametrize("suite", ["cpu-small", "gpu"])
+def test_shipped_suites_are_valid(suite):
+    from semivit.methods import method_params
+
+    s = load_suite(REPO / "benchmarks" / "suites" / f"{suite}.yaml")
+    for cell in s.cells()[:: max(1, len(s.cells()) // 20)] + [c for c in s.cells() if c.seed == 0][-8:]:
+        for cfg in cell_configs(s, cell):
+            method_params(cfg.train.method, cfg.method)
