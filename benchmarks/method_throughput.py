@@ -76,8 +76,8 @@ def make_method(cfg: Config, data: Any) -> tuple[Any, Any, Trainer]:
     return method, trainer._batch_maker(method), trainer
 
 
-def bare_method_step(cfg: Config, data: Any, steps: int, warmup: int = 3) -> tuple[float, float]:
-    """Images/s and FLOPs per image of the method's forward + backward + AdamW on one fixed batch."""
+def bare_method_step(cfg: Config, data: Any, steps: int, warmup: int = 3) -> tuple[float, float, int]:
+    """Images/s, FLOPs per image and images per step of the method's forward + backward + AdamW on one fixed batch."""
     method, batches, trainer = make_method(cfg, data)
     device, dtype = trainer.device, amp_dtype(cfg.train.amp, trainer.device)
     batch = batches.next(0)
@@ -103,7 +103,7 @@ def bare_method_step(cfg: Config, data: Any, steps: int, warmup: int = 3) -> tup
         step(i)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return batch.size * steps / (time.perf_counter() - start), flops
+    return batch.size * steps / (time.perf_counter() - start), flops, batch.size
 
 
 def main() -> int:
@@ -148,13 +148,11 @@ def main() -> int:
         cfg.method = dict(params)
         bares, fulls = [], []
         for _ in range(args.repeats):
-            bare, flops = bare_method_step(cfg, data, steps=max(5, args.steps // 3))
+            bare, flops, images = bare_method_step(cfg, data, steps=max(5, args.steps // 3))
             result = train(cfg, data)
             bares.append(bare)
             fulls.append(trainer_images_per_sec(result.run_dir))
         bare, full = statistics.median(bares), statistics.median(fulls)
-        images = cfg.train.batch_size * (1 + params.get("mu", 0)) if name not in ("mae", "simclr", "paws") \
-            else cfg.train.batch_size
         print(f"| {name} | {model} | {images} | {bare:.0f} | {full:.0f} | {full / bare:.3f} | {flops / 1e9:.3f} | "
               f"{flops * full / peak:.1%} |", flush=True)
     tmp.cleanup()
