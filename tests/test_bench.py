@@ -118,3 +118,11 @@ def test_shipped_suites_are_valid(suite):
     for cell in s.cells()[:: max(1, len(s.cells()) // 20)] + [c for c in s.cells() if c.seed == 0][-8:]:
         for cfg in cell_configs(s, cell):
             method_params(cfg.train.method, cfg.method)
+
+
+def test_reports_cover_cells_run_by_earlier_commands(tmp_path, suite_file):
+    out = str(tmp_path / "out")
+    run_suite(suite_file, out=out, only="2-per-class/supervised/seed0")
+    root = run_suite(suite_file, out=out, only="4-per-class/supervised/seed0")
+    rows = list(csv.DictReader(open(root / "results.csv")))
+    assert sorted(r["labels"] for r in rows) == ["2-per-class", "4-per-class"]

@@ -276,22 +276,28 @@ def run_suite(name: str | Path, out: str | None = None, only: str | None = None,
                              for cfg in configs)
             print(f"{c.key}: {plan}")
         return root
-    rows: list[dict[str, Any]] = []
     data_cache: dict = {}
     for n, cell in enumerate(cells, 1):
-        cell_dir = root / cell.data / cell.labels.replace("/", "_") / cell.method / f"seed{cell.seed}"
-        done = cell_dir / "cell.json"
-        if done.is_file():
-            rows.append(json.loads(done.read_text()))
+        cell_dir = _cell_dir(root, cell)
+        if (cell_dir / "cell.json").is_file():
             continue
         log.info("bench %d/%d: %s", n, len(cells), cell.key)
         row = run_cell(suite, cell, cell_dir, data_cache)
         log.info("bench %s: test top-1 %.4f (best-val weights %.4f), %.0f s", cell.key,
                  row["test_top1_last"] or 0, row["test_top1_best"] or 0, row["wall_seconds"])
-        rows.append(row)
-        write_reports(suite, rows, root)
-    write_reports(suite, rows, root)
+        write_reports(suite, _finished_rows(suite, root), root)
+    write_reports(suite, _finished_rows(suite, root), root)
     return root
+
+
+def _cell_dir(root: Path, cell: Cell) -> Path:
+    return root / cell.data / cell.labels.replace("/", "_") / cell.method / f"seed{cell.seed}"
+
+
+def _finished_rows(suite: Suite, root: Path) -> list[dict[str, Any]]:
+    """Every finished cell of the suite (whichever command ran it: reports cover the whole suite)."""
+    files = (_cell_dir(root, c) / "cell.json" for c in suite.cells())
+    return [json.loads(f.read_text()) for f in files if f.is_file()]
 
 
 # ------------------------------------------------------------------------------------------------ reports
