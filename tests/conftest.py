@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from semivit.config import Config, apply_overrides
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-torch.set_num_threads(2)
+# 2 threads on the 2-core CI machine; OMP_NUM_THREADS=1 when the cores are shared with another job
+# (two processes with 2 spinning threads each on 2 cores run many times slower, not 2×)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 
 def tiny_config(tmp_path: Path, **overrides) -> Config:

@@ -1,14 +1,19 @@
 """Training methods. Importing this package registers every built-in method."""
 
 from semivit.methods import (  # noqa: F401  (importing registers)
+    byol,
     distill,
+    feature_distill,
     mae,
+    noisy_student,
     paws,
     pseudo_label,
+    s4l,
     semiformer,
     simclr,
     ssmae,
     supervised,
+    uda,
 )
 from semivit.methods.base import METHODS, Method, StepOutput, method_class, method_params, register_method
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -113,3 +115,109 @@ def gather_supports(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     parts = [torch.empty_like(labels) for _ in range(_world())]
     dist.all_gather(parts, labels.contiguous())
     return joined, torch.cat(parts)
+
+
+def byol_loss(online_prediction: torch.Tensor, target_projection: torch.Tensor) -> torch.Tensor:
+    """BYOL's regression loss (Grill et al. 2020, Eq. 2), averaged over the batch:
+
+        L = ‖q̄ − z̄'‖² = 2 − 2·⟨q, z'⟩ / (‖q‖·‖z'‖),   q̄ = q/‖q‖, z̄' = z'/‖z'‖
+
+    ``online_prediction`` is q_θ(z_θ) of one view, ``target_projection`` the target network's z'_ξ of the
+    other view; the target gets no gradient (sg(z'), the stop-gradient of Sec. 3.1). The symmetrised loss
+    L^BYOL = L + L̃ (Eq. 2) is this function called twice with the views swapped.
+    """
+    q = F.normalize(online_prediction.float(), dim=-1)
+    z = F.normalize(target_projection.detach().float(), dim=-1)
+    return (2 - 2 * (q * z).sum(-1)).mean()
+
+
+def batch_hard_triplet(embeddings: torch.Tensor, identities: torch.Tensor, margin: float = 0.0,
+                       soft: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch-hard triplet loss (Hermans et al. 2017, Eq. 5; soft margin, Sec. 2) as S4L-Exemplar applies it
+    to the copies of each image (Zhai et al. 2019, Sec. 3.2):
+
+        L = (1/N) Σ_a softplus( max_{p: id_p = id_a, p ≠ a} d(a, p) − min_{n: id_n ≠ id_a} d(a, n) + m )
+
+    with d the Euclidean distance of the L2-normalised embeddings (S4L's code normalises them; m = 0 with
+    the soft margin ``log(1 + e^x)``; ``soft=False`` gives the hinge ``[x + m]_+``). Every identity needs
+    at least two members and the batch at least two identities. Returns the loss and the share of anchors
+    whose nearest other embedding is a copy of the same image (batch top-1 retrieval, for logging).
+    """
+    e = F.normalize(embeddings.float(), dim=-1)
+    # distances through a clamped square root: d/dx √x is infinite at 0 (the diagonal)
+    d = (e.unsqueeze(1) - e.unsqueeze(0)).pow(2).sum(-1).clamp_min(1e-12).sqrt()
+    same = identities.view(-1, 1) == identities.view(1, -1)
+    eye = torch.eye(len(e), dtype=torch.bool, device=e.device)
+    hardest_pos = d.masked_fill(~same | eye, float("-inf")).amax(1)
+    hardest_neg = d.masked_fill(same, float("inf")).amin(1)
+    diff = hardest_pos - hardest_neg + margin
+    loss = F.softplus(diff) if soft else F.relu(diff)
+    nearest = d.masked_fill(eye, float("inf")).argmin(1)
+    hit = same.gather(1, nearest.view(-1, 1)).float().mean()
+    return loss.mean(), hit.detach()
+
+
+def uda_consistency(strong_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float = 0.4,
+                    threshold: float = 0.8) -> tuple[torch.Tensor, torch.Tensor]:
+    """UDA's consistency loss (Xie et al. 2020, Eq. 1, with the sharpening and confidence-based masking
+    of Sec. 3.2 / Appendix), averaged over the unlabeled batch:
+
+        L_u = (1/|B_u|) Σ_x 1[max_y p_θ̃(y|x) > β] · KL( p_θ̃(y|x; τ) ‖ p_θ(y|x̂) )
+
+    x̂ is the strongly augmented view (``strong_logits``), x the original one (``target_logits``, no
+    gradient: θ̃ is a fixed copy of θ); p(y|x; τ) = softmax(z/τ) is the sharpened target (τ = 0.4 in the
+    paper's CIFAR-10 runs) and the mask uses the *unsharpened* prediction (β = 0.8), as the reference code.
+    Returns the loss and the mask (float, per sample).
+    """
+    target_logits = target_logits.detach().float()
+    log_target = F.log_softmax(target_logits / temperature, dim=-1)
+    log_pred = F.log_softmax(strong_logits.float(), dim=-1)
+    kl = (log_target.exp() * (log_target - log_pred)).sum(-1)
+    mask = (F.softmax(target_logits, dim=-1).amax(-1) > threshold).float()
+    return (kl * mask).mean(), mask
+
+
+def tsa_threshold(schedule: str, step: int, total_steps: int, num_classes: int) -> float:
+    """UDA's training-signal annealing threshold (Xie et al. 2020, Sec. 3.2): η_t = α_t·(1 − 1/K) + 1/K,
+    with progress p = t/T and α_t = p (linear), 1 − exp(−5p) (log) or exp(5(p − 1)) (exp); "off" gives 1
+    (nothing is masked)."""
+    if schedule == "off":
+        return 1.0
+    p = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    alphas = {"linear": p, "log": 1 - math.exp(-5 * p), "exp": math.exp(5 * (p - 1))}
+    if schedule not in alphas:
+        raise ValueError(f"unknown TSA schedule '{schedule}': use off, linear, log or exp")
+    return alphas[schedule] * (1 - 1 / num_classes) + 1 / num_classes
+
+
+def tsa_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                      threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy with training-signal annealing (UDA, Sec. 3.2): labeled examples whose correct-class
+    probability exceeds η_t are left out, and the rest are averaged:
+    L = Σ_i 1[p(y_i|x_i) ≤ η_t]·CE_i / max(1, Σ_i 1[p(y_i|x_i) ≤ η_t]). Returns the loss and the mask."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    ce = -log_probs.gather(1, labels.view(-1, 1)).squeeze(1)
+    keep = (ce.detach().neg().exp() <= threshold).float()
+    return (ce * keep).sum() / keep.sum().clamp_min(1.0), keep
+
+
+def feature_regression_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "regress") -> torch.Tensor:
+    """Regress a student's embedding onto a frozen teacher's (no gradient to the teacher), averaged over x:
+
+    - ``regress``: ‖s/‖s‖ − t/‖t‖‖² = 2 − 2·cos(s, t) — SimReg (Navaneet et al. 2022, Eq. 1: squared
+      Euclidean distance of L2-normalised features). DisCo (Gao et al. 2022) distils the final embedding
+      with the MSE of the L2-normalised student and teacher embeddings: this up to the constant 1/D its
+      code averages over;
+    - ``cosine``: 1 − cos(s, t) (the same direction, half the gradient);
+    - ``mse``: mean squared error of the raw embeddings, (1/D)‖s − t‖² (no normalisation).
+    """
+    t = teacher.detach().float()
+    s = student.float()
+    if kind == "mse":
+        return F.mse_loss(s, t)
+    cos = F.cosine_similarity(s, t, dim=-1)
+    if kind == "regress":
+        return (2 - 2 * cos).mean()
+    if kind == "cosine":
+        return (1 - cos).mean()
+    raise ValueError(f"unknown feature loss '{kind}': use regress, cosine or mse")

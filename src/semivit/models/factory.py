@@ -224,3 +224,18 @@ def model_from_spec(spec: dict[str, Any]) -> ImageClassifier:
                                       "head_hidden") if k in kwargs}
     return create_model(spec["name"], spec["num_classes"], spec["in_chans"], spec["image_size"],
                         drop_path=drop_path, classes=spec.get("classes"), **allowed)
+
+
+def set_head_dropout(model: ImageClassifier, rate: float) -> None:
+    """Dropout with probability ``rate`` on the pooled features before the classifier (training mode only):
+    Noisy Student's dropout noise on the student's final layer (Xie et al. 2020, Sec. 2). Has no weights,
+    so saved models are unchanged; ViTs (timm's ``head_drop``) and timm CNNs with a ``drop_rate``."""
+    if not 0.0 <= rate < 1.0:
+        raise SemivitError(f"dropout must be in [0, 1), got {rate}")
+    backbone = model.backbone
+    if hasattr(backbone, "head_drop"):
+        backbone.head_drop = nn.Dropout(rate)
+    elif hasattr(backbone, "drop_rate"):
+        backbone.drop_rate = rate
+    elif rate > 0:
+        raise SemivitError(f"model '{model.spec.name}' has no classifier dropout to set")

@@ -28,3 +28,25 @@ class ProjectionHead(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
+
+
+class MLPHead(nn.Module):
+    """An MLP with a linear output: ``num_layers`` linear layers, BatchNorm and ReLU after each but the last.
+
+    BYOL's projector and predictor (Grill et al. 2020, Sec. 3.3: Linear–BN–ReLU–Linear, ``num_layers`` = 2)
+    and SimReg's deep prediction head on a distilled student (Navaneet et al. 2022: 4 layers) are this
+    module. Unlike :class:`ProjectionHead` the output has a bias and no BatchNorm."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"an MLP head needs at least 1 layer, got {num_layers}")
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        layers: list[nn.Module] = []
+        for i in range(num_layers - 1):
+            layers += [nn.Linear(dims[i], dims[i + 1]), nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-2], dims[-1]))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

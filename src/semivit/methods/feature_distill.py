@@ -1,0 +1,110 @@
+"""Feature distillation into a small student: DisCo (Gao et al. 2022, "DisCo: Remedy Self-supervised
+Learning on Lightweight Models with Distilled Contrastive Learning") and SimReg (Navaneet et al. 2022,
+"SimReg: Regression as a Simple Yet Effective Tool for Self-supervised Knowledge Distillation").
+
+A frozen teacher — any semivit model file, typically a self-supervised one (simclr, byol, mae) — gives
+the embedding t of each unlabeled image; the student's pooled features pass through a deep MLP prediction
+head g and regress onto it (SimReg, Eq. 1):
+
+    L = (1/N) Σ_x d( g(f_S(x)), f_T(x) ),   d(s, t) = ‖s/‖s‖ − t/‖t‖‖²  (``loss: regress``)
+
+or 1 − cos(s, t) (``cosine``) or the MSE of the raw embeddings (``mse``). Teacher and student see the same
+weakly augmented image (SimReg's finding). The head exists only during distillation (SimReg: a deeper head
+distils better without changing the deployed network; DisCo: a wider embedding eases the "distilling
+bottleneck"): the exported model is the student's backbone, evaluated by k-NN like other pre-training
+methods and fine-tuned afterwards. Not implemented: DisCo's student also keeps its own contrastive loss.
+
+The teacher's embedding is its pooled backbone features (``teacher_embedding: features``), or those passed
+through the projection-head layers its file keeps (``head``: SimCLR(v2)'s ``finetune_layer`` layers).
+DisCo distils the final embedding after the full projection MLP, which semivit does not export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semivit.data.loaders import Batch
+from semivit.errors import SemivitError
+from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.losses import feature_regression_loss
+from semivit.models.factory import ImageClassifier
+from semivit.models.heads import MLPHead
+
+
+@dataclass
+class FeatureDistillParams:
+    teacher: str = ""  # the teacher's model.safetensors (or run folder); a recipe stage gets the previous one
+    loss: str = "regress"  # regress (normalised squared distance) | cosine | mse
+    head_layers: int = 4  # layers of the student's prediction MLP (dropped at export; SimReg: deeper is better)
+    head_hidden: int | None = None  # its hidden width; None = 4 × the teacher's embedding width
+    teacher_embedding: str = "features"  # features | head (through the teacher's kept projection-head layers)
+    view: str = "weak"  # the one augmented view both networks see
+
+
+def teacher_embedding(teacher: ImageClassifier, x: torch.Tensor, where: str) -> torch.Tensor:
+    """The teacher's embedding of ``x``: pooled features, or (``head``) after the projection-head layers
+    that sit before its classifier (``model.head_layers``)."""
+    h = teacher.features(x)
+    if where == "features":
+        return h
+    head = teacher.backbone.get_classifier()
+    if not isinstance(head, nn.Sequential) or len(head) < 2:
+        raise SemivitError("method.teacher_embedding=head needs a teacher with projection-head layers "
+                           "(model.head_layers ≥ 1, e.g. a simclr run): use teacher_embedding=features")
+    for layer in list(head)[:-1]:
+        h = layer(h)
+    return h
+
+
+@register_method
+class FeatureDistill(Method):
+    name = "feature_distill"
+    Params = FeatureDistillParams
+    labeled_views = ()
+    trains_classifier = False  # the student's classifier head stays untrained: judged by k-NN
+    find_unused_parameters = True  # (DDP) the classifier head gets no gradient
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        from semivit.engine.checkpoint import load_model
+
+        p = self.params
+        if not p.teacher:
+            raise SemivitError("feature_distill needs a teacher: --set method.teacher=runs/NAME (a run folder "
+                               "or its model.safetensors), or run it after a pre-training stage in a recipe")
+        if p.loss not in ("regress", "cosine", "mse"):
+            raise SemivitError(f"method.loss must be regress, cosine or mse, got '{p.loss}'")
+        if p.teacher_embedding not in ("features", "head"):
+            raise SemivitError(f"method.teacher_embedding must be features or head, got '{p.teacher_embedding}'")
+        if p.head_layers < 1:
+            raise SemivitError(f"method.head_layers must be ≥ 1, got {p.head_layers}")
+        teacher, _ = load_model(p.teacher)
+        spec = self.model.spec
+        if (teacher.spec.in_chans, teacher.spec.image_size) != (spec.in_chans, spec.image_size):
+            raise SemivitError(f"the teacher takes {teacher.spec.in_chans}×{teacher.spec.image_size}² images, "
+                               f"the student {spec.in_chans}×{spec.image_size}²: use a teacher trained on this data")
+        self.teacher = teacher.requires_grad_(False).eval()
+        with torch.no_grad():  # the teacher's embedding width, from one probe image
+            probe = torch.zeros(1, spec.in_chans, spec.image_size, spec.image_size)
+            dim = teacher_embedding(self.teacher, probe, p.teacher_embedding).shape[-1]
+        self.unlabeled_views = (p.view,)
+        self.head = MLPHead(self.model.num_features, p.head_hidden or 4 * dim, dim, p.head_layers)
+
+    def train(self, mode: bool = True) -> FeatureDistill:
+        super().train(mode)
+        self.teacher.eval()  # targets without dropout or drop-path
+        return self
+
+    def training_step(self, batch: Batch, step: int) -> StepOutput:
+        p = self.params
+        x = batch.u[p.view]
+        with torch.no_grad():
+            target = teacher_embedding(self.teacher, x, p.teacher_embedding)
+        pred = self.head(self.model.features(x))
+        loss = feature_regression_loss(pred, target, p.loss)
+        cos = F.cosine_similarity(pred.detach().float(), target.float(), dim=-1).mean()
+        return StepOutput(loss, {"loss_feat": loss.detach(), "cos": cos})
