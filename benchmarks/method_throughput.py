@@ -46,6 +46,11 @@ METHODS: dict[str, tuple[str, str, int, dict[str, Any]]] = {
     "paws": ("paws", "vit_nano", 64, {"multicrop": 0}),
     "ssmae": ("ssmae", "vit_nano", 32, {"mu": 5}),
     "semiformer": ("semiformer", "semiformer_tiny", 32, {"mu": 7}),
+    "byol": ("byol", "vit_nano", 128, {}),
+    "s4l": ("s4l", "vit_nano", 32, {"task": "rotation", "mu": 1}),
+    "uda": ("uda", "vit_nano", 32, {"mu": 5, "tsa": "log"}),
+    "noisy_student": ("noisy_student", "vit_nano", 32, {"mu": 3}),
+    "feature_distill": ("feature_distill", "vit_nano", 64, {}),
 }
 TEACHER_METHODS = {"distill", "noisy_student", "feature_distill"}
 
@@ -137,7 +142,7 @@ def main() -> int:
                     "train.eval_every": 0, "train.log_every": 5, "train.ckpt_every": 10**9,
                     "train.out": tmp.name, "train.name": name, "train.progress": False,
                     "train.tensorboard": False, "train.device": args.device, "train.amp": args.amp,
-                    "train.ema": 0.99 if name in ("fixmatch", "semiformer") else None}
+                    "train.ema": 0.99 if name in ("fixmatch", "semiformer", "uda") else None}
         if method_name in TEACHER_METHODS:
             if not teacher_file.is_file():  # a fresh network of the student's shape: speed, not accuracy
                 cfg0 = apply_overrides(Config(), {**settings, "train.method": "supervised"})

@@ -38,6 +38,7 @@ from semivit.engine.evaluate import (
     knn_top1,
     linear_probe_top1,
     predict_logits,
+    predict_stream_logits,
     snn_top1,
     top1,
 )
@@ -367,24 +368,30 @@ class Trainer:
             return metrics
         export_weights(net, self.ckpt_dir / "model.safetensors", net.spec.to_dict())
         test = self.data.test
+        streams = hasattr(net, "stream_logits")  # a dual-stream model (Semiformer): each head alone, and fused
+        test_streams: dict[str, torch.Tensor] = {}
         if test is not None and len(test):
-            report = classification_report(predict_logits(net, test, device=self.device), test.labels,
-                                           test.classes)
+            if streams:  # one pass gives the fused logits and each stream's
+                test_streams = predict_stream_logits(net, test, device=self.device)
+            logits = test_streams["fused"] if streams else predict_logits(net, test, device=self.device)
+            report = classification_report(logits, test.labels, test.classes)
             metrics.update(test_top1=report["top1"], test_top5=report["top5"], test_ece=report["ece"])
             logger.log(step, {"top1": report["top1"]}, prefix="test")
             if self.pretraining:  # representation quality: k-NN and a linear probe fitted on the labels
                 knn, extra = self._knn(net, test, torch.arange(len(test)), probe=True)
                 metrics.update(test_knn_top1=knn, **{f"test_{k}": v for k, v in extra.items()})
                 logger.log(step, {"knn_top1": knn, **extra}, prefix="test")
-        if hasattr(net, "stream_logits"):  # a dual-stream model (Semiformer): each head alone, and fused
-            from semivit.engine.evaluate import stream_top1
-
-            parts = {"val": (self.data.train, self.data.split.val), "test": (test, None)}
-            for part, (images, idx) in parts.items():
-                if images is not None and len(images if idx is None else idx):
-                    accs = stream_top1(net, images, idx, device=self.device)
-                    metrics.update({f"{part}_top1_{k}": v for k, v in accs.items()})
-                    logger.log(step, {f"top1_{k}": v for k, v in accs.items()}, prefix=part)
+        if streams:
+            if len(self.data.split.val):
+                val_logits = predict_stream_logits(net, self.data.train, self.data.split.val, device=self.device)
+                val_labels = self.data.train.labels[self.data.split.val]
+                accs = {k: top1(v, val_labels) for k, v in val_logits.items()}
+                metrics.update({f"val_top1_{k}": v for k, v in accs.items()})
+                logger.log(step, {f"top1_{k}": v for k, v in accs.items()}, prefix="val")
+            if test_streams:
+                accs = {k: top1(v, test.labels) for k, v in test_streams.items()}
+                metrics.update({f"test_top1_{k}": v for k, v in accs.items()})
+                logger.log(step, {f"top1_{k}": v for k, v in accs.items()}, prefix="test")
         (self.run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
