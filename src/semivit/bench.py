@@ -24,7 +24,7 @@ as ``train.time_limit`` (the run stops when it is spent: accuracy at a time budg
 ``OUT/SUITE/DATA/LABELS/METHOD/seedS``; a finished cell is skipped and an interrupted one resumes at its
 step, so the same command continues a stopped suite. The table (markdown + CSV: test top-1 of the last and
 of the best-validation weights, mean ± std over seeds, images/s, wall seconds) and a label-efficiency plot
-(SVG: top-1 against labels per class, one line per method) are rewritten after every cell.
+(PNG + SVG: top-1 against labels per class, one line per method) are rewritten after every cell.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -261,7 +260,7 @@ def _trains_classifier(cfg: Config) -> bool:
 
 def run_suite(name: str | Path, out: str | None = None, only: str | None = None,
               dry_run: bool = False) -> Path:
-    """Run (or continue) every cell of a suite; returns the folder with table.md/results.csv/plot.svg.
+    """Run (or continue) every cell of a suite; returns the folder with table.md, the CSVs and the plots.
     ``only``: a substring a cell's ``DATA/LABELS/METHOD/seedS`` key must contain."""
     suite = load_suite(name, out)
     root = suite.out / suite.name
@@ -352,49 +351,32 @@ def markdown_table(suite: Suite, summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def label_efficiency_svg(summary: list[dict[str, Any]], dname: str, methods: list[str]) -> str:
-    """A dependency-free SVG line plot: test top-1 (last, mean ± std) against labels per class (log x)."""
+def label_efficiency_plot(summary: list[dict[str, Any]], dname: str, methods: list[str], path: Path) -> None:
+    """Test top-1 (last weights, mean ± std over seeds) against labels per class (log x), one line per
+    method; written as PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     pts = [s for s in summary if s["data"] == dname]
-    w, h, left, right, top, bottom = 640, 400, 60, 170, 30, 50
-    xs = sorted({s["labels_per_class"] for s in pts})
-    x_lo, x_hi = math.log(min(xs)), math.log(max(xs))
-    x_span = (x_hi - x_lo) or 1.0
-
-    def px(v: float) -> float:
-        return left + (math.log(v) - x_lo) / x_span * (w - left - right) if x_hi > x_lo else (left + w - right) / 2
-
-    def py(v: float) -> float:
-        return top + (1.0 - v) * (h - top - bottom)
-
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-              "#bcbd22", "#17becf", "#000000", "#aec7e8"]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
-           f'font-size="12">', f'<rect width="{w}" height="{h}" fill="white"/>',
-           f'<text x="{left}" y="18" font-size="14">{dname}: test top-1 against labels per class</text>']
-    for tick in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
-        out.append(f'<line x1="{left}" x2="{w - right}" y1="{py(tick):.1f}" y2="{py(tick):.1f}" '
-                   f'stroke="#ddd"/><text x="{left - 8}" y="{py(tick) + 4:.1f}" text-anchor="end">{tick:.1f}</text>')
-    for x in xs:
-        out.append(f'<text x="{px(x):.1f}" y="{h - bottom + 18}" text-anchor="middle">{x:g}</text>')
-    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">labels per class '
-               f'(log scale)</text>')
-    present = [m for m in methods if any(s["method"] == m for s in pts)]
-    for i, method in enumerate(present):
-        color = colors[i % len(colors)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, method in enumerate(m for m in methods if any(s["method"] == m for s in pts)):
         line = sorted((s for s in pts if s["method"] == method), key=lambda s: s["labels_per_class"])
-        coords = " ".join(f"{px(s['labels_per_class']):.1f},{py(s['top1_last_mean']):.1f}" for s in line)
-        out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for s in line:
-            x, lo, hi = px(s["labels_per_class"]), py(s["top1_last_mean"] - s["top1_last_std"]), \
-                py(s["top1_last_mean"] + s["top1_last_std"])
-            out.append(f'<circle cx="{x:.1f}" cy="{py(s["top1_last_mean"]):.1f}" r="3" fill="{color}"/>')
-            if s["top1_last_std"] > 0:
-                out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{lo:.1f}" y2="{hi:.1f}" stroke="{color}"/>')
-        ly = top + 16 * i + 10
-        out.append(f'<line x1="{w - right + 10}" x2="{w - right + 30}" y1="{ly}" y2="{ly}" stroke="{color}" '
-                   f'stroke-width="2"/><text x="{w - right + 35}" y="{ly + 4}">{method}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
+        ax.errorbar([s["labels_per_class"] for s in line], [s["top1_last_mean"] for s in line],
+                    yerr=[s["top1_last_std"] for s in line], marker="o", capsize=3, label=method,
+                    linestyle="-" if i < 10 else "--")
+    xs = sorted({s["labels_per_class"] for s in pts})
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.minorticks_off()
+    ax.set(xlabel="labels per class", ylabel="test top-1", title=f"{dname}: label efficiency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(path.with_suffix(f".{ext}"), dpi=110)
+    plt.close(fig)
 
 
 def write_reports(suite: Suite, rows: list[dict[str, Any]], root: Path) -> None:
@@ -412,5 +394,4 @@ def write_reports(suite: Suite, rows: list[dict[str, Any]], root: Path) -> None:
         writer.writerows(summary)
     (root / "table.md").write_text(markdown_table(suite, summary) + "\n")
     for dname in {s["data"] for s in summary}:
-        (root / f"label-efficiency-{dname}.svg").write_text(
-            label_efficiency_svg(summary, dname, list(suite.methods)) + "\n")
+        label_efficiency_plot(summary, dname, list(suite.methods), root / f"label-efficiency-{dname}")
