@@ -84,6 +84,21 @@ class Method(nn.Module):
         return model
 
 
+def load_teacher(path: str, method: str, hint: str, num_classes: int | None = None) -> nn.Module:
+    """A frozen teacher network for ``method`` (distillation, Noisy Student, feature distillation) from a
+    semivit model file or run folder; ``num_classes``: the classes it must predict (None: any)."""
+    from semivit.engine.checkpoint import load_model
+
+    if not path:
+        raise SemivitError(f"{method} needs a teacher: --set method.teacher=runs/NAME (a run folder or its "
+                           f"model.safetensors){hint}")
+    teacher, _ = load_model(path)
+    if num_classes is not None and teacher.spec.num_classes != num_classes:
+        raise SemivitError(f"the teacher predicts {teacher.spec.num_classes} classes, the data has "
+                           f"{num_classes}: use a teacher trained on this data")
+    return teacher.requires_grad_(False)
+
+
 METHODS: dict[str, type[Method]] = {}
 
 

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from semivit.data.loaders import Batch
-from semivit.errors import SemivitError
-from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.base import Method, StepOutput, load_teacher, register_method
 from semivit.methods.losses import distillation_loss
 
 
@@ -37,17 +36,8 @@ class Distill(Method):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        from semivit.engine.checkpoint import load_model
-
         p = self.params
-        if not p.teacher:
-            raise SemivitError("distill needs a teacher: --set method.teacher=runs/NAME (a run folder or its "
-                               "model.safetensors)")
-        teacher, _ = load_model(p.teacher)
-        if teacher.spec.num_classes != self.num_classes:
-            raise SemivitError(f"the teacher predicts {teacher.spec.num_classes} classes, the data has "
-                               f"{self.num_classes}: use a teacher trained on this data")
-        self.teacher = teacher.requires_grad_(False)
+        self.teacher = load_teacher(p.teacher, "distill", "", self.num_classes)
         self.labeled_views = (p.view,) if p.labeled_weight > 0 else ()
         self.unlabeled_views = (p.view,)
         self.unlabeled_ratio = p.mu

@@ -29,7 +29,7 @@ from torch import nn
 
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
-from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.base import Method, StepOutput, load_teacher, register_method
 from semivit.methods.losses import feature_regression_loss
 from semivit.models.factory import ImageClassifier
 from semivit.models.heads import MLPHead
@@ -70,19 +70,14 @@ class FeatureDistill(Method):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        from semivit.engine.checkpoint import load_model
-
         p = self.params
-        if not p.teacher:
-            raise SemivitError("feature_distill needs a teacher: --set method.teacher=runs/NAME (a run folder "
-                               "or its model.safetensors), or run it after a pre-training stage in a recipe")
         if p.loss not in ("regress", "cosine", "mse"):
             raise SemivitError(f"method.loss must be regress, cosine or mse, got '{p.loss}'")
         if p.teacher_embedding not in ("features", "head"):
             raise SemivitError(f"method.teacher_embedding must be features or head, got '{p.teacher_embedding}'")
         if p.head_layers < 1:
             raise SemivitError(f"method.head_layers must be ≥ 1, got {p.head_layers}")
-        teacher, _ = load_model(p.teacher)
+        teacher = load_teacher(p.teacher, "feature_distill", ", or run it after a pre-training stage in a recipe")
         spec = self.model.spec
         if (teacher.spec.in_chans, teacher.spec.image_size) != (spec.in_chans, spec.image_size):
             raise SemivitError(f"the teacher takes {teacher.spec.in_chans}×{teacher.spec.image_size}² images, "

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
-from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.base import Method, StepOutput, load_teacher, register_method
 from semivit.methods.mixing import soft_cross_entropy
 from semivit.methods.pseudo_label import pseudo_label_diagnostics
 from semivit.models.factory import set_head_dropout
@@ -53,19 +53,11 @@ class NoisyStudent(Method):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        from semivit.engine.checkpoint import load_model
-
         p = self.params
-        if not p.teacher:
-            raise SemivitError("noisy_student needs a teacher: --set method.teacher=runs/NAME (a run folder or "
-                               "its model.safetensors), or run it as a stage of the noisy-student recipe")
         if p.temperature <= 0:
             raise SemivitError(f"method.temperature must be positive, got {p.temperature}")
-        teacher, _ = load_model(p.teacher)
-        if teacher.spec.num_classes != self.num_classes:
-            raise SemivitError(f"the teacher predicts {teacher.spec.num_classes} classes, the data has "
-                               f"{self.num_classes}: use a teacher trained on this data")
-        self.teacher = teacher.requires_grad_(False)
+        self.teacher = load_teacher(p.teacher, "noisy_student", ", or run it as a stage of the noisy-student "
+                                    "recipe", self.num_classes)
         set_head_dropout(self.model, p.dropout)
         self.labeled_views = (p.labeled_view,)
         self.unlabeled_views = tuple(dict.fromkeys((p.teacher_view, p.student_view)))
