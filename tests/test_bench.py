@@ -124,6 +124,6 @@ def test_shipped_suites_are_valid(suite):
 def test_reports_cover_cells_run_by_earlier_commands(tmp_path, suite_file):
     out = str(tmp_path / "out")
     run_suite(suite_file, out=out, only="2-per-class/supervised/seed0")
-    root = run_suite(suite_file, out=out, only="4-per-class/supervised/seed0")
+    root = run_suite(suite_file, out=out, only="4-per-class/supervised/seed0,4-per-class/supervised/seed1")
     rows = list(csv.DictReader(open(root / "results.csv")))
-    assert sorted(r["labels"] for r in rows) == ["2-per-class", "4-per-class"]
+    assert sorted(r["labels"] for r in rows) == ["2-per-class", "4-per-class", "4-per-class"]

@@ -261,12 +261,13 @@ def _trains_classifier(cfg: Config) -> bool:
 def run_suite(name: str | Path, out: str | None = None, only: str | None = None,
               dry_run: bool = False) -> Path:
     """Run (or continue) every cell of a suite; returns the folder with table.md, the CSVs and the plots.
-    ``only``: a substring a cell's ``DATA/LABELS/METHOD/seedS`` key must contain."""
+    ``only``: comma-separated substrings; a cell runs when its ``DATA/LABELS/METHOD/seedS`` contains one."""
     suite = load_suite(name, out)
     root = suite.out / suite.name
     for dname, why in suite.skipped.items():
         log.warning("skipping data set %s: %s", dname, why)
-    cells = [c for c in suite.cells() if only is None or only in c.key]
+    wanted = [part for part in (only or "").split(",") if part]
+    cells = [c for c in suite.cells() if not wanted or any(part in c.key for part in wanted)]
     if dry_run:
         for c in cells:
             configs = cell_configs(suite, c)

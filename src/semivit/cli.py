@@ -216,7 +216,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a benchmark suite: method × data × labels × seed under one budget")
     p.add_argument("suite", help="a suite YAML or a name in benchmarks/suites/ (cpu-small, gpu)")
     p.add_argument("--out", help="folder for the cells and reports (default: the suite's, runs/bench)")
-    p.add_argument("--only", help="run only cells whose DATA/LABELS/METHOD/seedS contains this text")
+    p.add_argument("--only", help="run only cells whose DATA/LABELS/METHOD/seedS contains this text "
+                   "(or one of several, comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their stage steps; train nothing")
     p.set_defaults(func=cmd_bench)
 
