@@ -204,9 +204,7 @@ def apply_budget(configs: list[Config], budget: dict[str, float]) -> None:
 
 def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict[str, Any]:
     """Train one cell (resuming a stopped one) and evaluate its last and best weights on the test split."""
-    from semivit.data import PreparedData
-    from semivit.data.sources import load_source
-    from semivit.data.splits import load_split, make_split
+    from semivit.data import prepare_data
     from semivit.engine.checkpoint import load_model
     from semivit.engine.evaluate import predict_logits, top1
     from semivit.engine.trainer import resolve_device
@@ -217,15 +215,11 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
         c.train.resume = True
     dcfg = configs[0].data
     source_key = (dcfg.source, dcfg.test, dcfg.unlabeled, dcfg.image_size)
-    if source_key not in data_cache:
-        data_cache.clear()  # one data set in memory at a time
-        data_cache[source_key] = load_source(dcfg.source, test=dcfg.test, unlabeled=dcfg.unlabeled,
-                                             root=dcfg.root, download=dcfg.download,
-                                             image_size=dcfg.image_size, on_corrupt=dcfg.on_corrupt)
-    bundle = data_cache[source_key]
-    split = (load_split(dcfg.split, bundle.train, dcfg.val, cell.seed) if dcfg.split
-             else make_split(bundle.train, dcfg.labels, dcfg.val, cell.seed))
-    data = PreparedData(bundle, split, bundle.flip if dcfg.flip is None else dcfg.flip)
+    if source_key not in data_cache:  # decode a data set once for all its cells (one in memory at a time)
+        data_cache.clear()
+        data_cache[source_key] = prepare_data(dcfg, cell.seed).bundle
+    data = prepare_data(dcfg, cell.seed, bundle=data_cache[source_key])
+    split, bundle = data.split, data.bundle
     start = time.perf_counter()
     result = run_stages(configs, cell_dir, data)
     wall = time.perf_counter() - start

@@ -28,12 +28,14 @@ class PreparedData:
         return self.bundle.test
 
 
-def prepare_data(cfg: DataConfig, seed: int) -> PreparedData:
-    """Load the source named by ``cfg`` and split it (from ``cfg.split`` when given)."""
+def prepare_data(cfg: DataConfig, seed: int, bundle: DataBundle | None = None) -> PreparedData:
+    """Load the source named by ``cfg`` (unless ``bundle``: already loaded from it) and split it (from
+    ``cfg.split`` when given)."""
     from semivit.data.sources import load_source
 
-    bundle = load_source(cfg.source, test=cfg.test, unlabeled=cfg.unlabeled, root=cfg.root,
-                         download=cfg.download, image_size=cfg.image_size, on_corrupt=cfg.on_corrupt)
+    if bundle is None:
+        bundle = load_source(cfg.source, test=cfg.test, unlabeled=cfg.unlabeled, root=cfg.root,
+                             download=cfg.download, image_size=cfg.image_size, on_corrupt=cfg.on_corrupt)
     if cfg.split:
         split = load_split(cfg.split, bundle.train, cfg.val, seed)
     else:
