@@ -120,6 +120,10 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", default="auto")
     p.add_argument("--repeats", type=int, default=1, help="measure each method this many times (median)")
+    p.add_argument("--model", help="the ViT for every method but Semiformer (default: each method's vit_nano); "
+                   "e.g. vit_tiny on a GPU, where vit_nano is launch-bound")
+    p.add_argument("--semiformer-model", help="Semiformer's model (default semiformer_tiny)")
+    p.add_argument("--batch-scale", type=float, default=1.0, help="multiply every labeled batch (GPU: 2-4)")
     args = p.parse_args()
     device = resolve_device(args.device)
     tmp = tempfile.TemporaryDirectory()
@@ -137,6 +141,11 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.methods.split(","):
         method_name, model, batch_size, params = METHODS[name]
+        if model.startswith("semiformer"):
+            model = args.semiformer_model or model
+        else:
+            model = args.model or model
+        batch_size = max(1, round(batch_size * args.batch_scale))
         settings = {"data.source": args.data, "data.labels": args.labels, "model.name": model,
                     "train.method": method_name, "train.steps": args.steps, "train.batch_size": batch_size,
                     "train.eval_every": 0, "train.log_every": 5, "train.ckpt_every": 10**9,

@@ -111,7 +111,7 @@ def test_time_limit_stops_training_early_and_still_evaluates(tmp_path):
     assert 0 < result.metrics["steps"] < 10_000 and "test_top1" in result.metrics
 
 
-@pytest.mark.parametrize("suite", ["cpu-small", "gpu"])
+@pytest.mark.parametrize("suite", ["cpu-small", "gpu", "gpu-short"])
 def test_shipped_suites_are_valid(suite):
     from semivit.methods import method_params
 
@@ -127,3 +127,23 @@ def test_reports_cover_cells_run_by_earlier_commands(tmp_path, suite_file):
     root = run_suite(suite_file, out=out, only="4-per-class/supervised/seed0,4-per-class/supervised/seed1")
     rows = list(csv.DictReader(open(root / "results.csv")))
     assert sorted(r["labels"] for r in rows) == ["2-per-class", "4-per-class", "4-per-class"]
+
+
+def test_jobs_run_cells_in_worker_processes_and_report_failures(tmp_path, suite_file):
+    text = suite_file.read_text().replace(
+        "  two-stage:", "  broken: {method: supervised, data: [digits], set: {optim.lr: -1.0}}\n  two-stage:")
+    suite_file.write_text(text)
+    assert [c.method for c in load_suite(suite_file).cells()].count("broken") == 4
+    out = str(tmp_path / "out")
+    with pytest.raises(SemivitError, match=r"1 cell\(s\) failed \(digits/2-per-class/broken/seed0\)"):
+        run_suite(suite_file, out=out, only="2-per-class/supervised/seed,2-per-class/broken/seed0", jobs=2)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "tiny" / "results.csv")))
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("supervised", "0"), ("supervised", "1")]
+    assert all(0 <= float(r["test_top1_last"]) <= 1 for r in rows)
+
+
+def test_a_method_limited_to_unknown_data_sets_is_a_clear_error(suite_file):
+    suite_file.write_text(suite_file.read_text().replace("{method: supervised}",
+                                                         "{method: supervised, data: [digitz]}"))
+    with pytest.raises(SemivitError, match=r"methods.supervised.data names \['digitz'\]"):
+        load_suite(suite_file)

@@ -22,7 +22,8 @@ Budgets (USB's rule: every method gets the same number of optimizer steps): ``st
 recipe's stages so they sum to N, keeping their proportions; ``seconds: S`` gives each stage its share of S
 as ``train.time_limit`` (the run stops when it is spent: accuracy at a time budget). Each cell runs in
 ``OUT/SUITE/DATA/LABELS/METHOD/seedS``; a finished cell is skipped and an interrupted one resumes at its
-step, so the same command continues a stopped suite. The table (markdown + CSV: test top-1 of the last and
+step, so the same command continues a stopped suite; ``--jobs N`` trains N cells side by side in worker
+processes. The table (markdown + CSV: test top-1 of the last and
 of the best-validation weights, mean ± std over seeds, images/s, wall seconds) and a label-efficiency plot
 (PNG + SVG: top-1 against labels per class, one line per method) are rewritten after every cell.
 """
@@ -45,7 +46,7 @@ log = logging.getLogger("semivit")
 SUITE_DIRS = (Path("benchmarks") / "suites", Path("benchmarks"))
 _SUITE_KEYS = {"name", "description", "out", "seeds", "budget", "set", "data", "methods"}
 _DATA_KEYS = {"source", "labels", "seeds", "budget", "set", "requires", "split", "test"}
-_METHOD_KEYS = {"method", "recipe", "params", "set", "budget", "label"}
+_METHOD_KEYS = {"method", "recipe", "params", "set", "budget", "label", "data"}
 _BUDGET_KEYS = {"steps", "seconds"}
 
 
@@ -79,7 +80,9 @@ class Suite:
             if dname in self.skipped:
                 continue
             for labels in _as_list(d["labels"]):
-                for mname in self.methods:
+                for mname, m in self.methods.items():
+                    if "data" in m and dname not in m["data"]:
+                        continue  # a method row meant for some data sets only (e.g. an ablation)
                     for seed in d.get("seeds", self.seeds):
                         out.append(Cell(dname, str(labels), mname, int(seed)))
         return out
@@ -151,6 +154,11 @@ def load_suite(name: str | Path, out: str | None = None) -> Suite:
         m["set"] = _settings(m.get("set"), f"methods.{mname}")
         if "budget" in m:
             m["budget"] = _budget(m["budget"], f"methods.{mname}")
+        if "data" in m:
+            m["data"] = [str(x) for x in _as_list(m["data"])]
+            if not set(m["data"]) <= set(data):
+                raise SemivitError(f"{path}: methods.{mname}.data names {sorted(set(m['data']) - set(data))}, "
+                                   f"not data sets of this suite: use some of {sorted(data)}")
     suite = Suite(name=str(raw.get("name", path.stem)), out=Path(out or raw.get("out", "runs/bench")),
                   seeds=[int(s) for s in _as_list(raw.get("seeds", [0]))],
                   budget=_budget(raw.get("budget", {"steps": 1000}), str(path)),
@@ -253,9 +261,14 @@ def _trains_classifier(cfg: Config) -> bool:
 
 
 def run_suite(name: str | Path, out: str | None = None, only: str | None = None,
-              dry_run: bool = False) -> Path:
+              dry_run: bool = False, jobs: int = 1) -> Path:
     """Run (or continue) every cell of a suite; returns the folder with table.md, the CSVs and the plots.
-    ``only``: comma-separated substrings; a cell runs when its ``DATA/LABELS/METHOD/seedS`` contains one."""
+    ``only``: comma-separated substrings; a cell runs when its ``DATA/LABELS/METHOD/seedS`` contains one.
+    ``jobs``: cells trained at the same time, each in its own process (CPU: the cores are shared out
+    between them, one process per core trains small models faster than one process on all cores; GPU:
+    several small models share one GPU)."""
+    if jobs < 1:
+        raise SemivitError(f"--jobs must be 1 or more, got {jobs}")
     suite = load_suite(name, out)
     root = suite.out / suite.name
     for dname, why in suite.skipped.items():
@@ -270,18 +283,71 @@ def run_suite(name: str | Path, out: str | None = None, only: str | None = None,
                              for cfg in configs)
             print(f"{c.key}: {plan}")
         return root
-    data_cache: dict = {}
-    for n, cell in enumerate(cells, 1):
-        cell_dir = _cell_dir(root, cell)
-        if (cell_dir / "cell.json").is_file():
-            continue
-        log.info("bench %d/%d: %s", n, len(cells), cell.key)
-        row = run_cell(suite, cell, cell_dir, data_cache)
-        log.info("bench %s: test top-1 %.4f (best-val weights %.4f), %.0f s", cell.key,
-                 row["test_top1_last"] or 0, row["test_top1_best"] or 0, row["wall_seconds"])
-        write_reports(suite, _finished_rows(suite, root), root)
+    todo = [c for c in cells if not (_cell_dir(root, c) / "cell.json").is_file()]
+    if jobs > 1 and len(todo) > 1:
+        _run_cells_in_processes(suite, root, todo, jobs)
+    else:
+        data_cache: dict = {}
+        for n, cell in enumerate(todo, 1):
+            log.info("bench %d/%d: %s", n, len(todo), cell.key)
+            row = run_cell(suite, cell, _cell_dir(root, cell), data_cache)
+            _log_row(cell, row)
+            write_reports(suite, _finished_rows(suite, root), root)
     write_reports(suite, _finished_rows(suite, root), root)
     return root
+
+
+def _log_row(cell: Cell, row: dict[str, Any], done: str = "") -> None:
+    log.info("bench %s%s: test top-1 %.4f (best-val weights %.4f), %.0f s", done, cell.key,
+             row["test_top1_last"] or 0, row["test_top1_best"] or 0, row["wall_seconds"])
+
+
+_worker_data_cache: dict = {}  # per worker process: the decoded data set, kept for the next cells
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+
+def _run_cell_in_worker(task: tuple[str, str, str]) -> tuple[str, dict[str, Any] | None, str]:
+    """One cell (suite file, out folder, cell key) in a pool process; errors come back as text so the other
+    cells go on."""
+    suite_path, out, key = task
+    try:
+        suite = load_suite(suite_path, out)
+        cell = next(c for c in suite.cells() if c.key == key)
+        return key, run_cell(suite, cell, _cell_dir(suite.out / suite.name, cell), _worker_data_cache), ""
+    except Exception as exc:  # noqa: BLE001 — reported by the parent with the cell's name
+        return key, None, f"{type(exc).__name__}: {exc}"
+
+
+def _run_cells_in_processes(suite: Suite, root: Path, cells: list[Cell], jobs: int) -> None:
+    import multiprocessing
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SemivitError("--jobs runs cells side by side on one machine; under torchrun use --jobs 1")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    log.info("bench: %d cells, %d at a time, %d thread(s) each", len(cells), jobs, threads)
+    by_key = {c.key: c for c in cells}
+    failed = []
+    # spawn, not fork: a forked child would inherit the parent's torch threads and CUDA state
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(jobs, initializer=_init_worker, initargs=(threads,)) as pool:
+        tasks = [(str(suite.path), str(suite.out), c.key) for c in cells]
+        for n, (key, row, error) in enumerate(pool.imap_unordered(_run_cell_in_worker, tasks), 1):
+            if row is None:
+                failed.append(key)
+                log.warning("bench %d/%d: %s failed: %s", n, len(cells), key, error)
+                continue
+            _log_row(by_key[key], row, done=f"{n}/{len(cells)} done: ")
+            write_reports(suite, _finished_rows(suite, root), root)
+    if failed:
+        raise SemivitError(f"{len(failed)} cell(s) failed ({', '.join(failed)}): the reasons are above; "
+                           "fix them and run the same command again (finished cells are kept)")
 
 
 def _cell_dir(root: Path, cell: Cell) -> Path:

@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from semivit.bench import run_suite
 
-    root = run_suite(args.suite, out=args.out, only=args.only, dry_run=args.dry_run)
+    root = run_suite(args.suite, out=args.out, only=args.only, dry_run=args.dry_run, jobs=args.jobs)
     if not args.dry_run:
         print((root / "table.md").read_text() if (root / "table.md").is_file() else "no cell ran")
         print(f"table, CSV and label-efficiency plots: {root}")
@@ -219,6 +219,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="run only cells whose DATA/LABELS/METHOD/seedS contains this text "
                    "(or one of several, comma-separated)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their stage steps; train nothing")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained side by side, one process each (CPU: the "
+                   "number of cores; one GPU: 4-8 small models share it)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="supervised-only vs Semi-ViT on digits with 4 labels per class")
