@@ -20,7 +20,8 @@ A suite is YAML (see ``benchmarks/suites/``)::
 
 Budgets (USB's rule: every method gets the same number of optimizer steps): ``steps: N`` rescales a
 recipe's stages so they sum to N, keeping their proportions; ``seconds: S`` gives each stage its share of S
-as ``train.time_limit`` (the run stops when it is spent: accuracy at a time budget). Each cell runs in
+as ``train.time_limit`` (the run stops when it is spent: accuracy at a time budget; the schedules stay planned
+over ``train.steps``, so a cut-short run ends mid-schedule). Each cell runs in
 ``OUT/SUITE/DATA/LABELS/METHOD/seedS``; a finished cell is skipped and an interrupted one resumes at its
 step, so the same command continues a stopped suite; ``--jobs N`` trains N cells side by side in worker
 processes. The table (markdown + CSV: test top-1 of the last and
