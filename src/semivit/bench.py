@@ -426,8 +426,9 @@ def label_efficiency_plot(summary: list[dict[str, Any]], dname: str, methods: li
     for i, method in enumerate(m for m in methods if any(s["method"] == m for s in pts)):
         line = sorted((s for s in pts if s["method"] == method), key=lambda s: s["labels_per_class"])
         ax.errorbar([s["labels_per_class"] for s in line], [s["top1_last_mean"] for s in line],
-                    yerr=[s["top1_last_std"] for s in line], marker="o", capsize=3, label=method,
-                    linestyle="-" if i < 10 else "--")
+                    yerr=[s["top1_last_std"] for s in line], capsize=3, label=method,
+                    # the colour cycle has 10 colours: later methods differ by line and marker
+                    linestyle="-" if i < 10 else "--", marker="o" if i < 10 else "s")
     xs = sorted({s["labels_per_class"] for s in pts})
     ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g}" for x in xs])
