@@ -336,6 +336,33 @@ def test_feature_distill_from_the_teachers_projection_layer(tmp_path):
         FeatureDistill(tiny_vit(), FeatureDistillParams(), 3, 10)
 
 
+
+def test_disco_adds_the_students_own_contrastive_loss(tmp_path):
+    from semivit.methods.losses import nt_xent
+
+    teacher_path = saved_teacher(tmp_path)
+    student = tiny_vit()
+    params = FeatureDistillParams(teacher=teacher_path, head_layers=2, view="contrastive", contrastive_weight=0.5)
+    method = FeatureDistill(student, params, 3, 10)
+    assert method.unlabeled_views == ("contrastive", "contrastive:2")
+    method.train()
+    g = torch.Generator().manual_seed(9)
+    x1, x2 = torch.rand(4, 1, 8, 8, generator=g), torch.rand(4, 1, 8, 8, generator=g)
+    out = method.training_step(Batch(u={"contrastive": x1, "contrastive:2": x2}), 0)
+    out.loss.backward()
+    assert student.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # L = mean regression over both views + λ'·NT-Xent of the student's two outputs
+        z1, z2 = method.head(student.features(torch.cat([x1, x2]))).chunk(2)  # one pass: the head's BN sees both
+        t1, t2 = method.teacher.features(x1), method.teacher.features(x2)
+        reg = (feature_regression_loss(z1, t1) + feature_regression_loss(z2, t2)) / 2
+        expected = reg + 0.5 * nt_xent(z1, z2, 0.2)[0]
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-4)
+    assert float(out.metrics["loss_con"]) > 0 and "con_acc" in out.metrics
+    from semivit.errors import SemivitError
+
+    with pytest.raises(SemivitError, match="contrastive_weight"):
+        FeatureDistill(tiny_vit(), FeatureDistillParams(teacher=teacher_path, contrastive_weight=-1), 3, 10)
+
 # ------------------------------------------------------------------------------------------- Noisy Student
 def _noisy_batch(n_l=4, n_u=8):
     g = torch.Generator().manual_seed(6)

@@ -12,7 +12,14 @@ or 1 − cos(s, t) (``cosine``) or the MSE of the raw embeddings (``mse``). Teac
 weakly augmented image (SimReg's finding). The head exists only during distillation (SimReg: a deeper head
 distils better without changing the deployed network; DisCo: a wider embedding eases the "distilling
 bottleneck"): the exported model is the student's backbone, evaluated by k-NN like other pre-training
-methods and fine-tuned afterwards. Not implemented: DisCo's student also keeps its own contrastive loss.
+methods and fine-tuned afterwards.
+
+DisCo's student also keeps its own self-supervised contrastive loss (DisCo Sec. 3: L = L_con + λ·L_DisCo):
+with ``contrastive_weight`` λ' > 0 both networks see two augmented views (``view`` and ``view:2``, default
+``contrastive``: crop, flip, colour jitter), the regression runs on both, and NT-Xent (SimCLR's Eq. 1; DisCo
+used MoCo-v2's queue, semivit's contrastive loss is SimCLR's) on the student's two head outputs is added:
+
+    L = L_reg(view 1) + L_reg(view 2)  (averaged) + λ'·NT-Xent(g(f_S(x₁)), g(f_S(x₂)))
 
 The teacher's embedding is its pooled backbone features (``teacher_embedding: features``), or those passed
 through the projection-head layers its file keeps (``head``: SimCLR(v2)'s ``finetune_layer`` layers).
@@ -30,7 +37,7 @@ from torch import nn
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
 from semivit.methods.base import Method, StepOutput, load_teacher, register_method
-from semivit.methods.losses import feature_regression_loss
+from semivit.methods.losses import feature_regression_loss, nt_xent
 from semivit.models.factory import ImageClassifier
 from semivit.models.heads import MLPHead
 
@@ -42,7 +49,9 @@ class FeatureDistillParams:
     head_layers: int = 4  # layers of the student's prediction MLP (dropped at export; SimReg: deeper is better)
     head_hidden: int | None = None  # its hidden width; None = 4 × the teacher's embedding width
     teacher_embedding: str = "features"  # features | head (through the teacher's kept projection-head layers)
-    view: str = "weak"  # the one augmented view both networks see
+    view: str = "weak"  # the augmented view both networks see (with contrastive_weight > 0: two of it)
+    contrastive_weight: float = 0.0  # DisCo: the student's own NT-Xent on two views, this weight; 0 = SimReg
+    temperature: float = 0.2  # NT-Xent temperature (with contrastive_weight > 0)
 
 
 def teacher_embedding(teacher: ImageClassifier, x: torch.Tensor, where: str) -> torch.Tensor:
@@ -77,6 +86,9 @@ class FeatureDistill(Method):
             raise SemivitError(f"method.teacher_embedding must be features or head, got '{p.teacher_embedding}'")
         if p.head_layers < 1:
             raise SemivitError(f"method.head_layers must be ≥ 1, got {p.head_layers}")
+        if p.contrastive_weight < 0 or p.temperature <= 0:
+            raise SemivitError(f"method.contrastive_weight must be ≥ 0 and method.temperature > 0, got "
+                               f"{p.contrastive_weight} and {p.temperature}")
         teacher = load_teacher(p.teacher, "feature_distill", ", or run it after a pre-training stage in a recipe")
         spec = self.model.spec
         if (teacher.spec.in_chans, teacher.spec.image_size) != (spec.in_chans, spec.image_size):
@@ -86,7 +98,7 @@ class FeatureDistill(Method):
         with torch.no_grad():  # the teacher's embedding width, from one probe image
             probe = torch.zeros(1, spec.in_chans, spec.image_size, spec.image_size)
             dim = teacher_embedding(self.teacher, probe, p.teacher_embedding).shape[-1]
-        self.unlabeled_views = (p.view,)
+        self.unlabeled_views = (p.view, f"{p.view}:2") if p.contrastive_weight > 0 else (p.view,)
         self.head = MLPHead(self.model.num_features, p.head_hidden or 4 * dim, dim, p.head_layers)
 
     def train(self, mode: bool = True) -> FeatureDistill:
@@ -96,10 +108,15 @@ class FeatureDistill(Method):
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         p = self.params
-        x = batch.u[p.view]
+        x = torch.cat([batch.u[v] for v in self.unlabeled_views])  # one pass for both views
         with torch.no_grad():
             target = teacher_embedding(self.teacher, x, p.teacher_embedding)
         pred = self.head(self.model.features(x))
-        loss = feature_regression_loss(pred, target, p.loss)
+        loss_feat = feature_regression_loss(pred, target, p.loss)
         cos = F.cosine_similarity(pred.detach().float(), target.float(), dim=-1).mean()
-        return StepOutput(loss, {"loss_feat": loss.detach(), "cos": cos})
+        metrics = {"loss_feat": loss_feat.detach(), "cos": cos}
+        if p.contrastive_weight <= 0:
+            return StepOutput(loss_feat, metrics)
+        loss_con, hits = nt_xent(*pred.chunk(2), p.temperature)
+        metrics.update(loss_con=loss_con.detach(), con_acc=hits)
+        return StepOutput(loss_feat + p.contrastive_weight * loss_con, metrics)
