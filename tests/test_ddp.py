@@ -45,3 +45,11 @@ def test_nt_xent_gathered_over_two_ranks_equals_one_process(tmp_path):
     assert float(ranks[0]["loss"]) == pytest.approx(float(loss), rel=1e-5)
     assert torch.allclose(torch.cat([r["grad1"] for r in ranks]), z1.grad, atol=1e-6)
     assert torch.allclose(torch.cat([r["grad2"] for r in ranks]), z2.grad, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_noisy_student_balancing_counts_agree_over_two_ranks(tmp_path):
+    a, b = torchrun_two_gloo_ranks("balance_worker.py", tmp_path, 29519)
+    assert a["counts"].tolist() == b["counts"].tolist() == [4.0, 3.0, 1.0]  # both ranks' labels, summed
+    share = torch.tensor([4 / 8, 3 / 8, 1 / 8])
+    assert torch.allclose(a["weights"], (1 / (3 * share))[torch.tensor([0, 0, 1, 0])])

@@ -399,6 +399,23 @@ def test_noisy_student_teacher_is_frozen_and_labels_the_clean_view(tmp_path):
     assert not torch.allclose(method.pseudo_labels(batch.u["strong"])[0], t_probs)
 
 
+
+def test_noisy_student_balancing_weights_classes_by_their_running_share(tmp_path):
+    method = NoisyStudent(tiny_vit(drop_path=0.0), NoisyStudentParams(teacher=saved_teacher(tmp_path),
+                                                                      balance=True, dropout=0.0), 3, 10)
+    hard = torch.tensor([0, 0, 0, 0, 1, 1, 2, 0])
+    mask = torch.tensor([True] * 7 + [False])  # the last image is filtered out: not counted
+    w = method.balance_weights(hard, mask)
+    assert method.class_counts.tolist() == [4.0, 2.0, 1.0]
+    share = torch.tensor([4 / 7, 2 / 7, 1 / 7])
+    assert torch.allclose(w, (1 / (3 * share))[hard])  # w_c = 1 / (C · π̂_c): the rare class weighs most
+    totals = [float(w[:7][hard[:7] == c].sum()) for c in range(3)]
+    assert totals == pytest.approx([7 / 3] * 3)  # every class carries the same weight; the mean weight is 1
+    method.balance_weights(torch.tensor([2, 2]), torch.tensor([True, True]))  # counts accumulate
+    assert method.class_counts.tolist() == [4.0, 2.0, 3.0] and "class_counts" in method.state_dict()
+    out = method.training_step(_noisy_batch(), 0)  # the loss runs with the weights
+    assert "weight_max" in out.metrics and torch.isfinite(out.loss)
+
 def test_noisy_student_hard_labels_filter_and_dropout(tmp_path):
     teacher_path = saved_teacher(tmp_path)
     student = tiny_vit(drop_path=0.0)
