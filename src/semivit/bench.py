@@ -331,7 +331,8 @@ def _run_cells_in_processes(suite: Suite, root: Path, cells: list[Cell], jobs: i
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise SemivitError("--jobs runs cells side by side on one machine; under torchrun use --jobs 1")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // jobs)  # the cores this process may use (a container's or taskset's share)
     log.info("bench: %d cells, %d at a time, %d thread(s) each", len(cells), jobs, threads)
     by_key = {c.key: c for c in cells}
     failed = []
