@@ -313,16 +313,13 @@ def _init_worker(threads: int) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
 
-def _run_cell_in_worker(task: tuple[str, str, str]) -> tuple[str, dict[str, Any] | None, str]:
-    """One cell (suite file, out folder, cell key) in a pool process; errors come back as text so the other
-    cells go on."""
-    suite_path, out, key = task
+def _run_cell_in_worker(task: tuple[Suite, Cell]) -> tuple[Cell, dict[str, Any] | None, str]:
+    """One cell in a pool process; errors come back as text so the other cells go on."""
+    suite, cell = task
     try:
-        suite = load_suite(suite_path, out)
-        cell = next(c for c in suite.cells() if c.key == key)
-        return key, run_cell(suite, cell, _cell_dir(suite.out / suite.name, cell), _worker_data_cache), ""
+        return cell, run_cell(suite, cell, _cell_dir(suite.out / suite.name, cell), _worker_data_cache), ""
     except Exception as exc:  # noqa: BLE001 — reported by the parent with the cell's name
-        return key, None, f"{type(exc).__name__}: {exc}"
+        return cell, None, f"{type(exc).__name__}: {exc}"
 
 
 def _run_cells_in_processes(suite: Suite, root: Path, cells: list[Cell], jobs: int) -> None:
@@ -334,18 +331,17 @@ def _run_cells_in_processes(suite: Suite, root: Path, cells: list[Cell], jobs: i
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // jobs)  # the cores this process may use (a container's or taskset's share)
     log.info("bench: %d cells, %d at a time, %d thread(s) each", len(cells), jobs, threads)
-    by_key = {c.key: c for c in cells}
     failed = []
     # spawn, not fork: a forked child would inherit the parent's torch threads and CUDA state
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(jobs, initializer=_init_worker, initargs=(threads,)) as pool:
-        tasks = [(str(suite.path), str(suite.out), c.key) for c in cells]
-        for n, (key, row, error) in enumerate(pool.imap_unordered(_run_cell_in_worker, tasks), 1):
+        tasks = [(suite, cell) for cell in cells]
+        for n, (cell, row, error) in enumerate(pool.imap_unordered(_run_cell_in_worker, tasks), 1):
             if row is None:
-                failed.append(key)
-                log.warning("bench %d/%d: %s failed: %s", n, len(cells), key, error)
+                failed.append(cell.key)
+                log.warning("bench %d/%d: %s failed: %s", n, len(cells), cell.key, error)
                 continue
-            _log_row(by_key[key], row, done=f"{n}/{len(cells)} done: ")
+            _log_row(cell, row, done=f"{n}/{len(cells)} done: ")
             write_reports(suite, _finished_rows(suite, root), root)
     if failed:
         raise SemivitError(f"{len(failed)} cell(s) failed ({', '.join(failed)}): the reasons are above; "

@@ -15,8 +15,9 @@ bottleneck"): the exported model is the student's backbone, evaluated by k-NN li
 methods and fine-tuned afterwards.
 
 DisCo's student also keeps its own self-supervised contrastive loss (DisCo Sec. 3: L = L_con + λ·L_DisCo):
-with ``contrastive_weight`` λ' > 0 both networks see two augmented views (``view`` and ``view:2``, default
-``contrastive``: crop, flip, colour jitter), the regression runs on both, and NT-Xent (SimCLR's Eq. 1; DisCo
+with ``contrastive_weight`` λ' > 0 both networks see two augmented views (``view`` and ``view:2``; DisCo's
+augmentation is ``view: contrastive``: crop, flip, colour jitter), the regression runs on both, and NT-Xent
+(SimCLR's Eq. 1; DisCo
 used MoCo-v2's queue, semivit's contrastive loss is SimCLR's) on the student's two head outputs is added:
 
     L = L_reg(view 1) + L_reg(view 2)  (averaged) + λ'·NT-Xent(g(f_S(x₁)), g(f_S(x₂)))
