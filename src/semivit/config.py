@@ -27,7 +27,11 @@ class DataConfig:
     test: str | None = None  # separate test part when the source has none
     unlabeled: str | None = None  # extra unlabeled pool (folder or CSV)
     labels: str = "all"  # "all", "4-per-class", "250", "10%"
-    val: str = "auto"  # labeled validation split carved from the labels: "auto", "1-per-class", "50", "0"
+    # labeled validation split (model selection, gates). "auto" (10% of the labeled images *beyond* --labels,
+    # 1–50 per class), "5-per-class", "50", "10%": extra labels, so the run consumes more than --labels (kept
+    # as the default so existing splits reproduce; every run reports the count). "20%-of-labels",
+    # "1-per-class-of-labels", "fold-1-of-5": held out of --labels, the rest train. "0": none.
+    val: str = "auto"
     split: str | None = None  # a saved split.json, or a list file of labeled image names
     root: str | None = None  # where torchvision sets live (default ~/.cache/semivit/datasets)
     download: bool = False  # let torchvision download a built-in set

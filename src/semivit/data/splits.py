@@ -3,10 +3,16 @@
 A split divides the training part into three index sets:
 
 - ``labeled``: the images whose labels training may use (``--labels 4-per-class | 250 | 10% | all``);
-- ``val``: a labeled validation split for model selection and gates (``data.val``). It is carved from the
-  training part's labels, disjoint from ``labeled``, and never trained on; the test part is never used;
+- ``val``: a labeled validation split for model selection and gates (``data.val``), disjoint from ``labeled``
+  and never trained on; the test part is never used. It comes either from labeled images *beyond* the
+  ``--labels`` (``auto``, ``5-per-class``, ``50``, ``10%``: a simulation with a fully labeled training part
+  can afford it, but the run then consumes more labels than ``--labels`` says), or from the labeled set
+  itself (``20%-of-labels``, ``2-per-class-of-labels``, one fold of k ``fold-1-of-5``: the rest train, so
+  the labels consumed are exactly ``--labels``, as for a user who only has those);
 - ``unlabeled``: every training image except ``val`` (labeled ones included, as in FixMatch/USB) — their
   labels are hidden from methods and used only for diagnostics such as pseudo-label accuracy.
+
+Every run reports how many labels each part used (:meth:`Split.label_counts`, :func:`describe_label_counts`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,18 +30,48 @@ from semivit.data.imageset import ImageSet
 from semivit.errors import SemivitError
 
 SPEC_HELP = "use 'all', 'N-per-class' (e.g. 4-per-class), a total 'N' (e.g. 250) or a percentage (e.g. 10%)"
+VAL_HELP = ("use 'auto' or extra labeled images beyond --labels ('5-per-class', '50', '10%', '0' = none), a share "
+            "held out of the labels ('20%-of-labels', '2-per-class-of-labels') or one fold of k ('fold-1-of-5')")
+OF_LABELS = "-of-labels"
+_FOLD = re.compile(r"fold-?(\d+)-?of-?(\d+)")
+
+# where the validation labels come from (Split.val_from)
+VAL_EXTRA = "extra"  # labeled images beyond --labels: the run consumes more labels than --labels
+VAL_HELD_OUT = "labels"  # held out of the --labels set: the rest train, the total is --labels
+VAL_NONE = "none"  # no validation split
 
 
 @dataclass
 class Split:
-    labeled: torch.Tensor
+    labeled: torch.Tensor  # the labels training uses
     val: torch.Tensor
     unlabeled: torch.Tensor
+    val_from: str = VAL_EXTRA  # VAL_EXTRA, VAL_HELD_OUT or VAL_NONE
+
+    def label_counts(self) -> dict[str, Any]:
+        """How many labeled images training and validation each used, and the total consumed (a run's
+        results.json and summary carry these, so a '10-per-class' run that validates on 50 extra labels per
+        class says so)."""
+        return {"labeled": len(self.labeled), "val_labeled": len(self.val),
+                "labels_total": len(self.labeled) + len(self.val),
+                "val_from": self.val_from if len(self.val) else VAL_NONE}
 
     def to_json(self, train: ImageSet, meta: dict) -> dict:
-        return {"version": 1, **meta, "num_train": len(train),
+        return {"version": 1, **meta, "num_train": len(train), **self.label_counts(),
                 "labeled": [train.ids[i] for i in self.labeled.tolist()],
                 "val": [train.ids[i] for i in self.val.tolist()]}
+
+
+def describe_label_counts(counts: dict[str, Any]) -> str:
+    """One line for a run summary, e.g. 'labels used: 120 = 20 training + 100 validation (...)'."""
+    train, val, total = counts["labeled"], counts["val_labeled"], counts["labels_total"]
+    if not val:
+        return f"labels used: {total}, all for training (no validation split)"
+    line = f"labels used: {total} = {train} training + {val} validation"
+    if counts.get("val_from") == VAL_HELD_OUT:
+        return line + " (validation held out of --labels)"
+    return line + (" (validation labels are extra, beyond --labels; data.val=20%-of-labels validates on a "
+                   "share of the labels instead)")
 
 
 def _per_class_counts(spec: str, available: list[int], what: str) -> list[int]:
@@ -79,8 +116,56 @@ def _take_per_class(labels: torch.Tensor, pool: torch.Tensor, spec: str, num_cla
 
 
 def _auto_val_spec(remaining_per_class: int) -> str:
-    # 10% of what is left, between 1 and 50 per class: enough to rank settings, few enough to be realistic.
+    # 10% of what is left, between 1 and 50 per class: enough to rank settings. These are labels beyond
+    # --labels (the run reports them): kept as the default so that existing splits and benchmarks reproduce.
     return f"{min(50, max(1, remaining_per_class // 10))}-per-class"
+
+
+def _held_out_counts(spec: str, available: list[int]) -> list[int]:
+    """Validation images per class taken out of ``available`` labels per class; every class keeps at least
+    one training label (a class with a single label is never validated)."""
+    if spec.strip().lower() == "all":
+        raise SemivitError(f"data.val 'all{OF_LABELS}' would leave nothing to train on: {VAL_HELP}")
+    counts = _per_class_counts(spec, available, "data.val")
+    if spec.strip().endswith("%"):  # a share: clamp so that 1 label per class is still validated and trained
+        return [min(n, a - 1) if a >= 2 else 0 for n, a in zip(counts, available)]
+    for c, (n, a) in enumerate(zip(counts, available)):
+        if n and n >= a:
+            raise SemivitError(f"data.val '{spec}{OF_LABELS}' holds out {n} of the {a} labels of class {c}, "
+                               f"leaving none to train on: ask for fewer (e.g. '20%{OF_LABELS}')")
+    return counts
+
+
+def _hold_out(train: ImageSet, labeled: torch.Tensor, spec: str,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``spec`` images per class of ``labeled`` (seeded) for validation; the rest train."""
+    k = train.num_classes
+    by_class = [labeled[train.labels[labeled] == c] for c in range(k)]
+    counts = _held_out_counts(spec, [len(b) for b in by_class])
+    val = [members[torch.randperm(len(members), generator=generator)[:n]] for members, n in zip(by_class, counts)]
+    val_t = torch.sort(torch.cat(val)).values if val else torch.zeros(0, dtype=torch.long)
+    return labeled[~torch.isin(labeled, val_t)], val_t
+
+
+def _fold(train: ImageSet, labeled: torch.Tensor, fold: int, folds: int,
+          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold ``fold`` (1-based) of a seeded, class-stratified k-fold partition of ``labeled`` validates; the
+    other folds train. The partition depends on the seed only, so folds 1..k of one seed cover every label
+    once. Each class's shuffled labels are dealt round-robin, continuing from where the previous class
+    stopped, so folds differ in size by at most one and a class with ≥ 2 labels keeps one in training."""
+    if folds < 2 or not 1 <= fold <= folds:
+        raise SemivitError(f"data.val 'fold-{fold}-of-{folds}' needs 2 or more folds and 1 ≤ fold ≤ folds")
+    val, position = [], 0
+    for c in range(train.num_classes):
+        members = labeled[train.labels[labeled] == c]
+        if len(members) < 2:
+            continue  # a lone label always trains
+        members = members[torch.randperm(len(members), generator=generator)]
+        slots = (torch.arange(len(members)) + position) % folds
+        val.append(members[slots == fold - 1])
+        position += len(members)
+    val_t = torch.sort(torch.cat(val)).values if val else torch.zeros(0, dtype=torch.long)
+    return labeled[~torch.isin(labeled, val_t)], val_t
 
 
 def make_split(train: ImageSet, labels_spec: str = "all", val_spec: str = "auto", seed: int = 0) -> Split:
@@ -92,23 +177,34 @@ def make_split(train: ImageSet, labels_spec: str = "all", val_spec: str = "auto"
                            "a CSV with labels) and add unlabeled images with --unlabeled")
     generator = torch.Generator().manual_seed(seed)
     labeled = _take_per_class(train.labels, known, labels_spec, k, generator, "--labels")
-    return _with_unlabeled(train, labeled, _carve_val(train, labeled, val_spec, generator))
+    return _with_unlabeled(train, *_carve_val(train, labeled, val_spec, generator))
 
 
 def _carve_val(train: ImageSet, labeled: torch.Tensor, val_spec: str,
-               generator: torch.Generator) -> torch.Tensor:
-    """The validation split: labeled training images outside ``labeled``."""
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The training labels, the validation split and where it came from (see the module docstring)."""
+    spec = val_spec.strip().lower()
+    if spec.endswith(OF_LABELS):
+        return *_hold_out(train, labeled, spec[: -len(OF_LABELS)], generator), VAL_HELD_OUT
+    if m := _FOLD.fullmatch(spec):
+        return *_fold(train, labeled, int(m.group(1)), int(m.group(2)), generator), VAL_HELD_OUT
     known = torch.nonzero(train.labels >= 0).flatten()
     rest = known[~torch.isin(known, labeled)]
-    if val_spec == "auto":
+    if spec == "auto":
         per_class = min(int((train.labels[rest] == c).sum()) for c in range(train.num_classes))
-        val_spec = _auto_val_spec(per_class) if per_class else "0"
-    return _take_per_class(train.labels, rest, val_spec, train.num_classes, generator, "data.val")
+        spec = _auto_val_spec(per_class) if per_class else "0"
+    try:
+        val = _take_per_class(train.labels, rest, spec, train.num_classes, generator, "data.val")
+    except SemivitError as exc:
+        if "cannot read" in str(exc):
+            raise SemivitError(f"cannot read data.val '{val_spec}': {VAL_HELP}") from None
+        raise
+    return labeled, val, VAL_EXTRA
 
 
-def _with_unlabeled(train: ImageSet, labeled: torch.Tensor, val: torch.Tensor) -> Split:
+def _with_unlabeled(train: ImageSet, labeled: torch.Tensor, val: torch.Tensor, val_from: str = VAL_EXTRA) -> Split:
     everything = torch.arange(len(train))
-    return Split(labeled, val, everything[~torch.isin(everything, val)])
+    return Split(labeled, val, everything[~torch.isin(everything, val)], val_from if len(val) else VAL_NONE)
 
 
 def _indices_of(train: ImageSet, names: list[str], path: str) -> torch.Tensor:
@@ -157,13 +253,14 @@ def load_split(path: str, train: ImageSet, val_spec: str = "auto", seed: int = 0
         if data.get("num_train", len(train)) != len(train):
             raise SemivitError(f"split file '{path}' was made for {data['num_train']} training images, "
                                f"this data has {len(train)}: use the same data set")
-        return _with_unlabeled(train, _indices_of(train, labeled, path), _indices_of(train, val, path))
+        # files written before val_from was recorded could only hold extra validation labels
+        return _with_unlabeled(train, _indices_of(train, labeled, path), _indices_of(train, val, path),
+                               str(data.get("val_from", VAL_EXTRA)))
     names = [line.strip().split()[0] for line in text.splitlines() if line.strip()]
     labeled = _indices_of(train, names, path)
     if (train.labels[labeled] < 0).any():
         raise SemivitError(f"list file '{path}' names unlabeled images: list labeled images only")
-    val = _carve_val(train, labeled, val_spec, torch.Generator().manual_seed(seed))
-    return _with_unlabeled(train, labeled, val)
+    return _with_unlabeled(train, *_carve_val(train, labeled, val_spec, torch.Generator().manual_seed(seed)))
 
 
 def save_split(split: Split, train: ImageSet, path: str | Path, meta: dict) -> None:
