@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from semivit.bench import apply_budget, cell_configs, load_suite, run_suite, summarise
+from semivit.bench import apply_budget, cell_configs, load_suite, run_suite, summarise, write_reports
 from semivit.cli import main
 from semivit.config import Config, apply_overrides
 from semivit.engine.trainer import train
@@ -82,6 +82,12 @@ def test_suite_runs_every_cell_writes_reports_and_resumes(tmp_path, suite_file, 
     table = (root / "table.md").read_text()
     assert "## digits, 2-per-class labels" in table and "Skipped: elsewhere" in table
     assert "±" in table and (root / "label-efficiency-digits.png").stat().st_size > 1000
+    # every row states the labels it consumed: 2 per class train, data.val 'auto' validates on 13 more per class
+    assert {(r["labeled"], r["val_labeled"], r["labels_total"], r["val_from"]) for r in rows} == \
+        {("20", "130", "150", "extra")}
+    assert "| supervised | 150 (20 + 130) |" in table and "| two-stage | 150 (20 + 130) |" in table
+    summary = list(csv.DictReader(open(root / "summary.csv")))
+    assert {(s["labeled"], s["val_labeled"], s["labels_total"]) for s in summary} == {("20", "130", "150")}
     assert "<svg" in (root / "label-efficiency-digits.svg").read_text()
     # a second call trains nothing: every cell is done
     before = {p: p.stat().st_mtime for p in root.rglob("cell.json")}
@@ -104,6 +110,31 @@ def test_summary_mean_and_std_over_seeds():
             for s, v in enumerate((0.5, 0.7))]
     (s,) = summarise(rows)
     assert s["top1_last_mean"] == pytest.approx(0.6) and s["top1_last_std"] == pytest.approx(0.1414, abs=1e-4)
+
+
+def _row(method, seed, **extra):
+    return {"data": "d", "labels": "10-per-class", "method": method, "seed": seed, "labels_per_class": 10.0,
+            "steps": 5, "test_top1_last": 0.5, "test_top1_best": 0.5, "images_per_sec": 10.0, "wall_seconds": 1.0,
+            **extra}
+
+
+def test_tables_state_the_labels_each_row_consumed(tmp_path, suite_file):
+    suite = load_suite(suite_file)
+    suite.methods = {"held-out": {}, "extra": {}, "old": {}}
+    rows = [_row("held-out", s, labeled=16, val_labeled=4, labels_total=20, val_from="labels") for s in (0, 1)]
+    rows += [_row("extra", s, labeled=20, val_labeled=100, labels_total=120, val_from="extra") for s in (0, 1)]
+    rows.append(_row("old", 0, labeled=20))  # a cell finished before the counts were recorded
+    write_reports(suite, rows, tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    assert "| held-out | 20 (16 + 4) |" in table and "| extra | 120 (20 + 100) |" in table
+    assert "| old | ? (20 + ?) |" in table and "labels (train + val)" in table
+    by_method = {r["method"]: r for r in csv.DictReader(open(tmp_path / "summary.csv"))}
+    assert (by_method["extra"]["labels_total"], by_method["extra"]["val_from"]) == ("120", "extra")
+    assert by_method["old"]["labels_total"] == ""
+    # results.csv has a column for every key, whichever row comes first
+    write_reports(suite, rows[::-1], tmp_path)
+    assert {r["method"]: r["labels_total"] for r in csv.DictReader(open(tmp_path / "results.csv"))} == \
+        {"held-out": "20", "extra": "120", "old": ""}
 
 
 def test_time_limit_stops_training_early_and_still_evaluates(tmp_path):

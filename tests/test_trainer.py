@@ -1,8 +1,10 @@
+import json
 from dataclasses import dataclass
 
 import pytest
 import torch
 
+from semivit.cli import _print_metrics
 from semivit.engine.checkpoint import load_checkpoint, read_weights
 from semivit.engine.trainer import train
 from semivit.errors import NonFiniteLossError
@@ -81,3 +83,19 @@ def test_exported_model_carries_its_spec(tmp_path):
     tensors, meta = read_weights(tmp_path / "run")
     assert meta["semivit_spec"]["num_classes"] == 10 and meta["semivit_spec"]["in_chans"] == 1
     assert "mean" in tensors
+
+
+@pytest.mark.parametrize("val,counts", [
+    # 'auto' validates on labeled images beyond --labels: 5 per class train, 13 more per class validate
+    ("auto", (50, 130, 180, "extra")),
+    # held out of the labels: '--labels 5-per-class' is every label the run sees
+    ("1-per-class-of-labels", (40, 10, 50, "labels"))])
+def test_results_and_summary_count_training_and_validation_labels(tmp_path, capsys, val, counts):
+    result = train(tiny_config(tmp_path, **{"data.val": val, "train.steps": 3, "train.eval_every": 0}))
+    saved = json.loads((result.run_dir / "results.json").read_text())
+    assert (saved["labeled"], saved["val_labeled"], saved["labels_total"], saved["val_from"]) == counts
+    split = json.loads((result.run_dir / "split.json").read_text())
+    assert (len(split["labeled"]), len(split["val"])) == counts[:2]
+    _print_metrics(result.metrics, result.run_dir)
+    train_n, val_n, total, _ = counts
+    assert f"labels used: {total} = {train_n} training + {val_n} validation (" in capsys.readouterr().out

@@ -24,9 +24,10 @@ as ``train.time_limit`` (the run stops when it is spent: accuracy at a time budg
 over ``train.steps``, so a cut-short run ends mid-schedule). Each cell runs in
 ``OUT/SUITE/DATA/LABELS/METHOD/seedS``; a finished cell is skipped and an interrupted one resumes at its
 step, so the same command continues a stopped suite; ``--jobs N`` trains N cells side by side in worker
-processes. The table (markdown + CSV: test top-1 of the last and
-of the best-validation weights, mean ± std over seeds, images/s, wall seconds) and a label-efficiency plot
-(PNG + SVG: top-1 against labels per class, one line per method) are rewritten after every cell.
+processes. The table (markdown + CSV: the labels each row consumed — training + validation —, test top-1 of
+the last and of the best-validation weights, mean ± std over seeds, images/s, wall seconds) and a
+label-efficiency plot (PNG + SVG: top-1 against training labels per class, one line per method) are rewritten
+after every cell.
 """
 
 from __future__ import annotations
@@ -245,8 +246,9 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
         model, _ = load_model(best_file)
         device = resolve_device(configs[-1].train.device)
         best = top1(predict_logits(model.to(device), data.test, device=device), data.test.labels)
+    # the labels the cell consumed: training's and validation's (data.val may add labels beyond the row's)
     row = {"data": cell.data, "labels": cell.labels, "method": cell.method, "seed": cell.seed,
-           "labeled": len(split.labeled), "classes": bundle.train.num_classes,
+           **split.label_counts(), "classes": bundle.train.num_classes,
            "labels_per_class": len(split.labeled) / bundle.train.num_classes,
            "test_top1_last": last, "test_top1_best": best, "best_val_top1": metrics.get("best_val_top1"),
            "steps": sum(st["steps"] for st in stages),
@@ -374,7 +376,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         last = _mean_std([float(r["test_top1_last"]) for r in rs])
         best = _mean_std([float(r["test_top1_best"]) for r in rs])
         out.append({"data": dname, "labels": labels, "method": method, "seeds": len(rs),
-                    "labels_per_class": rs[0]["labels_per_class"],
+                    "labels_per_class": rs[0]["labels_per_class"], **_labels_used(rs),
                     "top1_last_mean": last[0], "top1_last_std": last[1],
                     "top1_best_mean": best[0], "top1_best_std": best[1],
                     "images_per_sec": statistics.fmean(r["images_per_sec"] for r in rs),
@@ -383,10 +385,34 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _labels_used(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The labels a group's cells consumed (training, validation, total). The seeds of one row draw the same
+    counts; should they differ (a percentage of a data set whose classes change size...), the largest is
+    shown, so that a row never claims fewer labels than it used. Cells from before the counts were recorded
+    give None (unknown)."""
+    def most(key: str) -> Any:
+        values = [r.get(key) for r in rows]
+        return None if any(v in (None, "") for v in values) else max(int(v) for v in values)
+
+    froms = {r.get("val_from") for r in rows} - {None, ""}
+    return {"labeled": most("labeled"), "val_labeled": most("val_labeled"), "labels_total": most("labels_total"),
+            "val_from": "/".join(sorted(froms)) or None}
+
+
+def _labels_cell(s: dict[str, Any]) -> str:
+    """'90 (40 + 50)': the labels a row consumed (training + validation), '?' where unknown."""
+    def show(v: Any) -> str:
+        return "?" if v is None else str(v)
+
+    return f"{show(s.get('labels_total'))} ({show(s.get('labeled'))} + {show(s.get('val_labeled'))})"
+
+
 def markdown_table(suite: Suite, summary: list[dict[str, Any]]) -> str:
     budget = ", ".join(f"{k} {v:g}" for k, v in suite.budget.items())
     lines = [f"# Suite {suite.name}", "",
              f"Default budget per cell: {budget} (data sets or methods may set their own: see the suite). "
+             "Labels: every labeled image a cell consumed, training + validation (data.val `auto` validates "
+             "on labeled images beyond the row's labels; `20%-of-labels` holds them out of the row's labels). "
              "Test top-1 of the final weights (last) and of the best-validation weights (best), mean ± std "
              "over seeds; images/s of training (all stages); wall seconds per cell.", ""]
     for dname, why in suite.skipped.items():
@@ -398,12 +424,14 @@ def markdown_table(suite: Suite, summary: list[dict[str, Any]]) -> str:
     for (dname, labels), ss in by_data.items():
         ss.sort(key=lambda s: order.index(s["method"]) if s["method"] in order else len(order))
         lines += [f"## {dname}, {labels} labels", "",
-                  "| method | test top-1 (last) | test top-1 (best val) | seeds | steps | images/s | wall s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| method | labels (train + val) | test top-1 (last) | test top-1 (best val) | seeds | steps "
+                  "| images/s | wall s |",
+                  "|---|---|---|---|---|---|---|---|"]
         top = max(s["top1_last_mean"] for s in ss)
         for s in ss:
             last = f"{s['top1_last_mean']:.4f} ± {s['top1_last_std']:.4f}"
-            lines.append(f"| {s['method']} | {'**' + last + '**' if s['top1_last_mean'] == top else last} | "
+            lines.append(f"| {s['method']} | {_labels_cell(s)} | "
+                         f"{'**' + last + '**' if s['top1_last_mean'] == top else last} | "
                          f"{s['top1_best_mean']:.4f} ± {s['top1_best_std']:.4f} | {s['seeds']} | {s['steps']} | "
                          f"{s['images_per_sec']:.0f} | {s['wall_seconds']:.0f} |")
         lines.append("")
@@ -430,7 +458,7 @@ def label_efficiency_plot(summary: list[dict[str, Any]], dname: str, methods: li
     ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax.minorticks_off()
-    ax.set(xlabel="labels per class", ylabel="test top-1", title=f"{dname}: label efficiency")
+    ax.set(xlabel="training labels per class", ylabel="test top-1", title=f"{dname}: label efficiency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
@@ -444,7 +472,8 @@ def write_reports(suite: Suite, rows: list[dict[str, Any]], root: Path) -> None:
         return
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        # every key of every row: cells finished by an older version lack the newer columns (left empty)
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     summary = summarise(rows)

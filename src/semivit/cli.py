@@ -195,6 +195,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
     print(json.dumps(shown))
+    if "labels_total" in metrics:  # results.json of runs before the counts were recorded lack them
+        from semivit.data.splits import describe_label_counts
+
+        print(describe_label_counts(metrics))
     print(f"run folder: {run_dir}")
 
 

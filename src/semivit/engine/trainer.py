@@ -359,7 +359,8 @@ class Trainer:
     def _finish(self, net: nn.Module, step: int, state: dict, logger: RunLogger) -> dict[str, Any]:
         val = self._validate(net, step, state, logger)
         metrics: dict[str, Any] = {"method": self.cfg.train.method, "steps": step,
-                                   "labeled": len(self.data.split.labeled), "val_top1": val,
+                                   # labels training and validation each used (validation may add labels)
+                                   **self.data.split.label_counts(), "val_top1": val,
                                    "best_val_top1": state["best_val"] if state["best_val"] >= 0 else None,
                                    "best_step": state.get("best_step"),
                                    "train_seconds": state["seconds"],
