@@ -8,10 +8,16 @@ import math
 import pytest
 import torch
 
-from semivit.data.loaders import BalancedIndexStream
+from semivit.cli import main as cli_main
+from semivit.data.loaders import BalancedIndexStream, Batch
+from semivit.engine.checkpoint import export_weights, load_model
+from semivit.engine.evaluate import extract_features
 from semivit.engine.trainer import train
+from semivit.methods.base import method_class, method_params
 from semivit.methods.losses import mean_entropy, paws_loss, sharpen, smooth_one_hot, snn
 from semivit.models.factory import create_model
+from semivit.models.heads import ProjectionHead
+from semivit.models.pretrained import load_pretrained
 from tests.conftest import tiny_config
 from tests.test_ddp import torchrun_two_gloo_ranks
 
@@ -83,15 +89,92 @@ def test_vit_features_take_smaller_multicrop_views():
         model.features(torch.rand(1, 3, 18, 18))
 
 
-def test_paws_trains_and_reports_snn(tmp_path):
+def _paws(**params) -> object:
+    model = create_model("vit_nano", 3, 3, 8, depth=1, embed_dim=32, num_heads=2)
+    return method_class("paws")(model, method_params("paws", params), 3, 10)
+
+
+def test_paws_projector_ends_in_a_plain_linear_and_simclr_keeps_its_batchnorm():
+    """Reference (suncet src/paws_train.py init_model): fc1–bn1–relu1–fc2–bn2–relu2–fc3, fc3 a plain Linear;
+    SimCLRv2's head keeps BatchNorm on its last layer."""
+    last = list(_paws().projector)[-1]
+    assert [type(m) for m in last] == [torch.nn.Linear] and last[0].bias is not None
+    assert [type(m) for m in _paws(proj_last_bn=True).projector[-1]] == [torch.nn.Linear, torch.nn.BatchNorm1d]
+    assert [type(m) for m in ProjectionHead(8, 8, 4).blocks[-1]] == [torch.nn.Linear, torch.nn.BatchNorm1d]
+    simclr = method_class("simclr")(create_model("vit_nano", 3, 3, 8, depth=1, embed_dim=32, num_heads=2),
+                                    method_params("simclr", {}), 3, 10)
+    assert [type(m) for m in simclr.projector[-1]] == [torch.nn.Linear, torch.nn.BatchNorm1d]
+    assert simclr.model.embedding is None  # SimCLR is still evaluated on the encoder's features
+
+
+def test_paws_model_carries_its_embedding_through_export(tmp_path):
+    """The exported model holds PAWS's projector: its ``embed`` is the projection the snn loss trained on,
+    evaluation reads it, and ``load_model`` rebuilds it from the spec; the classifier is untouched."""
+    method = _paws(finetune_layer=1, proj_dim=16).eval()
+    x = torch.rand(5, 3, 8, 8)
+    model = method.model
+    z = method.project(x)
+    assert z.shape == (5, 16) and torch.allclose(model.embed(x), z)
+    assert not torch.allclose(model.embed(x)[:, :16], model.features(x)[:, :16])
+    export_weights(model, tmp_path / "m.safetensors", model.spec.to_dict())
+    loaded, _ = load_model(tmp_path / "m.safetensors")
+    assert any(k.startswith("embedding.") for k in loaded.state_dict())
+    assert torch.allclose(loaded.embed(x), z, atol=1e-6)
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+    class Images:  # the ImageSet interface extract_features needs
+        def __len__(self) -> int:
+            return len(x)
+
+        def get(self, idx: torch.Tensor) -> torch.Tensor:
+            return (x[idx] * 255).round().to(torch.uint8)
+
+    feats = extract_features(loaded, Images())  # type: ignore[arg-type]
+    assert feats.shape == (5, 16)
+    assert extract_features(loaded, Images(), embedding=False).shape == (5, 32)  # type: ignore[arg-type]
+
+
+def test_paws_supports_are_seen_in_support_views():
+    """Each support image enters the snn classifier as ``support_views`` views (reference: 2)."""
+    method = _paws(multicrop=1, support_views=2)
+    assert method.labeled_views == ("large", "large:2")
+    sizes = []
+    method.model.embedding.register_forward_hook(lambda m, i, o: sizes.append(len(o)))
+    g = torch.Generator().manual_seed(0)
+    batch = Batch()
+    batch.x = {v: torch.rand(6, 3, 8, 8, generator=g) for v in method.labeled_views}
+    batch.y = torch.tensor([0, 0, 1, 1, 2, 2])
+    batch.u = {v: torch.rand(4, 3, 8 if v.startswith("large") else 4, 8 if v.startswith("large") else 4,
+                             generator=g) for v in method.unlabeled_views}
+    out = method.training_step(batch, 0)
+    assert sizes == [2 * 6 + 2 * 4, 4] and torch.isfinite(out.loss)
+
+
+def test_paws_trains_reports_snn_on_its_embedding_and_evaluate_reproduces_it(tmp_path, capsys):
     cfg = tiny_config(tmp_path, **{"train.method": "paws", "train.batch_size": 8, "method.multicrop": 2,
-                                   "method.images_per_class": 2, "train.steps": 6})
+                                   "method.images_per_class": 2, "train.steps": 6, "method.proj_dim": 24})
     result = train(cfg)
     metrics = json.loads((result.run_dir / "results.json").read_text())
     for key in ("test_knn_top1", "test_snn_top1", "test_linear_top1"):
         assert 0 <= metrics[key] <= 1
     header = (result.run_dir / "metrics.csv").read_text().splitlines()[0]
     assert "train/snn_acc" in header and "train/me_max_entropy" in header
+    exported, _ = load_model(result.run_dir)
+    assert exported.embedding is not None and exported.embed(torch.rand(2, 1, 8, 8)).shape == (2, 24)
+    # `semivit evaluate RUN --classifier snn` rebuilds the classifier the run reported
+    assert cli_main(["evaluate", str(result.run_dir), "--data", "digits", "--classifier", "snn"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("top-1 "))
+    assert float(line.split()[1]) == pytest.approx(metrics["test_snn_top1"], abs=1e-4)
+    # fine-tuning from the export (the paws recipe's next stage): backbone and kept head layer load, the
+    # embedding is left behind
+    fresh = create_model("vit_nano", 10, 1, 8, depth=2, embed_dim=48, num_heads=2, head_layers=1, head_hidden=48)
+    report = load_pretrained(fresh, result.run_dir, verbose=False)
+    assert report["missing"] == [] and report["unexpected"]
+    assert all(k.startswith("embedding.") for k in report["unexpected"])
+    assert torch.equal(fresh.backbone.head[0][0].weight, exported.backbone.head[0][0].weight)
+    fine = train(tiny_config(tmp_path, **{"train.method": "supervised", "train.steps": 2, "train.name": "fine",
+                                          "model.pretrained": str(result.run_dir)}))
+    assert fine.model.embedding is None and 0 <= fine.metrics["test_top1"] <= 1
 
 
 @pytest.mark.slow

@@ -155,8 +155,10 @@ def _snn_logits(model: Any, train: Any, part: Any, args: argparse.Namespace, dev
         raise SemivitError("no labeled images for the snn classifier's support bank: pass --split")
     print(f"snn classifier: {len(bank_idx)} labeled images as the support bank"
           + (f" ({split_path})" if split_path else " (every labeled training image)"))
-    bank = extract_features(model, train, bank_idx, device=device)
-    queries = extract_features(model, part, device=device)
+    # the model's own embedding when it carries one (PAWS: the projector output its snn loss was trained
+    # on, as the reference's snn_eval.py), so this rebuilds the classifier the run reported
+    bank = extract_features(model, train, bank_idx, device=device, embedding=True)
+    queries = extract_features(model, part, device=device, embedding=True)
     probs = snn_probs(bank, train.labels[bank_idx], queries, model.spec.num_classes, args.tau)
     return probs.clamp_min(1e-12).log()
 

@@ -109,10 +109,14 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def extract_features(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
-                     device: torch.device | str = "cpu", batch_size: int = 512) -> torch.Tensor:
-    """Pooled features (``model.features``) for ``images[indices]``, float32 on the CPU."""
-    out = _batched(lambda x: model.features(x).float().cpu(), model, images, indices,  # type: ignore[operator]
-                   device, batch_size)
+                     device: torch.device | str = "cpu", batch_size: int = 512, embedding: bool = True) -> torch.Tensor:
+    """Representations of ``images[indices]``, float32 on the CPU: the embedding the model carries
+    (``model.embed``: a pre-training method's own, e.g. PAWS's projector output, as the reference's
+    ``snn_eval.py`` classifies) when ``embedding`` is set and the model has one, else the pooled features
+    (``model.features``)."""
+    fn = getattr(model, "embed", None) if embedding else None
+    fn = fn or model.features  # type: ignore[operator]
+    out = _batched(lambda x: fn(x).float().cpu(), model, images, indices, device, batch_size)  # type: ignore[operator]
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 

@@ -347,10 +347,12 @@ class Trainer:
     def _knn(self, net: nn.Module, images: ImageSet, queries: torch.Tensor,
              probe: bool = False) -> tuple[float, dict[str, float]]:
         """k-NN top-1 of ``images[queries]`` with the labeled set as the bank; with ``probe`` also a linear
-        probe's and the soft nearest-neighbour classifier's (PAWS's) top-1."""
+        probe's and the soft nearest-neighbour classifier's (PAWS's) top-1. All read the embedding the
+        method trained (``net.embed``: PAWS's projector output, as the reference's ``snn_eval.py``; the
+        pooled features for methods without one)."""
         train, labeled = self.data.train, self.data.split.labeled
-        bank = extract_features(net, train, labeled, device=self.device)
-        feats = extract_features(net, images, queries, device=self.device)
+        bank = extract_features(net, train, labeled, device=self.device, embedding=True)
+        feats = extract_features(net, images, queries, device=self.device, embedding=True)
         bank_y, query_y = train.labels[labeled], images.labels[queries]
         extra = ({"linear_top1": linear_probe_top1(bank, bank_y, feats, query_y),
                   "snn_top1": snn_top1(bank, bank_y, feats, query_y)} if probe else {})

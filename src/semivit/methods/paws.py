@@ -8,6 +8,13 @@ small views learn the mean of the two large-view targets; the loss is the cross-
 minus the entropy of the mean sharpened prediction (ME-MAX, Eq. 3–4). The classifier head is not trained:
 after pre-training, classify by soft nearest neighbours over the labeled set (``semivit evaluate
 --classifier snn``) or fine-tune (the ``paws`` recipe).
+
+As in the reference (facebookresearch/suncet ``src/paws_train.py``), the projector is fc1–BN–ReLU–fc2–BN–
+ReLU–fc3 with a plain last Linear (``init_model``); each support image is seen as ``support_views`` views
+(``criterion.supervised_views: 2``). The snn classifier reads the projector output (``snn_eval.py``
+classifies ``encoder(imgs)``, which ends in that head), so the projector layers after ``finetune_layer``
+are exported as the model's ``embedding``: k-NN, the linear probe and snn evaluate on it, and ``semivit
+evaluate --classifier snn`` rebuilds the classifier PAWS trained. Fine-tuning from the export ignores it.
 """
 
 from __future__ import annotations
@@ -31,7 +38,11 @@ class PAWSParams:
     me_max: bool = True  # the mean-entropy maximisation regulariser
     label_smoothing: float = 0.1  # support labels: (1 − s)·onehot + s/K
     classes_per_batch: int | None = None  # support classes per step and rank (None = every class)
-    images_per_class: int = 4  # support images per class and step (drawn with replacement when fewer)
+    # support images per class and step, drawn without replacement when the class has that many labels and
+    # with replacement otherwise: a value ≥ the labels per class makes (almost) every labeled image a
+    # support each step (reference CIFAR-10: 64 of 400 per class, with 2 views each)
+    images_per_class: int = 4
+    support_views: int = 2  # augmented views of each support image (reference: supervised_views 2)
     multicrop: int = 6  # small views per unlabeled image (PAWS CIFAR-10: 6 of 18 px; ImageNet: 6 of 96 px)
     large_scale: tuple[float, float] = (0.75, 1.0)  # crop scale of the large views (ImageNet: 0.14–1)
     small_scale: tuple[float, float] = (0.3, 0.75)  # crop scale of the small views (ImageNet: 0.05–0.14)
@@ -40,6 +51,7 @@ class PAWSParams:
     proj_layers: int = 3
     proj_dim: int = 128
     proj_hidden: int | None = None  # None = the backbone's feature width
+    proj_last_bn: bool = False  # BatchNorm on the last projector layer (reference fc3: none; SimCLRv2: yes)
     pred_head: bool = False  # a 2-layer prediction head on the anchor side (PAWS's ImageNet runs use one)
     finetune_layer: int = 1  # head layers exported with the encoder for fine-tuning (SimCLRv2's choice)
 
@@ -56,20 +68,27 @@ class PAWS(Method):
         p = self.params
         if not 0 <= p.finetune_layer < p.proj_layers:
             raise SemivitError(f"method.finetune_layer must be in [0, {p.proj_layers - 1}], got {p.finetune_layer}")
-        if p.multicrop < 0 or p.images_per_class < 1:
-            raise SemivitError("method.multicrop must be ≥ 0 and method.images_per_class ≥ 1")
+        if p.multicrop < 0 or p.images_per_class < 1 or p.support_views < 1:
+            raise SemivitError("method.multicrop must be ≥ 0, method.images_per_class and method.support_views ≥ 1")
+        self.labeled_views = ("large", *(f"large:{i}" for i in range(2, p.support_views + 1)))
         self.unlabeled_views = ("large", "large:2", *(f"small:{i}" for i in range(1, p.multicrop + 1)))
         self.support = (p.classes_per_batch, p.images_per_class)  # read by the Trainer: balanced sampler
         small = p.small_size or self._default_small_size()
         self.view_options = {"large": {"scale": tuple(p.large_scale), "jitter_strength": p.jitter_strength},
                              "small": {"scale": tuple(p.small_scale), "jitter_strength": p.jitter_strength,
                                        "out_size": small}}
-        head = ProjectionHead(self.model.num_features, p.proj_hidden, p.proj_dim, p.proj_layers)
+        hidden = p.proj_hidden or self.model.num_features
+        head = ProjectionHead(self.model.num_features, hidden, p.proj_dim, p.proj_layers, last_bn=p.proj_last_bn)
         kept = list(head.blocks[:p.finetune_layer])
         if kept:
-            attach_head_layers(self.model, kept, head.blocks[0][0].out_features)
+            attach_head_layers(self.model, kept, hidden)
         self.kept = torch.nn.ModuleList(kept)
-        self.projector = torch.nn.Sequential(*head.blocks[p.finetune_layer:])
+        # the rest of the projector is the model's embedding: exported with it, so evaluation (k-NN, linear
+        # probe, snn) and `semivit evaluate --classifier snn` read the space the snn loss was trained in
+        self.model.attach_embedding(
+            {"in_dim": self.model.num_features, "hidden_dim": hidden, "out_dim": p.proj_dim,
+             "num_layers": p.proj_layers, "start": p.finetune_layer, "last_bn": p.proj_last_bn},
+            torch.nn.Sequential(*head.blocks[p.finetune_layer:]))
         self.predictor = (torch.nn.Sequential(torch.nn.Linear(p.proj_dim, p.proj_dim), torch.nn.BatchNorm1d(p.proj_dim),
                                               torch.nn.ReLU(inplace=True), torch.nn.Linear(p.proj_dim, p.proj_dim))
                           if p.pred_head else None)
@@ -82,15 +101,22 @@ class PAWS(Method):
             size = max(patch, round(size / patch) * patch)
         return size
 
+    @property
+    def projector(self) -> torch.nn.Module:
+        """The projector layers after ``finetune_layer``: the model's exported ``embedding``."""
+        assert self.model.embedding is not None
+        return self.model.embedding
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.model.features(x)
-        for block in self.kept:
-            h = block(h)
-        return self.projector(h)
+        """The projection z of images ``x``: features → kept head layers → projector (= ``model.embed``)."""
+        return self.model.embed(x)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         p = self.params
-        support_x, support_y = batch.x["large"], batch.y
+        # every support image's views, view-major (the reference concatenates its supervised views the same
+        # way, labels repeated per view)
+        support_x = torch.cat([batch.x[name] for name in self.labeled_views])
+        support_y = batch.y.repeat(len(self.labeled_views))
         large = [batch.u["large"], batch.u["large:2"]]
         small = [batch.u[name] for name in self.unlabeled_views[2:]]
         n_support, b = len(support_x), len(large[0])

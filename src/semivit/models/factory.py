@@ -62,7 +62,17 @@ class ModelSpec:
 
 
 class ImageClassifier(nn.Module):
-    """A backbone with its input normalisation; ``forward`` gives logits, ``features`` pooled features."""
+    """A backbone with its input normalisation; ``forward`` gives logits, ``features`` pooled features.
+
+    ``embedding`` (optional, None by default) is the representation a pre-training method trained, when it
+    is not the pooled features: PAWS's projector output, which its soft nearest-neighbour classifier reads
+    (facebookresearch/suncet ``snn_eval.py``: ``z = encoder(imgs)``, the ``fc`` projection head's output).
+    :meth:`embed` runs it after the kept projection-head layers; it is saved with the weights and rebuilt
+    from ``spec.kwargs["embedding"]`` (see :meth:`attach_embedding`), and never touches ``forward``, so a
+    model fine-tuned from the export ignores it.
+    """
+
+    embedding: nn.Module | None
 
     def __init__(self, backbone: nn.Module, spec: ModelSpec, mean: torch.Tensor | None = None,
                  std: torch.Tensor | None = None) -> None:
@@ -71,6 +81,47 @@ class ImageClassifier(nn.Module):
         c = spec.in_chans
         self.register_buffer("mean", (mean if mean is not None else torch.full((c,), 0.5)).view(1, c, 1, 1))
         self.register_buffer("std", (std if std is not None else torch.full((c,), 0.25)).view(1, c, 1, 1))
+        self.embedding = None
+
+    @property
+    def classifier_attr(self) -> str:
+        """The backbone attribute that holds the classifier (timm's ``pretrained_cfg["classifier"]``)."""
+        return (getattr(self.backbone, "pretrained_cfg", None) or {}).get("classifier", "head")
+
+    def head_layers(self) -> list[nn.Module]:
+        """The projection-head layers kept before the classifier (:func:`attach_head_layers`), or []."""
+        head = getattr(self.backbone, self.classifier_attr, None)
+        return list(head)[:-1] if isinstance(head, nn.Sequential) else []
+
+    def attach_embedding(self, desc: dict[str, Any], module: nn.Module | None = None) -> nn.Module:
+        """Install the embedding described by ``desc`` and record it in the spec (so ``model_from_spec``
+        rebuilds it); returns the module. ``desc`` describes projection-head blocks ``start:`` of a
+        :class:`~semivit.models.heads.ProjectionHead` (``in_dim``, ``hidden_dim``, ``out_dim``,
+        ``num_layers``, ``start``, ``last_bn``); ``module`` is the already-built module (a method passes
+        the layers it trains), else fresh layers of that shape are built (to load saved weights into)."""
+        from semivit.models.heads import ProjectionHead
+
+        keys = ("in_dim", "hidden_dim", "out_dim", "num_layers", "start", "last_bn")
+        if set(desc) != set(keys):
+            raise SemivitError(f"an embedding description needs exactly {', '.join(keys)}; got {sorted(desc)}")
+        if module is None:
+            head = ProjectionHead(desc["in_dim"], desc["hidden_dim"], desc["out_dim"], desc["num_layers"],
+                                  last_bn=desc["last_bn"])
+            module = nn.Sequential(*head.blocks[desc["start"]:])
+        self.embedding = module
+        self.spec.kwargs["embedding"] = dict(desc)
+        return module
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation to evaluate (k-NN, linear probe, soft nearest neighbours): the pooled
+        features, or with an ``embedding`` the output of features → kept head layers → embedding."""
+        h = self.features(x)
+        if self.embedding is None:
+            return h
+        for layer in self.head_layers():
+            h = layer(h)
+        return self.embedding(h)
+
 
     @property
     def is_vit(self) -> bool:
@@ -211,8 +262,7 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int
 def attach_head_layers(model: ImageClassifier, layers: list[nn.Module], hidden: int) -> None:
     """Insert ``layers`` (projection-head blocks, output width ``hidden``) before a new linear classifier,
     and record them in the spec so the model can be rebuilt."""
-    attr = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("classifier", "head")
-    setattr(model.backbone, attr, nn.Sequential(*layers, nn.Linear(hidden, model.spec.num_classes)))
+    setattr(model.backbone, model.classifier_attr, nn.Sequential(*layers, nn.Linear(hidden, model.spec.num_classes)))
     model.spec.kwargs.update(head_layers=len(layers), head_hidden=hidden)
 
 
@@ -222,8 +272,11 @@ def model_from_spec(spec: dict[str, Any]) -> ImageClassifier:
     drop_path = kwargs.pop("drop_path", kwargs.pop("drop_path_rate", 0.0))
     allowed = {k: kwargs[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "head_layers",
                                       "head_hidden") if k in kwargs}
-    return create_model(spec["name"], spec["num_classes"], spec["in_chans"], spec["image_size"],
-                        drop_path=drop_path, classes=spec.get("classes"), **allowed)
+    model = create_model(spec["name"], spec["num_classes"], spec["in_chans"], spec["image_size"],
+                         drop_path=drop_path, classes=spec.get("classes"), **allowed)
+    if kwargs.get("embedding"):  # a pre-training method's trained embedding (PAWS's projector)
+        model.attach_embedding(kwargs["embedding"])
+    return model
 
 
 def set_head_dropout(model: ImageClassifier, rate: float) -> None:

@@ -9,16 +9,25 @@ from torch import nn
 class ProjectionHead(nn.Module):
     """SimCLRv2's deep projection head (Chen et al. 2020b, Sec. 2.1): ``num_layers`` linear layers, each
     followed by BatchNorm, with ReLU between them (none after the last). ``blocks[:k]`` is what fine-tuning
-    "from the k-th layer of the projection head" keeps."""
+    "from the k-th layer of the projection head" keeps.
 
-    def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int = 128, num_layers: int = 3) -> None:
+    ``last_bn=False`` makes the last layer a plain Linear (with bias, no BatchNorm): PAWS's projector
+    (facebookresearch/suncet ``src/paws_train.py`` ``init_model``: fc1–bn1–relu1–fc2–bn2–relu2–fc3).
+    SimCLRv2 keeps BatchNorm on its last layer (the default)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int = 128, num_layers: int = 3,
+                 last_bn: bool = True) -> None:
         super().__init__()
         hidden = hidden_dim or in_dim
         dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
         blocks = []
         for i in range(num_layers):
             last = i == num_layers - 1
-            layer: list[nn.Module] = [nn.Linear(dims[i], dims[i + 1], bias=False), nn.BatchNorm1d(dims[i + 1])]
+            layer: list[nn.Module]
+            if last and not last_bn:
+                layer = [nn.Linear(dims[i], dims[i + 1])]
+            else:  # a bias before BatchNorm would be cancelled by its mean subtraction
+                layer = [nn.Linear(dims[i], dims[i + 1], bias=False), nn.BatchNorm1d(dims[i + 1])]
             if not last:
                 layer.append(nn.ReLU(inplace=True))
             blocks.append(nn.Sequential(*layer))
