@@ -64,6 +64,21 @@ def test_target_momentum_cosine_schedule():
     assert all(b >= a for a, b in zip(values, values[1:]))  # rises monotonically to 1
 
 
+def test_byol_base_momentum_follows_the_stage_length():
+    """τ_base declared for 600 steps: a 60-step stage starts at 0.99^10, so the target lags by the same share
+    of the stage (the old code started every stage at 0.99); the run's config records the value used."""
+    short = BYOL(tiny_vit(), BYOLParams(base_momentum=0.99, momentum_ref_steps=600, proj_dim=16), 3, 60)
+    assert short.momentum(0) == pytest.approx(0.99 ** 10)
+    assert short.momentum(60) == pytest.approx(1.0)
+    assert short.effective_settings() == {"base_momentum": pytest.approx(0.99 ** 10), "momentum_ref_steps": 60}
+    full = BYOL(tiny_vit(), BYOLParams(base_momentum=0.99, momentum_ref_steps=600, proj_dim=16), 3, 600)
+    assert full.momentum(0) == pytest.approx(0.99)
+    # the product of the schedule's momenta (the share of the start the target keeps) matches at both lengths
+    keep_short = math.prod(short.momentum(k) for k in range(60))
+    keep_full = math.prod(full.momentum(k) for k in range(600))
+    assert keep_short == pytest.approx(keep_full, rel=0.05)
+
+
 def _byol_batch(n=6):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(n, 1, 8, 8, generator=g)
@@ -72,7 +87,7 @@ def _byol_batch(n=6):
 
 def test_byol_step_trains_online_only_and_target_follows_by_ema():
     model = tiny_vit()
-    method = BYOL(model, BYOLParams(base_momentum=0.9, proj_dim=16, proj_hidden=32), 3, 10)
+    method = BYOL(model, BYOLParams(base_momentum=0.9, momentum_ref_steps=None, proj_dim=16, proj_hidden=32), 3, 10)
     target = method.target.module
     assert torch.equal(target.model.backbone.blocks[0].attn.qkv.weight, model.backbone.blocks[0].attn.qkv.weight)
     method.train()

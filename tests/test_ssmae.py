@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from semivit.data import prepare_data
+from semivit.data.loaders import Batch
 from semivit.engine.checkpoint import load_checkpoint
 from semivit.engine.trainer import Trainer, train
 from semivit.methods.ssmae import SSMAE
@@ -41,7 +43,7 @@ def test_acceptance_needs_agreement_and_two_confident_views():
 
 
 def test_gate_stays_shut_while_the_rule_fails_then_opens_and_latches(tmp_path):
-    trainer = Trainer(ssmae_config(tmp_path, **{"train.steps": 1}))
+    trainer = Trainer(ssmae_config(tmp_path, **{"train.steps": 1, "method.gate_latch": True}))
     method = SSMAE(trainer._build_model(), trainer.params, 3, 10)
     labels = torch.tensor([0, 1])
     wrong = torch.tensor([[0, 9.0, 0], [9.0, 0, 0]])
@@ -51,6 +53,84 @@ def test_gate_stays_shut_while_the_rule_fails_then_opens_and_latches(tmp_path):
     assert method.on_validation(3, wrong, labels)["open"] == 1.0  # latched
     method.params.gate_latch = False
     assert method.on_validation(4, wrong, labels)["open"] == 0.0
+
+
+def _val_logits(n: int, confident: int, right: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` validation images of 3 classes; the first ``confident`` are predicted with confidence ~1, the
+    first ``right`` of those correctly; the rest are unconfident."""
+    labels = torch.arange(n) % 3
+    logits = torch.zeros(n, 3)
+    for i in range(confident):
+        logits[i, int(labels[i]) if i < right else (int(labels[i]) + 1) % 3] = 12.0
+    return logits, labels
+
+
+def test_gate_does_not_open_on_one_confident_image_and_is_rechecked(tmp_path):
+    """Issue 19, finding 3: with the old defaults (at least 1 confident image, latched) a single confident
+    validation image opened the gate for good. Now: at least 10 confident images (at most half the split),
+    no check before `gate_start`, and every check re-sets the gate, as the reference re-checks every epoch
+    (main.py L241–253)."""
+    trainer = Trainer(ssmae_config(tmp_path, **{"train.steps": 1}))
+    method = SSMAE(trainer._build_model(), trainer.params, 3, 1000)  # gate_start 0.1 → step 100
+    assert (method.params.gate_min_confident, method.params.gate_latch, method.gate_start_step) == (10, False, 100)
+    one = _val_logits(100, confident=1, right=1)
+    assert method.on_validation(200, *one)["open"] == 0.0  # one right confident image is not enough
+    many = _val_logits(100, confident=12, right=12)
+    assert method.on_validation(50, *many)["open"] == 0.0  # before gate_start: shut
+    assert method.on_validation(200, *many)["open"] == 1.0
+    assert method.on_validation(300, *_val_logits(100, confident=12, right=6))["open"] == 0.0  # re-checked
+    # a tiny validation split needs at most half of its images confident
+    assert method.on_validation(400, *_val_logits(6, confident=3, right=3))["open"] == 1.0
+
+
+def test_pseudo_labels_join_the_labeled_batch_on_weak_views_at_full_weight(tmp_path):
+    """Issue 19, finding 3: the reference (main.py L290–324) appends each pseudo-labelled image's weak view
+    to the labeled batch and takes one mean cross-entropy over both; the old code trained strong views and
+    divided by all μB unlabeled images. Memory labels are used whether or not the gate is open now."""
+    trainer = Trainer(ssmae_config(tmp_path, **{"train.steps": 1}))
+    params = trainer.params
+    params.rec_weight, params.gate = 0.0, "closed"  # only the classification loss; no new acceptance
+    method = SSMAE(trainer._build_model(), params, 3, 10)
+    method.setup(20)
+    g = torch.Generator().manual_seed(0)
+    x, u = torch.rand(4, 1, 8, 8, generator=g), torch.rand(8, 1, 8, 8, generator=g)
+    y = torch.tensor([0, 1, 2, 0])
+    u_idx = torch.arange(8) + 10
+    method.memory[u_idx[[1, 4, 6]]] = torch.tensor([2, 0, 1])  # three images were accepted earlier
+    batch = Batch(x={"weak": x}, y=y, u={"weak": u, "strong": u.flip(-1)}, u_index=u_idx)
+    method.train()
+    out = method.training_step(batch, 0)
+    used = torch.tensor([1, 4, 6])
+    with torch.no_grad():  # the model is deterministic in training mode: MAE turned drop-path off
+        expected = F.cross_entropy(method.model(torch.cat([x, u[used]])), torch.cat([y, torch.tensor([2, 0, 1])]))
+    assert float(out.loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out.metrics["used"]) == pytest.approx(3 / 8)
+    # λ_u weighs each pseudo-labelled image against a label
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(7, 3)
+    targets = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    per = F.cross_entropy(logits, targets, reduction="none")
+    use = torch.tensor([True, False, True])
+    got = SSMAE.classification_loss(logits, targets, 4, use, lambda_u=0.5)
+    assert float(got) == pytest.approx(float((per[:4].sum() + 0.5 * (per[4] + per[6])) / 6))
+
+
+def test_a_stored_pseudo_label_is_kept(tmp_path):
+    """The reference never re-labels an image in its memory (main.py L291): acceptance only adds new ones."""
+    trainer = Trainer(ssmae_config(tmp_path, **{"train.steps": 1}))
+    params = trainer.params
+    params.gate, params.threshold = "open", -1.0  # every image whose two views agree is accepted
+    method = SSMAE(trainer._build_model(), params, 3, 10)
+    method.setup(8)
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(8, 1, 8, 8, generator=g)
+    method.memory[0] = 2
+    batch = Batch(x={"weak": u[:4]}, y=torch.tensor([0, 1, 2, 0]), u={"weak": u, "strong": u}, u_index=torch.arange(8))
+    method.eval()  # identical views → they agree everywhere
+    method.training_step(batch, 0)
+    with torch.no_grad():
+        pred = method.model(u).argmax(-1)
+    assert int(method.memory[0]) == 2  # kept, whatever the model predicts now
+    assert torch.equal(method.memory[1:], pred[1:])  # the others were accepted with the agreed class
 
 
 def test_no_pseudo_labels_while_the_gate_is_shut(tmp_path):

@@ -85,7 +85,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # cpu | cuda | auto
     amp: str = "auto"  # auto (bf16 on CUDA when supported) | bf16 | fp16 | off
-    ema: float | None = None  # EMA decay of the weights used for evaluation; None = off
+    ema: float | None = None  # EMA momentum of the weights used for evaluation; None = off
+    # the stage length `ema` was chosen for: the run uses ema^(ema_ref_steps / its steps), so the average
+    # moves as far in a shortened stage (engine/ema.py); None = `ema` is a per-step momentum, used as given
+    ema_ref_steps: int | None = None
     eval_every: int = 200  # steps between validation passes (0 = only at the end)
     log_every: int = 20
     ckpt_every: int = 500

@@ -31,7 +31,7 @@ from semivit.engine.checkpoint import (
     save_checkpoint,
 )
 from semivit.engine.distributed import DistInfo, barrier, init_distributed
-from semivit.engine.ema import ModelEMA
+from semivit.engine.ema import ModelEMA, effective_config, scaled_momentum
 from semivit.engine.evaluate import (
     classification_report,
     extract_features,
@@ -181,7 +181,9 @@ class Trainer:
         optimizer = build_optimizer(method, o)
         dtype = amp_dtype(t.amp, self.device)
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-        ema = ModelEMA(method.export_model(), t.ema) if t.ema else None
+        # the evaluation EMA's momentum follows the stage's length (engine/ema.py)
+        ema = ModelEMA(method.export_model(), scaled_momentum(t.ema, t.ema_ref_steps, total, "train.ema")) \
+            if t.ema else None
         base_lr = o.lr * (t.batch_size * t.accum_steps / 256 if o.scale_lr else 1.0)
 
         state = {"step": 0, "best_val": -1.0, "images": 0, "seconds": 0.0}
@@ -201,7 +203,7 @@ class Trainer:
                 log.info("resumed %s at step %d", last, state["step"])
         elif is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(effective_config(cfg, method.effective_settings(), total), self.run_dir / "config.yaml")
             save_split(self.data.split, self.data.train, self.run_dir / "split.json",
                        {"source": cfg.data.source, "labels": cfg.data.labels, "val_spec": cfg.data.val,
                         "seed": t.seed})

@@ -73,6 +73,12 @@ class Method(nn.Module):
         (never the test set) and its labels, on every rank; returns values to log (e.g. a gate's state)."""
         return {}
 
+    def effective_settings(self) -> dict[str, Any]:
+        """Method settings as this run really uses them, written into the run's ``config.yaml`` in place of
+        the declared ones: e.g. an EMA momentum scaled to the stage's length (:mod:`semivit.engine.ema`),
+        with that length as its reference, so the file still describes a stage of any length."""
+        return {}
+
     def eval_model(self) -> nn.Module:
         """The network that evaluation and prediction use."""
         return self.model

@@ -1,10 +1,16 @@
-"""MAE pre-training (He et al. 2021): reconstruct masked patches of every image, labels unused."""
+"""MAE pre-training (He et al. 2021): reconstruct masked patches of every image, labels unused.
+
+The encoder trains without stochastic depth (``keep_drop_path: false``), as the reference's models_mae.py
+(its encoder ``Block``s take no drop-path rate); fine-tuning stages use ``model.drop_path`` again.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from timm.layers import DropPath
+from torch import nn
 
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
@@ -20,6 +26,18 @@ class MAEParams:
     decoder_heads: int = 4
     norm_pix_loss: bool = True
     view: str = "weak"  # augmentation before masking (the paper: random resized crop + flip)
+    # stochastic depth (model.drop_path) while pre-training: off, as MAE's models_mae.py builds its encoder
+    # blocks without drop-path (and SSMAE's reference ssmae.py has none either)
+    keep_drop_path: bool = False
+
+
+def disable_drop_path(model: nn.Module) -> int:
+    """Set every stochastic-depth layer of ``model`` to keep all paths (rate 0) in place; returns how many.
+    The weights are untouched: a later stage builds its own model with its own ``model.drop_path``."""
+    layers = [m for m in model.modules() if isinstance(m, DropPath)]
+    for m in layers:
+        m.drop_prob = 0.0
+    return len(layers)
 
 
 @register_method
@@ -37,6 +55,8 @@ class MAE(Method):
             raise SemivitError("mae pre-trains ViTs only: choose a vit_* model")
         self.unlabeled_views = (self.params.view,)
         vit = self.model.backbone
+        if not self.params.keep_drop_path:
+            disable_drop_path(self.model)
         self.patch = vit.patch_embed.patch_size[0]
         num_patches = vit.patch_embed.num_patches
         # MAE uses fixed sin-cos position embeddings; fine-tuning later treats them as a learned start.

@@ -34,12 +34,20 @@ def cutmix(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> tuple[torc
 
 
 def mix(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mode`` is "mixup" or "cutmix"."""
+    """``mode`` is "mixup", "cutmix", or "both": each sample draws CutMix or mixup with equal chance (per
+    element, as Semi-ViT's ``ProbPseudoMixup._params_per_elem``: ``use_cutmix = rand(B) < 0.5``, not one
+    choice for the whole batch). Returns the mixed images and the actual λ of each sample."""
     if mode == "mixup":
         return mixup(x, perm, lam)
     if mode == "cutmix":
         return cutmix(x, perm, lam)
-    raise ValueError(f"unknown mix mode '{mode}': use mixup or cutmix")
+    if mode == "both":
+        use_cutmix = torch.rand(len(x), device=x.device) < 0.5
+        blended, lam_mixup = mixup(x, perm, lam)
+        pasted, lam_cutmix = cutmix(x, perm, lam)  # both are cheap next to the forward pass
+        return (torch.where(use_cutmix.view(-1, 1, 1, 1), pasted, blended),
+                torch.where(use_cutmix, lam_cutmix.to(lam_mixup.dtype), lam_mixup))
+    raise ValueError(f"unknown mix mode '{mode}': use mixup, cutmix or both")
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:

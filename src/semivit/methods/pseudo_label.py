@@ -4,21 +4,25 @@ probabilistic pseudo mixup.
 Both share one step (Sohn et al. 2020, Eq. 2–4; Cai et al. 2022, Sec. 3): a teacher labels the weak view
 of each unlabeled image, ŷ = argmax p, and the student learns ŷ on the strong view where max p ≥ τ:
 
-    L = CE(labeled) + λ_u · (1/μB) Σ_i 1[max p_i ≥ τ] · CE(ŷ_i, student(strong_i))
+    L = CE_ε(labeled) + λ_u · (1/μB) Σ_i 1[max p_i ≥ τ] · CE(ŷ_i, student(strong_i))
 
-FixMatch's teacher is the student itself; the EMA-Teacher is θ' ← m·θ' + (1−m)·θ, updated every step.
+CE_ε is the cross-entropy with label smoothing ε (``label_smoothing``; Semi-ViT's main_semi.py L91 and L403–404:
+``--smoothing 0.1`` → timm's LabelSmoothingCrossEntropy on the labeled batch; FixMatch's paper uses none).
+FixMatch's teacher is the student itself; the EMA-Teacher is θ' ← m·θ' + (1−m)·θ, updated every step, with
+m scaled to the stage's length (:mod:`semivit.engine.ema`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from semivit.data.loaders import Batch
-from semivit.engine.ema import ModelEMA
+from semivit.engine.ema import ModelEMA, scaled_momentum
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.mixing import mix, soft_cross_entropy, soft_targets
 
@@ -28,18 +32,35 @@ class PseudoLabelParams:
     threshold: float = 0.7  # τ: confidence needed to use a pseudo-label
     lambda_u: float = 5.0  # λ_u: weight of the unlabeled loss
     mu: float = 5.0  # μ: unlabeled images per labeled image
-    pseudo_mixup: str = "off"  # probabilistic pseudo mixup: off | mixup | cutmix | both (each batch picks one)
+    pseudo_mixup: str = "off"  # probabilistic pseudo mixup: off | mixup | cutmix | both (each image picks one)
     mixup_smoothing: float = 0.1  # label smoothing of the mixed soft targets
-    ema: float = 0.999  # EMA-Teacher momentum m (ema_teacher only)
+    label_smoothing: float = 0.1  # ε of the labeled cross-entropy (Semi-ViT's main_semi.py L91, L403–404)
+    # EMA-Teacher momentum m (ema_teacher only), declared for a stage of `ema_ref_steps` steps: a stage of K
+    # steps uses m^(ema_ref_steps/K), so the teacher moves as far whatever the stage's length; None = per-step
+    # m as given. 0.99 for 2,000 steps was chosen on digits' validation split (the semivit recipe)
+    ema: float = 0.99
+    ema_ref_steps: int | None = 2000
     eval_with: str = "teacher"  # ema_teacher: evaluate the teacher or the student
+
+
+@dataclass
+class FixMatchParams(PseudoLabelParams):
+    """FixMatch's paper settings (Sohn et al. 2020, Sec. 4: τ 0.95, λ_u 1, μ 7, no label smoothing)."""
+
+    threshold: float = 0.95
+    lambda_u: float = 1.0
+    mu: float = 7.0
+    label_smoothing: float = 0.0
 
 
 def pseudo_mixup(x: torch.Tensor, conf: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  mode: str, smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Probabilistic pseudo mixup (Semi-ViT, Sec. 3.3).
+    """Probabilistic pseudo mixup (Semi-ViT, Sec. 3.3; reference util/mixup.py ``ProbPseudoMixup._mix_elem``).
 
     Each sample i is mixed with a shuffled partner j with ratio λ = p_i / (p_i + p_j); the soft target is
     λ·onehot(ŷ_i) + (1−λ)·onehot(ŷ_j) (smoothed), and the mixed sample's confidence is max(p_i, p_j).
+    ``mode``: mixup, cutmix, or both (each sample draws CutMix or mixup with equal chance, as the
+    reference's per-element ``use_cutmix = rand(B) < switch_prob``, util/mixup.py L59, switch_prob 0.5).
     Returns the mixed images, targets and confidences.
     """
     perm = torch.randperm(len(x), device=x.device)
@@ -76,25 +97,26 @@ class PseudoLabelMethod(Method):
         with torch.no_grad():
             probs = self.teacher_logits(u_weak).float().softmax(-1)
         conf, pseudo = probs.max(-1)
+        metrics: dict[str, torch.Tensor] = {}
         if p.pseudo_mixup != "off":
-            mode = p.pseudo_mixup
-            if mode == "both":  # as the reference code: mixup or CutMix with equal chance, per batch
-                mode = "cutmix" if torch.rand(()) < 0.5 else "mixup"
             u_input, u_targets, mixed_conf = pseudo_mixup(u_strong, conf, pseudo, self.num_classes,
-                                                          mode, p.mixup_smoothing)
-            mask = (mixed_conf >= p.threshold).float()
+                                                          p.pseudo_mixup, p.mixup_smoothing)
+            mask = mixed_conf >= p.threshold  # the mixed sample's confidence decides (engine_semi.py L110–111)
+            metrics["mask_unmixed"] = (conf >= p.threshold).float().mean()
         else:
             u_input, u_targets = u_strong, F.one_hot(pseudo, self.num_classes).float()
-            mask = (conf >= p.threshold).float()
+            mask = conf >= p.threshold
         # one forward pass over labeled and strong unlabeled images
         logits = self.model(torch.cat([x_l, u_input]))
         logits_l, logits_u = logits[:len(x_l)], logits[len(x_l):]
-        loss_x = F.cross_entropy(logits_l.float(), y)
-        loss_u = (soft_cross_entropy(logits_u, u_targets) * mask).mean()
+        loss_x = F.cross_entropy(logits_l.float(), y, label_smoothing=p.label_smoothing)
+        loss_u = (soft_cross_entropy(logits_u, u_targets) * mask.float()).mean()
         loss = loss_x + p.lambda_u * loss_u
+        # mask, pseudo_acc and pseudo_recall use the mask training used (after mixing, the mixed confidence),
+        # with ŷ_i as sample i's label — the reference logs them so (engine_semi.py L157–163)
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
                                  "acc": (logits_l.argmax(-1) == y).float().mean().detach(),
-                                 **self._diagnostics(conf >= p.threshold, pseudo, batch.u_true)})
+                                 **metrics, **self._diagnostics(mask, pseudo, batch.u_true)})
 
     @staticmethod
     def _diagnostics(mask: torch.Tensor, pseudo: torch.Tensor, truth: torch.Tensor | None) -> dict:
@@ -121,9 +143,12 @@ def pseudo_label_diagnostics(mask: torch.Tensor, pseudo: torch.Tensor,
 
 @register_method
 class FixMatch(PseudoLabelMethod):
-    """FixMatch (Sohn et al., NeurIPS 2020): the student labels its own weak views."""
+    """FixMatch (Sohn et al., NeurIPS 2020): the student labels its own weak views. Defaults are the
+    paper's (:class:`FixMatchParams`); for evaluation on an EMA of the weights, as the paper and as the
+    EMA-Teacher's teacher, set ``train.ema`` (the ``fixmatch`` recipe does)."""
 
     name = "fixmatch"
+    Params = FixMatchParams
 
     def teacher_logits(self, x_weak: torch.Tensor) -> torch.Tensor:
         return self.model(x_weak)
@@ -131,14 +156,32 @@ class FixMatch(PseudoLabelMethod):
 
 @register_method
 class EMATeacher(PseudoLabelMethod):
-    """Semi-ViT's EMA-Teacher (Cai et al., NeurIPS 2022): pseudo-labels from an EMA of the student,
-    initialised from the supervised fine-tuned model this stage starts from."""
+    """Semi-ViT's EMA-Teacher (Cai et al., NeurIPS 2022): pseudo-labels from an EMA of the student.
+
+    The momentum is ``ema`` declared for ``ema_ref_steps`` steps and scaled to this stage's length,
+    m^(ema_ref_steps/K) (:func:`~semivit.engine.ema.scaled_momentum`), so a stage shortened by ``--steps``
+    or a benchmark budget leaves the teacher as far from its start as the full stage; the run's config.yaml
+    records the value used.
+
+    Start: the reference (main_semi.py L334–358) loads the student from the supervised checkpoint's
+    ``model`` and the teacher from its ``model_ema`` when there is one (``--super_finetune_ema``, on by
+    default). A semivit pipeline hands one set of weights from stage to stage — the stage's evaluation
+    EMA when it has one (``train.ema``: the trainer exports the EMA as model.safetensors), else the raw
+    model — so the teacher starts from the stage-2 EMA when there is one, as the reference's does; the
+    student starts from the same weights (a departure: the raw stage-2 weights are not exported).
+    """
 
     name = "ema_teacher"
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.teacher = ModelEMA(self.model, self.params.ema)
+        self.momentum = scaled_momentum(self.params.ema, self.params.ema_ref_steps, self.total_steps, "method.ema")
+        self.teacher = ModelEMA(self.model, self.momentum)
+
+    def effective_settings(self) -> dict[str, Any]:
+        if self.params.ema_ref_steps is None:
+            return {}
+        return {"ema": self.momentum, "ema_ref_steps": self.total_steps}
 
     def teacher_logits(self, x_weak: torch.Tensor) -> torch.Tensor:
         return self.teacher(x_weak)

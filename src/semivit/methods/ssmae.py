@@ -1,17 +1,26 @@
 """SSMAE ("Semi-Supervised Masked Autoencoders", arXiv 2601.20072): one ViT trained jointly on masked-image
 reconstruction and classification, with pseudo-labels switched on by a validation-driven gate.
 
-Each step: the MAE loss on masked weak views of every image in the batch (labeled and unlabeled),
-cross-entropy on the labeled images, and — once the gate is open — cross-entropy on the strong views of
-unlabeled images whose pseudo-label is in the memory:
-    L = w_rec · L_rec + CE(labeled) + λ_u · CE(memory labels of unlabeled images).
-Gate (the reference code's rule, on a validation split carved from the labels instead of its test set):
-every ``gate_every`` steps, among validation images predicted with confidence > ``gate_confidence``, the
-accuracy must reach ``gate_accuracy`` (and at least ``gate_min_confident`` of them must be confident).
-Acceptance: an unlabeled image's weak and strong views get the same class, both with confidence >
-``threshold``; its label enters the memory (a buffer saved in checkpoints, so it survives resume) and is
-used whenever the image comes back. ``gate: open`` forces pseudo-labelling from step 0 (the ablation),
-``gate: closed`` never opens it.
+Each step (the reference code, github.com/atik666/ssmae ``main.py`` ``train_SSMAE_w_unlabeled``): the MAE
+loss on masked views of every image in the batch (labeled and unlabeled; L317–320), and one cross-entropy
+over the labeled images *and* the unlabeled images that have a pseudo-label in the memory, appended to the
+labeled batch on their weak views at full weight (L290–312, L323–324):
+
+    L = w_rec · L_rec + [Σ_labeled CE(y_i, f(weak_i)) + λ_u Σ_memory CE(ŷ_j, f(weak_j))] / (B + n_memory)
+
+(λ_u = 1 is the reference: a pseudo-labelled image counts as a label.)
+Acceptance (L295–305): an unlabeled image without a stored label, while the gate is open, whose weak and
+strong views get the same class with both confidences > ``threshold``; its label enters the memory (a buffer
+saved in checkpoints, so it survives resume) and stays there — a stored label is never replaced and is used
+whenever the image comes back, open gate or not (L291–294).
+Gate (L241–253, on a validation split carved from the labels instead of the reference's test set): no
+pseudo-labels before ``gate_start`` (the reference's ``pseudo_label_start_epoch`` 10 of 100 epochs); from
+then on, at every check (every ``gate_every`` steps) the gate is set anew: among validation images predicted
+with confidence > ``gate_confidence``, the accuracy must reach ``gate_accuracy``. A departure: at least
+``gate_min_confident`` of them must be confident (at most half the validation split) — the reference counts
+a single confident image on its 10,000-image test set, where that never happens; on a 100-image validation
+split one confident image would decide the gate by itself. ``gate: open`` forces pseudo-labelling from step 0
+(the ablation), ``gate: closed`` never opens it.
 """
 
 from __future__ import annotations
@@ -30,15 +39,16 @@ from semivit.methods.mae import MAE, MAEParams
 @dataclass
 class SSMAEParams(MAEParams):  # MAE's settings (mask ratio, decoder, view to reconstruct), and:
     rec_weight: float = 1.0  # w_rec: weight of the reconstruction loss against the classification loss
-    lambda_u: float = 1.0  # weight of the pseudo-label cross-entropy
+    lambda_u: float = 1.0  # weight of a pseudo-labelled image against a labeled one (1 = the reference)
     mu: float = 5.0  # unlabeled images per labeled image
     threshold: float = 0.95  # acceptance: both views' confidence above this, and the same class
     gate: str = "val"  # val (the validation rule) | open (from step 0) | closed (never)
     gate_every: int = 100  # steps between gate checks
+    gate_start: float = 0.1  # no pseudo-labels before this: a share of the steps (< 1) or a number of steps
     gate_confidence: float = 0.95  # validation images counted by the rule: confidence above this
     gate_accuracy: float = 0.70  # the rule: accuracy of those confident validation images ≥ this
-    gate_min_confident: int = 1  # and at least this many of them
-    gate_latch: bool = True  # once open, stay open (False: re-check and possibly close at every check)
+    gate_min_confident: int = 10  # and at least this many of them (at most half the validation split)
+    gate_latch: bool = False  # True: once open, stay open (the reference re-checks at every check)
 
 
 @register_method
@@ -55,9 +65,13 @@ class SSMAE(MAE):
             raise SemivitError(f"method.gate is '{p.gate}': use val, open or closed")
         if p.gate_every < 1:
             raise SemivitError(f"method.gate_every must be ≥ 1, got {p.gate_every}")
+        if p.gate_start < 0:
+            raise SemivitError(f"method.gate_start must be ≥ 0, got {p.gate_start}")
         self.unlabeled_views = tuple(dict.fromkeys((p.view, "weak", "strong")))
         self.unlabeled_ratio = p.mu
         self.validation_every = p.gate_every if p.gate == "val" else 0
+        # the first step at which a check may open the gate (as optim.warmup: a share below 1, else steps)
+        self.gate_start_step = round(p.gate_start * self.total_steps) if p.gate_start < 1 else int(p.gate_start)
         self.register_buffer("gate_open", torch.tensor(p.gate == "open"))
         self.register_buffer("memory", torch.zeros(0, dtype=torch.long))
         self.register_buffer("memory_true", torch.zeros(0, dtype=torch.long))  # diagnostics only
@@ -72,7 +86,8 @@ class SSMAE(MAE):
     @staticmethod
     def gate_rule(logits: torch.Tensor, labels: torch.Tensor, confidence: float, accuracy: float,
                   min_confident: int = 1) -> tuple[bool, float, int]:
-        """(open?, accuracy of the confident predictions, how many were confident)."""
+        """(open?, accuracy of the confident predictions, how many were confident) — reference main.py
+        L75–104 (``high_conf_accuracy``) and L249 (``≥ high_conf_acc_threshold``)."""
         conf, pred = logits.float().softmax(-1).max(-1)
         confident = conf > confidence
         n = int(confident.sum())
@@ -81,7 +96,9 @@ class SSMAE(MAE):
 
     def on_validation(self, step: int, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         p = self.params
-        ok, acc, n = self.gate_rule(logits, labels, p.gate_confidence, p.gate_accuracy, p.gate_min_confident)
+        needed = max(1, min(p.gate_min_confident, len(labels) // 2))
+        ok, acc, n = self.gate_rule(logits, labels, p.gate_confidence, p.gate_accuracy, needed)
+        ok = ok and step >= self.gate_start_step  # the reference checks from epoch 10 on (main.py L242)
         if not (p.gate_latch and bool(self.gate_open)):
             self.gate_open.fill_(ok)
         return {"open": float(self.gate_open), "confident_acc": acc, "confident": float(n)}
@@ -89,39 +106,54 @@ class SSMAE(MAE):
     @staticmethod
     def accept(weak_logits: torch.Tensor, strong_logits: torch.Tensor,
                threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """SSMAE acceptance: the weak and strong views agree and both are confident (> ``threshold``).
-        Returns (accepted mask, the agreed class)."""
+        """SSMAE acceptance (reference main.py L295–299): the weak and strong views agree and both are
+        confident (> ``threshold``). Returns (accepted mask, the agreed class)."""
         cw, pw = weak_logits.float().softmax(-1).max(-1)
         cs, ps = strong_logits.float().softmax(-1).max(-1)
         return (pw == ps) & (cw > threshold) & (cs > threshold), pw
+
+    @staticmethod
+    def classification_loss(logits: torch.Tensor, targets: torch.Tensor, num_labeled: int,
+                            use: torch.Tensor, lambda_u: float) -> torch.Tensor:
+        """Cross-entropy of the labeled images and the used pseudo-labelled ones as one batch: the first
+        ``num_labeled`` rows of ``logits`` are labeled, the rest unlabeled, ``use`` marks those with a
+        pseudo-label. With λ_u = 1 this is the mean over the labeled batch with the pseudo-labelled images
+        appended (reference main.py L308–312, L324); unused rows weigh 0, so the shapes stay fixed."""
+        weights = torch.cat([torch.ones(num_labeled, device=logits.device), lambda_u * use.float()])
+        per_image = F.cross_entropy(logits.float(), targets, reduction="none")
+        return (per_image * weights).sum() / (num_labeled + use.sum())
 
     # --------------------------------------------------------------------------------------------- the step
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         p = self.params
         x, y = batch.x["weak"], batch.y
+        assert y is not None
         u_weak, u_strong, u_idx = batch.u["weak"], batch.u["strong"], batch.u_index
         # reconstruction of every image of the batch, from a masked view
         loss_rec, _ = self.reconstruction_loss(torch.cat([x, batch.u[p.view]]))
-        # classification of the whole images: labeled weak views and unlabeled strong views
-        logits = self.model(torch.cat([x, u_strong]))
-        logits_l, logits_s = logits[:len(x)], logits[len(x):]
-        loss_x = F.cross_entropy(logits_l.float(), y)
+        # classification of the whole images, labeled and unlabeled, on their weak views: one pass gives the
+        # loss of the labeled and pseudo-labelled images and the weak-view predictions for acceptance
+        logits = self.model(torch.cat([x, u_weak]))
+        logits_l, logits_w = logits[:len(x)], logits[len(x):]
         with torch.no_grad():
-            logits_w = self.model(u_weak)
-            accepted, agreed = self.accept(logits_w, logits_s.detach(), p.threshold)
-            accepted &= self.gate_open
+            logits_s = self.model(u_strong)
+            accepted, agreed = self.accept(logits_w.detach(), logits_s, p.threshold)
+            accepted &= self.gate_open & (self.memory[u_idx] < 0)  # a stored label is kept (main.py L291)
             self.memory[u_idx] = torch.where(accepted, agreed, self.memory[u_idx])
             if batch.u_true is not None:
                 self.memory_true[u_idx] = torch.where(accepted, batch.u_true, self.memory_true[u_idx])
             targets = self.memory[u_idx]
-            use = (targets >= 0) & self.gate_open
-        per_image = F.cross_entropy(logits_s.float(), targets.clamp_min(0), reduction="none")
-        loss_u = (per_image * use).sum() / max(len(u_idx), 1)
-        loss = p.rec_weight * loss_rec + loss_x + p.lambda_u * loss_u
+            use = targets >= 0  # stored labels are used whether or not the gate is open now (main.py L291–294)
+        loss_cls = self.classification_loss(logits, torch.cat([y, targets.clamp_min(0)]), len(x), use, p.lambda_u)
+        loss = p.rec_weight * loss_rec + loss_cls
         with torch.no_grad():
+            loss_x = F.cross_entropy(logits_l.float(), y)
+            per_u = F.cross_entropy(logits_w.float(), targets.clamp_min(0), reduction="none")
+            loss_u = (per_u * use).sum() / use.sum().clamp_min(1)
             stored = self.memory >= 0
             known = stored & (self.memory_true >= 0)
-            metrics = {"loss_rec": loss_rec.detach(), "loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
+            metrics = {"loss_rec": loss_rec.detach(), "loss_x": loss_x, "loss_u": loss_u,
+                       "loss_cls": loss_cls.detach(),
                        "acc": (logits_l.argmax(-1) == y).float().mean(), "gate": self.gate_open.float(),
                        "accepted": accepted.float().mean(), "used": use.float().mean(),
                        "memory": stored.sum().float(),
