@@ -1,4 +1,4 @@
-"""``semivit train | run | bench | demo | evaluate | predict`` — the command line.
+"""``semivit train | run | bench | demo | evaluate | predict | export`` — the command line.
 
 User errors (bad paths, data, settings) print one line and exit with status 2, never a traceback.
 """
@@ -27,8 +27,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--unlabeled", help="an extra pool of unlabeled images (folder or CSV)")
     g.add_argument("--labels", help="all | N-per-class | N | P%%  (e.g. 4-per-class, 250, 10%%)")
     g.add_argument("--split", help="a split.json from an earlier run, or a list file of labeled images")
-    g.add_argument("--model", help="vit_nano, vit_tiny, vit_small, vit_base, resnet18, semiformer_tiny, ... "
-                                   "or a timm name")
+    g.add_argument("--model", help="vit_nano, vit_tiny, vit_small, vit_base, resnet18, semiformer_tiny, ..., "
+                                   "a timm name (with a pretrained tag: vit_small_patch14_dinov2.lvd142m), "
+                                   "hf-hub:ORG/NAME or local-dir:FOLDER")
+    g.add_argument("--pretrained", nargs="?", const="hub", metavar="hub|none|PATH",
+                   help="starting weights: hub (timm / Hugging Face hub, cached; the default for a tagged name "
+                        "or hf-hub:/local-dir:), none, or a local .safetensors/.pth file")
     g.add_argument("--steps", type=int, help="optimizer steps")
     g.add_argument("--epochs", type=float, help="epochs over the labeled images (instead of --steps)")
     g.add_argument("--batch-size", type=int, help="labeled images per step (over all processes)")
@@ -43,7 +47,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 _SHORTCUTS = {"data": "data.source", "test": "data.test", "unlabeled": "data.unlabeled",
-              "labels": "data.labels", "split": "data.split", "model": "model.name", "steps": "train.steps",
+              "labels": "data.labels", "split": "data.split", "model": "model.name",
+              "pretrained": "model.pretrained", "steps": "train.steps",
               "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed",
               "device": "train.device", "out": "train.out", "name": "train.name"}
 
@@ -194,6 +199,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from semivit.export import export_run
+
+    _, summary = export_run(args.run, args.format, args.output, weights=args.weights, opset=args.opset,
+                            exporter=args.onnx_exporter)
+    print(f"wrote {summary}")
+    return 0
+
+
 def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
     print(json.dumps(shown))
@@ -248,8 +262,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=0.1, help="snn: temperature of the soft nearest neighbours")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("export", help="the trained classifier as a hub folder (timm), ONNX or TorchScript")
+    p.add_argument("run", help="a run folder (a recipe's: its last stage) or a model.safetensors")
+    p.add_argument("--format", choices=["hub", "onnx", "torchscript"], default="hub")
+    p.add_argument("-o", "--output", help="where to write (default: RUN/export/{hub,model.onnx,model.pt})")
+    p.add_argument("--weights", choices=["model", "best"], default="model",
+                   help="the final evaluation model (the EMA teacher where there is one) or the best-validation one")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (≥ 17)")
+    p.add_argument("--onnx-exporter", choices=["dynamo", "legacy"], default="dynamo",
+                   help="torch.export-based (default) or the older TorchScript-based ONNX exporter")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("predict", help="label images: CSV of label, confidence and top-k")
-    p.add_argument("checkpoint", help="a run folder or its model.safetensors")
+    p.add_argument("checkpoint", help="a run folder, its model.safetensors, or a hub folder (semivit export)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("-o", "--output", default="predictions.csv")
     p.add_argument("--topk", type=int, default=5)

@@ -96,9 +96,14 @@ def read_spec(path: str | Path) -> dict[str, Any] | None:
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a saved classifier (see :func:`export_weights`); returns the model and the metadata."""
+    """Rebuild a saved classifier (see :func:`export_weights`), or load a hub-layout folder; returns the model
+    and the metadata."""
+    from semivit.export import is_hub_folder, load_hub_folder
     from semivit.models.factory import model_from_spec
 
+    if is_hub_folder(path):  # a hub-layout folder (`semivit export --format hub`, or any timm folder)
+        model = load_hub_folder(path)
+        return model, {"semivit_spec": model.spec.to_dict()}
     tensors, meta = read_weights(path)
     model = model_from_spec(meta["semivit_spec"])
     model.load_state_dict(tensors)

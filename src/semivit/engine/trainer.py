@@ -47,7 +47,7 @@ from semivit.engine.optim import build_optimizer, lr_at, set_lr
 from semivit.errors import NonFiniteLossError, SemivitError
 from semivit.methods import method_class, method_params
 from semivit.models.factory import ImageClassifier, create_model
-from semivit.models.pretrained import load_pretrained
+from semivit.models.pretrained import load_pretrained, pretrained_source
 
 log = logging.getLogger("semivit")
 
@@ -107,18 +107,25 @@ class Trainer:
         if size[0] != size[1]:
             raise SemivitError(f"images are {size[0]}×{size[1]}; ViTs here need square images: "
                                f"set data.image_size")
+        hub_weights, local = pretrained_source(m.name, m.pretrained)
         head_layers, head_hidden = m.head_layers or 0, None
-        if m.head_layers is None and m.pretrained:  # keep the projection-head layers the weights came with
-            kwargs = (read_spec(m.pretrained) or {}).get("kwargs", {})
+        if m.head_layers is None and local:  # keep the projection-head layers the weights came with
+            kwargs = (read_spec(local) or {}).get("kwargs", {})
             head_layers, head_hidden = kwargs.get("head_layers", 0), kwargs.get("head_hidden")
         torch.manual_seed(self.cfg.train.seed)  # same initial weights on every rank and every resume
+        if hub_weights and self.dist.enabled and not self.dist.is_main:
+            barrier()  # rank 0 downloads into the shared cache first; the others then read it
         model = create_model(m.name, train.num_classes, train.channels, size[0], patch_size=m.patch_size,
                              embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
                              drop_path=m.drop_path, classes=train.classes, head_layers=head_layers,
-                             head_hidden=head_hidden)
-        model.set_normalization(*channel_stats(train, seed=self.cfg.train.seed))
-        if m.pretrained:
-            load_pretrained(model, m.pretrained, verbose=self.dist.is_main)
+                             head_hidden=head_hidden, pretrained=hub_weights, cache_dir=m.cache_dir,
+                             resolution=m.resolution)
+        if hub_weights and self.dist.enabled and self.dist.is_main:
+            barrier()
+        if not hub_weights:  # a hub backbone keeps the mean/std it was pretrained with
+            model.set_normalization(*channel_stats(train, seed=self.cfg.train.seed))
+        if local:
+            load_pretrained(model, local, verbose=self.dist.is_main)
         return model
 
     def _total_steps(self, method_cls: type) -> int:

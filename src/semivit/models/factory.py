@@ -7,6 +7,7 @@ dataset statistics. Models take float images in [0, 1].
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from semivit.errors import SemivitError
+
+log = logging.getLogger("semivit")
 
 # name → (embed_dim, depth, num_heads). nano/micro are for CPU runs on small images.
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -122,7 +125,6 @@ class ImageClassifier(nn.Module):
             h = layer(h)
         return self.embedding(h)
 
-
     @property
     def is_vit(self) -> bool:
         return hasattr(self.backbone, "blocks") and hasattr(self.backbone, "patch_embed")
@@ -132,15 +134,30 @@ class ImageClassifier(nn.Module):
         return int(self.backbone.num_features)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        """Normalise with the stored mean/std, then (pretrained backbones whose native resolution the data
+        does not have) resize to the backbone's input size: ``spec.kwargs['backbone_size']``, see
+        :func:`semivit.models.hub.choose_resolution`. Resizing inside the model keeps stored images small
+        and makes ``predict``, ONNX and training see one preprocessing."""
+        x = (x - self.mean) / self.std
+        target = self.spec.kwargs.get("backbone_size")
+        if target and target != self.spec.image_size:
+            scale = target / self.spec.image_size
+            size = [round(s * scale) for s in x.shape[-2:]]
+            if self.is_vit:  # whole patches: multi-crop's small views scale to a patch multiple too
+                patch = self.backbone.patch_embed.patch_size[0]
+                size = [max(patch, round(s / patch) * patch) for s in size]
+            x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logit features (B×num_features). ViTs also take images of another size (a multiple
         of the patch size: multi-crop's small views), with the position embeddings resampled to fit."""
-        if self.is_vit and tuple(x.shape[-2:]) != (self.spec.image_size, self.spec.image_size):
-            tokens = self._vit_tokens_any_size(self.normalize(x))
+        x = self.normalize(x)
+        size = self.spec.kwargs.get("backbone_size") or self.spec.image_size
+        if self.is_vit and tuple(x.shape[-2:]) != (size, size):
+            tokens = self._vit_tokens_any_size(x)
         else:
-            tokens = self.backbone.forward_features(self.normalize(x))
+            tokens = self.backbone.forward_features(x)
         return self.backbone.forward_head(tokens, pre_logits=True)
 
     def _vit_tokens_any_size(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,14 +231,26 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int
                  patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
                  num_heads: int | None = None, drop_path: float = 0.1, classes: list[str] | None = None,
                  mean: torch.Tensor | None = None, std: torch.Tensor | None = None, head_layers: int = 0,
-                 head_hidden: int | None = None) -> ImageClassifier:
-    """Build a classifier: a semivit ViT size (``vit_nano`` … ``vit_huge``), a ResNet, or any timm name.
+                 head_hidden: int | None = None, pretrained: bool = False, cache_dir: str | None = None,
+                 resolution: str = "auto", hub: Any = None) -> ImageClassifier:
+    """Build a classifier: a semivit ViT size (``vit_nano`` … ``vit_huge``), a ResNet, any timm name, or a
+    pretrained backbone (a tagged timm name, ``hf-hub:ORG/NAME``, ``local-dir:FOLDER``; see
+    :mod:`semivit.models.hub`).
 
-    ``head_layers`` > 0 puts that many projection-head layers (Linear–BN–ReLU, ``head_hidden`` wide)
-    between the pooled features and the classifier: SimCLRv2 fine-tunes "from the first layer of the
-    projection head" this way.
+    ``pretrained`` loads the backbone's published weights (from the cache, else downloaded into
+    ``cache_dir``) and its mean/std; ``resolution`` decides the size it runs at (see
+    :func:`~semivit.models.hub.choose_resolution`). ``hub`` (a resolved :class:`~semivit.models.hub.HubModel`)
+    rebuilds a saved pretrained architecture without reading any config. ``head_layers`` > 0 puts that many
+    projection-head layers (Linear–BN–ReLU, ``head_hidden`` wide) between the pooled features and the
+    classifier: SimCLRv2 fine-tunes "from the first layer of the projection head" this way.
     """
+    from semivit.models import hub as hubs
+
     spec = ModelSpec(name, num_classes, in_chans, image_size, {}, list(classes or []))
+    if hub is not None or pretrained or hubs.is_pretrained_name(name):
+        return _hub_model(hub or hubs.resolve(name, cache_dir), spec, pretrained=pretrained, cache_dir=cache_dir,
+                          resolution=resolution, drop_path=drop_path, mean=mean, std=std,
+                          head_layers=head_layers, head_hidden=head_hidden, patch_size=patch_size)
     if name.startswith("semiformer"):  # Semiformer's dual-stream model: its own wrapper (per-stream logits)
         from semivit.models.semiformer import create_semiformer
 
@@ -259,6 +288,35 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int
     return model
 
 
+def _hub_model(hub: Any, spec: ModelSpec, *, pretrained: bool, cache_dir: str | None, resolution: str,
+               drop_path: float, mean: torch.Tensor | None, std: torch.Tensor | None, head_layers: int,
+               head_hidden: int | None, patch_size: int | None) -> ImageClassifier:
+    """A timm backbone named by a pretrained source (see :mod:`semivit.models.hub`), wrapped with its
+    pretraining mean/std and, when its resolution differs from the data's, a resize inside the model."""
+    from semivit.models import hub as hubs
+
+    own_patch = hubs.backbone_patch(hub)
+    if patch_size and own_patch and patch_size != own_patch:
+        raise SemivitError(f"model.patch_size {patch_size} differs from the pretrained backbone's {own_patch} px: "
+                           f"a pretrained ViT keeps its patch size; unset model.patch_size")
+    size, why = hubs.choose_resolution(hub, spec.image_size, resolution)
+    if pretrained:
+        log.info("%s: %s", hub.name, why)
+    backbone = hubs.create_backbone(hub, spec.num_classes, spec.in_chans, size, pretrained=pretrained,
+                                    drop_path=drop_path, cache_dir=cache_dir)
+    spec.kwargs.update(hubs.spec_kwargs(hub, size), drop_path=drop_path, resolution=str(resolution))
+    if pretrained and mean is None:
+        mean, std = hubs.normalization(hub, spec.in_chans)
+    model = ImageClassifier(backbone, spec, mean, std)
+    if head_layers > 0:
+        from semivit.models.heads import ProjectionHead
+
+        hidden = head_hidden or model.num_features
+        attach_head_layers(model, list(ProjectionHead(model.num_features, hidden, hidden, head_layers + 1)
+                                       .blocks[:head_layers]), hidden)
+    return model
+
+
 def attach_head_layers(model: ImageClassifier, layers: list[nn.Module], hidden: int) -> None:
     """Insert ``layers`` (projection-head blocks, output width ``hidden``) before a new linear classifier,
     and record them in the spec so the model can be rebuilt."""
@@ -272,8 +330,17 @@ def model_from_spec(spec: dict[str, Any]) -> ImageClassifier:
     drop_path = kwargs.pop("drop_path", kwargs.pop("drop_path_rate", 0.0))
     allowed = {k: kwargs[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "head_layers",
                                       "head_hidden") if k in kwargs}
+    hub = None
+    if "timm_architecture" in kwargs:  # a pretrained backbone: rebuilt offline from what the spec recorded
+        from semivit.models.hub import HubModel
+
+        hub = HubModel(spec["name"], kwargs["timm_architecture"], kwargs.get("pretrained_tag"),
+                       {"input_size": (spec["in_chans"], kwargs["backbone_size"], kwargs["backbone_size"])},
+                       dict(kwargs.get("timm_model_args") or {}))
+        allowed.pop("patch_size", None)
+        allowed["resolution"] = str(kwargs["backbone_size"])
     model = create_model(spec["name"], spec["num_classes"], spec["in_chans"], spec["image_size"],
-                         drop_path=drop_path, classes=spec.get("classes"), **allowed)
+                         drop_path=drop_path, classes=spec.get("classes"), hub=hub, **allowed)
     if kwargs.get("embedding"):  # a pre-training method's trained embedding (PAWS's projector)
         model.attach_embedding(kwargs["embedding"])
     return model
