@@ -178,3 +178,30 @@ def test_cli_trains_from_hub_name_with_hf_home_offline_and_no_socket(tmp_path: P
     assert "Loading pretrained weights from Hugging Face hub (timm/test_vit.r160_in1k)" in ok.stderr
     results = json.loads((tmp_path / "runs" / "ok" / "results.json").read_text())
     assert results["steps"] == 2
+
+
+def test_probe_baselines_on_a_hub_backbone_use_only_training_labels(offline: Path) -> None:
+    from semivit.probe import run_probe
+    from tests.conftest import tiny_config
+
+    write_hub_cache(offline)
+    cfg = tiny_config(offline.parent, **{"model.name": "test_vit.r160_in1k", "data.labels": "4-per-class",
+                                         "model.resolution": "32"})
+    metrics = run_probe(cfg, out=offline.parent / "probe.json")
+    assert metrics["labeled"] == 40 and metrics["labels_total"] == 40 and metrics["val_labeled"] == 0
+    # features are read for the right images: even random-weight features beat chance (0.1) by far
+    assert metrics["test_linear_top1"] > 0.3 and 0.0 <= metrics["test_knn_top1"] <= 1.0
+    assert json.loads((offline.parent / "probe.json").read_text())["feature_dim"] == 64
+
+
+def test_pretrained_recipes_start_from_the_hub_and_chain_locally() -> None:
+    from semivit.config import load_yaml
+    from semivit.pipeline import find_recipe, stage_configs
+
+    _, stages = stage_configs(load_yaml(find_recipe("semivit-pretrained")), {"model.name": "local-dir:/x"})
+    assert [c.train.method for c in stages] == ["supervised", "ema_teacher"]
+    assert all(c.model.pretrained == "hub" and c.model.name == "local-dir:/x" for c in stages)
+    assert stages[1].method["pseudo_mixup"] == "both" and stages[0].optim.layer_decay < 1
+    _, (fixmatch,) = stage_configs(load_yaml(find_recipe("fixmatch-pretrained")), {})
+    assert sum(c.train.steps for c in stages) == fixmatch.train.steps  # the same budget
+    assert fixmatch.method["threshold"] == 0.95 and fixmatch.train.ema

@@ -1,4 +1,4 @@
-"""``semivit train | run | bench | demo | evaluate | predict | export`` — the command line.
+"""``semivit train | run | bench | demo | evaluate | predict | export | probe`` — the command line.
 
 User errors (bad paths, data, settings) print one line and exit with status 2, never a traceback.
 """
@@ -199,6 +199,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from semivit.probe import run_probe
+
+    m = run_probe(build_config(args), run=args.run, out=args.json)
+    print(f"k-NN top-1 {m['test_knn_top1']:.4f}  linear-probe top-1 {m['test_linear_top1']:.4f}  "
+          f"({m['feature_dim']}-d frozen features of {m['model']}; {m['labeled']} labels, no validation labels)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from semivit.export import export_run
 
@@ -261,6 +270,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="snn: the labeled images (a split.json or list; default: the run's)")
     p.add_argument("--tau", type=float, default=0.1, help="snn: temperature of the soft nearest neighbours")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("probe", help="baselines on frozen features: k-NN and a linear probe on the labels alone")
+    p.add_argument("run", nargs="?", help="a run folder or hub folder to probe (default: --model's pretrained "
+                                          "weights)")
+    p.add_argument("--json", help="also write the metrics here")
+    _add_common(p)
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("export", help="the trained classifier as a hub folder (timm), ONNX or TorchScript")
     p.add_argument("run", help="a run folder (a recipe's: its last stage) or a model.safetensors")

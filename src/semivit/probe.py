@@ -1,0 +1,90 @@
+"""``semivit probe``: the baselines a practitioner tries first on a pretrained backbone — frozen features,
+k-NN and a linear probe fitted on the labels alone — reported beside the semi-supervised rows.
+
+Recent studies find these hard to beat on strong backbones, so every table that fine-tunes a pretrained
+backbone should show them. The features are the backbone's pooled pre-logit features (or the embedding a
+pre-training run exported, e.g. PAWS's projector); the split is the same seeded split ``train`` makes for
+the same ``--data --labels --seed`` (or ``--split``), so the labels are the same images. Validation labels
+are not used: nothing is tuned (k = 20, T = 0.07; logistic regression with scikit-learn's defaults).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semivit.config import Config
+from semivit.errors import SemivitError
+
+log = logging.getLogger("semivit")
+
+
+def _model_for(cfg: Config, data: Any, run: str | None) -> Any:
+    from semivit.data import channel_stats
+    from semivit.engine.checkpoint import load_model
+    from semivit.models.factory import create_model
+    from semivit.models.pretrained import load_pretrained, pretrained_source
+
+    train = data.train
+    if run:
+        model, _ = load_model(run)
+        if model.spec.in_chans != train.channels or model.spec.image_size != train.image_size[0]:
+            raise SemivitError(f"the data is {train.channels}×{train.image_size[0]} px but '{run}' takes "
+                               f"{model.spec.in_chans}×{model.spec.image_size} px: probe it on the data it was "
+                               f"trained on, or set data.image_size")
+        return model
+    m = cfg.model
+    hub_weights, local = pretrained_source(m.name, m.pretrained)
+    if not hub_weights and not local:
+        raise SemivitError(f"model '{m.name}' has no pretrained weights to probe: pass a tagged timm name, "
+                           f"hf-hub:ORG/NAME, local-dir:FOLDER, --pretrained hub|PATH, or a run folder")
+    model = create_model(m.name, train.num_classes, train.channels, train.image_size[0], patch_size=m.patch_size,
+                         embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, drop_path=0.0,
+                         classes=train.classes, pretrained=hub_weights, cache_dir=m.cache_dir,
+                         resolution=m.resolution)
+    if not hub_weights:
+        model.set_normalization(*channel_stats(train, seed=cfg.train.seed))
+    if local:
+        load_pretrained(model, local)
+    return model.eval()
+
+
+def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """k-NN and linear-probe top-1 on the test part of ``cfg.data`` from frozen features; returns the
+    metrics (and writes them as JSON to ``out``)."""
+    from semivit.data import prepare_data
+    from semivit.engine.evaluate import extract_features, knn_top1, linear_probe_top1
+    from semivit.engine.trainer import resolve_device
+
+    data = prepare_data(cfg.data, cfg.train.seed)
+    if data.test is None or not len(data.test):
+        raise SemivitError(f"'{cfg.data.source}' has no test part to report on: pass --test PATH")
+    labeled = data.split.labeled
+    if len(labeled) == 0:
+        raise SemivitError("no labeled images in the split: use --labels with at least 1 per class")
+    device = resolve_device(cfg.train.device)
+    model = _model_for(cfg, data, run).to(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        bank = extract_features(model, data.train, labeled, device=device)
+        test = extract_features(model, data.test, device=device)
+    seconds = time.perf_counter() - start
+    bank_y, test_y = data.train.labels[labeled], data.test.labels
+    metrics: dict[str, Any] = {
+        "method": "probe", "model": run or cfg.model.name,
+        "test_knn_top1": knn_top1(bank, bank_y, test, test_y),
+        "test_linear_top1": linear_probe_top1(bank, bank_y, test, test_y),
+        "feature_dim": int(bank.shape[1]), "features_seconds": seconds,
+        **data.split.label_counts(),
+    }
+    # the probe reads no validation label: only the training labels count as consumed
+    metrics.update(val_labeled=0, labels_total=metrics["labeled"], val_from="none")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(metrics, indent=2))
+    return metrics
