@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from semivit.config import Config, apply_overrides
+from semivit.config import Config, apply_overrides, parse_set_args
 from semivit.data import prepare_data
 from semivit.engine.checkpoint import export_weights
 from semivit.engine.trainer import Trainer, amp_dtype, resolve_device, train
@@ -124,6 +124,9 @@ def main() -> int:
                    "e.g. vit_tiny on a GPU, where vit_nano is launch-bound")
     p.add_argument("--semiformer-model", help="Semiformer's model (default semiformer_tiny)")
     p.add_argument("--batch-scale", type=float, default=1.0, help="multiply every labeled batch (GPU: 2-4)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any setting for every method, e.g. ViT-S/16 at 224 px on 32-px data: --model "
+                        "vit_small_patch16_224.augreg_in21k --set model.pretrained=none --set model.resolution=224")
     args = p.parse_args()
     device = resolve_device(args.device)
     tmp = tempfile.TemporaryDirectory()
@@ -158,7 +161,7 @@ def main() -> int:
                 net = Trainer(cfg0, data)._build_model()
                 export_weights(net, teacher_file, net.spec.to_dict())
             params = {**params, "teacher": str(teacher_file)}
-        cfg = apply_overrides(Config(), settings)
+        cfg = apply_overrides(Config(), {**settings, **parse_set_args(args.set)})
         cfg.method = dict(params)
         bares, fulls = [], []
         for _ in range(args.repeats):
