@@ -303,8 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(message)s", stream=sys.stderr)
     args = make_parser().parse_args(argv)
+    from semivit.engine.interrupt import TrainingInterrupted
+
     try:
         return args.func(args)
+    except TrainingInterrupted as e:  # Ctrl-C in training: a checkpoint was written at a whole step
+        print(f"semivit: {e}", file=sys.stderr)
+        return 130
     except SemivitError as e:
         print(f"semivit: error: {e}", file=sys.stderr)
         return 2

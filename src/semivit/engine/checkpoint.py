@@ -21,16 +21,29 @@ from semivit.errors import SemivitError
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write through a temp file in the same folder, fsync, rename: a full disk, a read-only folder or a
+    crash leaves the previous file intact and loadable, and raises one line that says so."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+    except OSError as e:
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise SemivitError(f"cannot write '{path}' ({e.strerror or e}): {kept}; free disk space or choose a "
+                           f"writable --out, then continue with --resume") from None
+    except RuntimeError as e:  # torch.save reports a failed write (e.g. a full disk) as a RuntimeError
+        if "write" not in str(e).lower() and "file" not in str(e).lower():
+            raise
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise SemivitError(f"cannot write '{path}' ({str(e).splitlines()[0]}): {kept}; free disk space or choose "
+                           f"a writable --out, then continue with --resume") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

@@ -42,6 +42,7 @@ from semivit.engine.evaluate import (
     snn_top1,
     top1,
 )
+from semivit.engine.interrupt import GracefulInterrupt, TrainingInterrupted
 from semivit.engine.logger import RunLogger
 from semivit.engine.optim import build_optimizer, lr_at, set_lr
 from semivit.errors import NonFiniteLossError, SemivitError
@@ -209,7 +210,13 @@ class Trainer:
             if is_main:
                 log.info("resumed %s at step %d", last, state["step"])
         elif is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / ".write-check").write_bytes(b"")
+                (self.run_dir / ".write-check").unlink()
+            except OSError as e:
+                raise SemivitError(f"cannot write to the run folder '{self.run_dir}' ({e.strerror or e}): choose a "
+                                   f"writable --out") from None
             save_config(effective_config(cfg, method.effective_settings(), total), self.run_dir / "config.yaml")
             save_split(self.data.split, self.data.train, self.run_dir / "split.json",
                        {"source": cfg.data.source, "labels": cfg.data.labels, "val_spec": cfg.data.val,
@@ -234,7 +241,9 @@ class Trainer:
         check_every_step = self.device.type == "cpu"  # a host sync per step is free on CPU, not on GPU
         trained.train()
         step = state["step"]
+        stop = GracefulInterrupt()  # Ctrl-C: finish the step, checkpoint, stop (engine/interrupt.py)
         try:
+            stop.__enter__()
             while step < total:
                 lr = lr_at(step, total, base_lr, o.warmup, o.min_lr_ratio)
                 set_lr(optimizer, lr)
@@ -291,6 +300,12 @@ class Trainer:
                     window_start = time.perf_counter()
                 if step % t.ckpt_every == 0 and is_main:
                     checkpoint(step)
+                if self._interrupt_requested(stop, at_log):
+                    if is_main:
+                        checkpoint(step)
+                    barrier()
+                    raise TrainingInterrupted(f"interrupted at step {step} of {total}; saved {last}: continue with "
+                                              f"the same command and --resume")
                 # one process checks every step; DDP ranks agree at log steps (a broadcast is a host sync)
                 if t.time_limit and (at_log or not self.dist.enabled) and self._past_time_limit(state, window_start):
                     if is_main:
@@ -300,11 +315,23 @@ class Trainer:
             if is_main:
                 checkpoint(step)
         finally:
+            stop.__exit__(None, None, None)
             logger.close()
         barrier()
         final_model = eval_net()
         assert isinstance(final_model, ImageClassifier)
         return TrainResult(self.run_dir, metrics, final_model)
+
+    def _interrupt_requested(self, stop: GracefulInterrupt, at_log: bool) -> bool:
+        """Whether to stop for Ctrl-C after this step: one process decides every step; DDP ranks (each gets
+        the SIGINT at a slightly different moment) agree at log steps, so no rank leaves a collective alone."""
+        if not self.dist.enabled:
+            return stop.requested
+        if not at_log:
+            return False
+        flag = torch.tensor(float(stop.requested), device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag)
 
     def _past_time_limit(self, state: dict, window_start: float) -> bool:
         """Training seconds so far (earlier runs of a resumed job included) past ``train.time_limit``; one
