@@ -1,0 +1,245 @@
+"""The images the labeling loop works on: a run's (or a data source's) training part, which of them are
+labeled, the rest as candidates, their embeddings and the run's teacher predictions, and where each
+image lives on disk."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semivit.config import Config, apply_overrides, load_yaml
+from semivit.data.imageset import ImageSet
+from semivit.errors import SemivitError
+
+log = logging.getLogger("semivit")
+
+UNLABELED_PREFIX = "unlabeled/"  # ids of images added with --unlabeled (data/sources)
+
+
+def run_folder(run: str | Path) -> Path:
+    """The folder of a finished run that holds ``config.yaml`` and ``checkpoints/``: the run itself, or a
+    recipe root's last stage (``stageK-METHOD``)."""
+    p = Path(run).expanduser()
+    if not p.is_dir():
+        raise SemivitError(f"run '{run}' not found: pass a run folder (runs/NAME)")
+    if (p / "config.yaml").is_file():
+        return p
+    stages = stage_folders(p)
+    if stages:
+        return stages[-1]
+    raise SemivitError(f"'{run}' is not a run folder (no config.yaml): pass runs/NAME of a finished run")
+
+
+def stage_folders(root: Path) -> list[Path]:
+    """A recipe root's ``stageK-METHOD`` folders in stage order (empty for a single run)."""
+    def number(d: Path) -> int:
+        digits = "".join(c for c in d.name.split("-")[0] if c.isdigit())
+        return int(digits or 0)
+
+    return sorted((d for d in root.glob("stage*-*") if d.is_dir() and (d / "config.yaml").is_file()), key=number)
+
+
+def run_config(run_dir: Path) -> Config:
+    """The resolved config a run wrote (``config.yaml``)."""
+    return apply_overrides(Config(), load_yaml(run_dir / "config.yaml"))
+
+
+def trains_classifier(method: str) -> bool:
+    """Whether ``method`` trains the classifier head (pre-training methods leave it untrained)."""
+    from semivit.methods import method_class
+
+    try:
+        return bool(method_class(method).trains_classifier)
+    except SemivitError:
+        return True
+
+
+@dataclass
+class Pool:
+    """A training part as the labeling loop sees it.
+
+    ``known``: the labels the loop already has (image index → class index): a run's training and
+    validation labels, or, for a data source, the labels it holds (``--labels``/``--split`` narrow them).
+    ``candidates``: every other image, in index order. ``hidden``: whether the data holds labels for some
+    candidates (a simulation on a labeled set; they are used only to measure, never to choose).
+    """
+
+    cfg: Config
+    train: ImageSet
+    known: dict[int, int]
+    candidates: np.ndarray
+    run_dir: Path | None = None
+    test: ImageSet | None = None
+    val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # a run's validation images
+    val_from: str = "none"  # where the run's validation labels came from (split.json)
+
+    @property
+    def labeled(self) -> np.ndarray:
+        return np.array(sorted(self.known), dtype=np.int64)
+
+    @property
+    def hidden(self) -> bool:
+        return bool(len(self.candidates)) and bool((self.train.labels[torch.from_numpy(self.candidates)] >= 0).any())
+
+    def class_name(self, c: int) -> str:
+        return self.train.classes[c] if 0 <= c < len(self.train.classes) else str(c)
+
+
+def _load(cfg: Config) -> Any:
+    from semivit.data.sources import load_source
+
+    d = cfg.data
+    return load_source(d.source, test=d.test, unlabeled=d.unlabeled, root=d.root, download=d.download,
+                       image_size=d.image_size, on_corrupt=d.on_corrupt)
+
+
+def pool_from_run(run: str | Path) -> Pool:
+    """The training part of a finished run, with its training and validation labels as known (its
+    ``split.json``), and the rest as candidates."""
+    from semivit.data.splits import load_split
+
+    run_dir = run_folder(run)
+    cfg = run_config(run_dir)
+    bundle = _load(cfg)
+    train = bundle.train
+    split_file = run_dir / "split.json"
+    if not split_file.is_file():
+        raise SemivitError(f"'{run_dir}' has no split.json: pass a finished run folder")
+    split = load_split(str(split_file), train, cfg.data.val, cfg.train.seed)
+    labeled = torch.cat([split.labeled, split.val]).tolist()
+    pool = _pool(cfg, train, {i: int(train.labels[i]) for i in labeled}, run_dir, bundle.test)
+    pool.val, pool.val_from = split.val.numpy().astype(np.int64), split.val_from
+    return pool
+
+
+def pool_from_data(cfg: Config, labels: str = "all", split: str | None = None) -> Pool:
+    """The training part of ``cfg.data``: its labels as known (``labels``: ``all`` (default), ``0``/``none``
+    to start from nothing — a simulation on a labeled set —, or any ``--labels`` spec; ``split``: a
+    split.json or list file of the labeled images)."""
+    from semivit.data.splits import load_split, make_split
+
+    bundle = _load(cfg)
+    train = bundle.train
+    known_idx = torch.nonzero(train.labels >= 0).flatten()
+    spec = labels.strip().lower()
+    if split:
+        s = load_split(split, train, "0", cfg.train.seed)
+        chosen = torch.cat([s.labeled, s.val])
+    elif spec == "all":
+        chosen = known_idx
+    elif spec in ("0", "none"):
+        chosen = torch.zeros(0, dtype=torch.long)
+    else:
+        s = make_split(train, labels, "0", cfg.train.seed)
+        chosen = s.labeled
+    return _pool(cfg, train, {int(i): int(train.labels[i]) for i in chosen}, None, bundle.test)
+
+
+def _pool(cfg: Config, train: ImageSet, known: dict[int, int], run_dir: Path | None,
+          test: ImageSet | None) -> Pool:
+    everything = np.arange(len(train))
+    candidates = everything[~np.isin(everything, np.array(sorted(known), dtype=np.int64))]
+    if len(candidates) == 0:
+        raise SemivitError("every training image is already labeled: nothing to suggest (on a labeled data set, "
+                           "pass --labels 0 to start from no labels, or --labels 2-per-class)")
+    return Pool(cfg, train, known, candidates, run_dir, test)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def load_encoder(pool: Pool, encoder: str | None) -> Any:
+    """The model whose features embed the pool: ``encoder`` (a run or hub folder, ``local-dir:``/
+    ``hf-hub:``/a tagged timm name for a pretrained backbone), else the pool's run. ``pixels`` returns None
+    (raw pixels, see :func:`embed`)."""
+    from semivit.probe import _model_for  # the one place that builds a frozen encoder from a run or a name
+
+    if encoder == "pixels":
+        return None
+    if encoder is None:
+        if pool.run_dir is None:
+            raise SemivitError("no encoder to embed the images: pass --encoder RUN_FOLDER (e.g. a simclr, mae or "
+                               "byol run), --encoder vit_small_patch14_dinov2.lvd142m, or --encoder pixels")
+        encoder = str(pool.run_dir)
+    path = Path(encoder).expanduser()
+    if path.exists():
+        from semivit.engine.checkpoint import load_model
+        from semivit.export import is_hub_folder
+
+        model, _ = load_model(run_folder(path) if path.is_dir() and not is_hub_folder(path) else path)
+        check_model_fits(model, pool.train, encoder)
+        return model.eval()
+    cfg = apply_overrides(pool.cfg, {"model.name": encoder, "model.pretrained": "hub"})
+    return _model_for(cfg, pool, None)
+
+
+def check_model_fits(model: Any, images: ImageSet, what: str) -> None:
+    spec = model.spec
+    if spec.in_chans != images.channels or spec.image_size != images.image_size[0]:
+        raise SemivitError(f"the data is {images.channels}×{images.image_size[0]} px but '{what}' takes "
+                           f"{spec.in_chans}×{spec.image_size} px: use a model trained on this data, or set "
+                           f"data.image_size")
+
+
+def embed(model: Any, images: ImageSet, device: str = "cpu", seed: int = 0) -> np.ndarray:
+    """L2-normalised embeddings of every image: the model's own embedding or pooled features
+    (:func:`~semivit.engine.evaluate.extract_features`), or, with no model, standardised raw pixels
+    reduced by PCA to ≤ 50 dimensions (a baseline that only suits tiny images such as 8×8 digits)."""
+    from semivit.labeling.select import normalize
+
+    if model is not None:
+        from semivit.engine.evaluate import extract_features
+
+        return normalize(extract_features(model, images, device=device, embedding=True).numpy())
+    from sklearn.decomposition import PCA
+
+    x = images.get(torch.arange(len(images))).reshape(len(images), -1).float().numpy()
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    k = min(50, x.shape[1], len(x))
+    return normalize(PCA(n_components=k, random_state=seed).fit_transform(x))
+
+
+def teacher_probs(model: Any, images: ImageSet, device: str = "cpu") -> np.ndarray:
+    """Class probabilities of the run's evaluation model (the EMA teacher where there is one)."""
+    from semivit.engine.evaluate import predict_logits
+
+    return predict_logits(model, images, device=device).softmax(1).numpy()
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _file_of(source: str, image_id: str) -> Path | None:
+    """The file an image id of ``source`` names: CSV rows are relative to the CSV's folder; folder ids are
+    relative to the folder or to its ``train/`` part. None for sources without files (arrays, zips)."""
+    root = Path(source).expanduser()
+    if root.suffix.lower() == ".csv" and root.is_file():
+        candidates = [root.parent / image_id]
+    elif root.is_dir():
+        candidates = [root / image_id, root / "train" / image_id]
+    else:
+        return None
+    return next((c.resolve() for c in candidates if c.is_file()), None)
+
+
+def image_files(cfg: Config, train: ImageSet) -> list[Path | None]:
+    """Each training image's file (None for images without one: arrays, zip members)."""
+    out: list[Path | None] = []
+    pool_spec = cfg.data.unlabeled
+    for image_id in train.ids:
+        found = None
+        if pool_spec and image_id.startswith(UNLABELED_PREFIX):
+            found = _file_of(pool_spec, image_id[len(UNLABELED_PREFIX):])
+        out.append(found or _file_of(cfg.data.source, image_id))
+    return out
+
+
+def resolve_device(name: str) -> str:
+    from semivit.engine.trainer import resolve_device as resolve
+
+    return str(resolve(name))

@@ -1,0 +1,175 @@
+"""``semivit suggest``: the unlabeled images to label next, as a CSV and a contact sheet.
+
+Cold start — no run, a run whose head is untrained (pre-training), or fewer than :data:`COLD_PER_CLASS`
+labels per class — embeds the pool with a self-supervised encoder and picks typical, diverse images
+(TypiClust, or ProbCover). Later rounds combine the run's teacher uncertainty with diversity. See
+:mod:`semivit.labeling.select` for the rules and the papers they follow.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from semivit.errors import SemivitError
+from semivit.labeling import select
+from semivit.labeling.pool import (
+    Pool,
+    embed,
+    image_files,
+    load_encoder,
+    resolve_device,
+    run_config,
+    teacher_probs,
+    trains_classifier,
+)
+
+log = logging.getLogger("semivit")
+
+STRATEGIES = ("auto", "typiclust", "probcover", "uncertainty", "random")
+UNCERTAINTIES = ("margin", "entropy")
+DIVERSITIES = ("kmeans++", "kcenter")
+#: below this many labels per class a teacher's uncertainty is not yet worth much: TypiClust's low-budget
+#: regime (Hacohen et al. 2022, Fig. 1) holds to a few labels per class
+COLD_PER_CLASS = 3
+
+
+@dataclass
+class Suggestion:
+    """The chosen images in choice order: pool indices, what chose them, and the teacher's guesses."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+    clusters: np.ndarray
+    strategy: str
+    guesses: list[str] | None = None
+    confidences: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def teacher_of(pool: Pool) -> Any:
+    """The run's evaluation model when it has a trained classifier (None for a data pool or a pre-training
+    run, whose head was never trained)."""
+    if pool.run_dir is None or not trains_classifier(run_config(pool.run_dir).train.method):
+        return None
+    from semivit.engine.checkpoint import load_model
+
+    model, _ = load_model(pool.run_dir)
+    return model.eval()
+
+
+def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | None = None,
+            uncertainty: str = "margin", diversity: str = "kmeans++", seed: int = 0, device: str = "cpu",
+            min_distance: float | None = None) -> Suggestion:
+    """Choose ``budget`` images of ``pool.candidates`` to label next (distinct, unlabeled, no near-duplicate
+    of a labeled image; the same seed gives the same images)."""
+    if budget < 1:
+        raise SemivitError(f"--budget is {budget}: ask for at least 1 image")
+    for value, allowed, what in ((strategy, STRATEGIES, "--strategy"), (uncertainty, UNCERTAINTIES, "--uncertainty"),
+                                 (diversity, DIVERSITIES, "--diversity")):
+        if value not in allowed:
+            raise SemivitError(f"unknown {what} '{value}': use one of {', '.join(allowed)}")
+    budget = min(budget, len(pool.candidates))
+    device = resolve_device(device)
+    teacher = teacher_of(pool)
+    probs = teacher_probs(teacher, pool.train, device) if teacher is not None else None
+    labeled = pool.labeled
+    if strategy == "auto":
+        few = len(labeled) < COLD_PER_CLASS * max(1, pool.train.num_classes)
+        strategy = "typiclust" if teacher is None or few else "uncertainty"
+    if strategy == "uncertainty" and probs is None:
+        raise SemivitError("--strategy uncertainty needs a run whose classifier was trained: pass a run of "
+                           "supervised/fixmatch/ema_teacher/..., or use --strategy typiclust")
+    if strategy == "random":
+        chosen, scores, clusters = select.random_choice(labeled, pool.candidates, budget, seed)
+    else:
+        model = teacher if strategy == "uncertainty" and encoder is None else load_encoder(pool, encoder)
+        emb = embed(model, pool.train, device, seed)
+        radius = select.duplicate_radius(emb, seed) if min_distance is None else float(min_distance)
+        log.info("suggest: %s over %d unlabeled images (%d labeled); near-duplicates: closer than %.4g",
+                 strategy, len(pool.candidates), len(labeled), radius)
+        if strategy == "typiclust":
+            chosen, scores, clusters = select.typiclust(emb, labeled, pool.candidates, budget, seed, radius)
+        elif strategy == "probcover":
+            k = pool.train.num_classes or budget
+            delta = select.probcover_delta(emb, k, seed)
+            log.info("suggest: ProbCover ball radius δ = %.4g (purity %.2f over %d k-means clusters)",
+                     delta, select.PURITY, k)
+            chosen, scores, clusters = select.probcover(emb, labeled, pool.candidates, budget, delta, radius)
+        else:
+            u = select.uncertainty(probs, uncertainty)  # type: ignore[arg-type]
+            if diversity == "kmeans++":
+                chosen, scores, clusters = select.weighted_kmeanspp(emb, labeled, pool.candidates, budget, u,
+                                                                    seed, radius)
+            else:
+                chosen, scores, clusters = select.kcenter_greedy(emb, labeled, pool.candidates, budget, u,
+                                                                 radius=radius)
+            strategy = f"uncertainty ({uncertainty}) + {diversity}"
+    out = Suggestion(chosen, scores, clusters, strategy)
+    if probs is not None:
+        p = torch.from_numpy(probs[chosen])
+        out.guesses = [pool.class_name(int(c)) for c in p.argmax(1)]
+        out.confidences = p.max(1).values.numpy()
+    return out
+
+
+def hidden_coverage(pool: Pool, s: Suggestion) -> tuple[int, int] | None:
+    """How many classes the chosen images cover by the data's hidden labels, of how many (a simulation on
+    a labeled set only; None otherwise)."""
+    truth = pool.train.labels[torch.from_numpy(s.indices)]
+    if len(truth) == 0 or (truth < 0).any():
+        return None
+    return len(set(truth.tolist())), pool.train.num_classes
+
+
+def display_names(pool: Pool) -> list[str]:
+    """What the CSV's ``path`` column shows for each image: its file, else its id."""
+    return [str(f) if f is not None else pool.train.ids[i]
+            for i, f in enumerate(image_files(pool.cfg, pool.train))]
+
+
+def write_csv(pool: Pool, s: Suggestion, path: str | Path) -> Path:
+    """``path,label,cluster,score,guess,confidence``: ``label`` is empty for a person to fill in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = display_names(pool)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "cluster", "score", "guess", "confidence"])
+        for n, i in enumerate(s.indices):
+            writer.writerow([names[i], "", int(s.clusters[n]) if s.clusters[n] >= 0 else "", f"{s.scores[n]:.6g}",
+                             s.guesses[n] if s.guesses else "",
+                             f"{s.confidences[n]:.4f}" if s.confidences is not None else ""])
+    return path
+
+
+def write_sheet(pool: Pool, s: Suggestion, path: str | Path, title: str = "images to label") -> Path:
+    """A self-contained HTML contact sheet of the chosen images, in choice order."""
+    from semivit.report.html import esc, grid, page, png_data_uri, tile
+
+    path = Path(path)
+    names = display_names(pool)
+    images = pool.train.get(torch.from_numpy(s.indices)) if len(s) else []
+    tiles = []
+    for n, i in enumerate(s.indices):
+        caption = f"#{n + 1} {esc(Path(names[i]).name)}"
+        if s.clusters[n] >= 0:
+            caption += f"<br>cluster {int(s.clusters[n])}"
+        caption += f"<br>score {s.scores[n]:.3g}"
+        if s.guesses:
+            caption += f"<br>guess <b>{esc(s.guesses[n])}</b> {s.confidences[n]:.2f}"  # type: ignore[index]
+        tiles.append(tile(png_data_uri(images[n]), caption, title=names[i]))
+    body = (f"<h1>{esc(title)}</h1><p>{len(s)} images chosen by {esc(s.strategy)} from {len(pool.candidates)} "
+            f"unlabeled ({len(pool.known)} labeled) of {esc(pool.cfg.data.source)}. Write each one's class into "
+            "the <code>label</code> column of the CSV beside this page, then merge it with "
+            "<code>semivit suggest … --accept</code>.</p>" + grid(tiles))
+    path.write_text(page(title, body))
+    return path
