@@ -35,6 +35,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "or hf-hub:/local-dir:), none, or a local .safetensors/.pth file")
     g.add_argument("--steps", type=int, help="optimizer steps")
     g.add_argument("--epochs", type=float, help="epochs over the labeled images (instead of --steps)")
+    g.add_argument("--budget", help="wall-clock time for the whole run, e.g. 15m or 1h: every stage is timed and "
+                                    "its steps (and schedules) planned to fit, keeping the recipe's proportions")
     g.add_argument("--batch-size", type=int, help="labeled images per step (over all processes)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="cpu | cuda | auto")
@@ -74,16 +76,37 @@ def build_config(args: argparse.Namespace) -> Config:
 def cmd_train(args: argparse.Namespace) -> int:
     from semivit.engine.trainer import train
 
-    result = train(build_config(args))
+    cfg = build_config(args)
+    if args.budget:  # one stage, planned like a recipe's (semivit/planning.py)
+        import time
+
+        from semivit.data import prepare_data
+        from semivit.engine.trainer import run_name
+        from semivit.planning import parse_budget, plan_run
+
+        start = time.perf_counter()
+        data = prepare_data(cfg.data, cfg.train.seed)
+        plan_run([cfg], data, parse_budget(args.budget), Path(cfg.train.out) / run_name(cfg),
+                 spent=time.perf_counter() - start)
+        result = train(cfg, data)
+    else:
+        result = train(cfg)
     _print_metrics(result.metrics, result.run_dir)
+    _write_report(result.run_dir)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from semivit.pipeline import run_recipe
 
-    result = run_recipe(args.recipe, _overrides(args))
+    budget = None
+    if args.budget:
+        from semivit.planning import parse_budget
+
+        budget = parse_budget(args.budget)
+    result = run_recipe(args.recipe, _overrides(args), budget=budget)
     _print_metrics(result.metrics, result.run_dir)
+    _write_report(result.run_dir)  # the recipe's folder: one section per stage
     return 0
 
 
@@ -208,6 +231,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from semivit.data.sources.shards import write_shards
+
+    counts = write_shards(args.source, args.out, args.shard_size, test=args.test, unlabeled=args.unlabeled,
+                          root=args.root, on_corrupt=args.on_corrupt)
+    print(", ".join(f"{n} {part} shard(s)" for part, n in counts.items()) + f" in {args.out}: read them with "
+          f"--data {args.out} (or --data '{args.out}/train-{{000000..{counts['train'] - 1:06d}}}.tar')")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from semivit.export import export_run
 
@@ -215,6 +248,54 @@ def cmd_export(args: argparse.Namespace) -> int:
                             exporter=args.onnx_exporter)
     print(f"wrote {summary}")
     return 0
+
+
+def _labeling_pool(args: argparse.Namespace) -> Any:
+    from semivit.labeling.commands import make_pool
+
+    return make_pool(args.run, getattr(args, "data", None), test=getattr(args, "test", None),
+                     unlabeled=getattr(args, "unlabeled", None), labels=getattr(args, "labels", "all"),
+                     split=getattr(args, "split", None), seed=getattr(args, "seed", 0),
+                     settings=parse_set_args(getattr(args, "set", [])))
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from semivit.labeling.commands import accept, suggest_command
+
+    pool = _labeling_pool(args)
+    if args.accept:
+        print(accept(pool, args.accept, args.output))
+        return 0
+    print(suggest_command(pool, args.budget, args.output or "to_label.csv", strategy=args.strategy,
+                          encoder=args.encoder, uncertainty=args.uncertainty, diversity=args.diversity,
+                          seed=args.seed, device=args.device, min_distance=args.min_distance))
+    return 0
+
+
+def cmd_pseudolabels(args: argparse.Namespace) -> int:
+    from semivit.labeling.commands import accept, pseudolabels_command
+
+    pool = _labeling_pool(args)
+    if args.accept:
+        print(accept(pool, args.accept, args.output))
+        return 0
+    print(pseudolabels_command(pool, args.output or "pseudo.csv", html=args.html, threshold=args.threshold,
+                               per_class=args.per_class, device=args.device))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from semivit.report import write_report
+
+    print(f"report: {write_report(args.run, args.output, device=args.device)}")
+    return 0
+
+
+def _write_report(run_dir: Path) -> None:
+    """The run's report.html at the end of train/run; a failure there only warns (the run itself is done)."""
+    from semivit.report import write_report_or_warn
+
+    write_report_or_warn(run_dir)
 
 
 def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
@@ -295,6 +376,61 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="predictions.csv")
     p.add_argument("--topk", type=int, default=5)
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("shards", help="write any data source as WebDataset-style tar shards (train-000000.tar, ...)")
+    p.add_argument("source", help="a data source: folder, .zip, .csv, .npz, Hugging Face data, shards, built-in name")
+    p.add_argument("out", help="a new folder for the shards (train-*.tar, test-*.tar, val-*.tar, classes.txt)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="samples per shard (default 10000)")
+    p.add_argument("--test", help="a separate test part to write as test-*.tar")
+    p.add_argument("--unlabeled", help="an extra pool of unlabeled images, appended to the train shards")
+    p.add_argument("--root", help="where built-in sets live (data.root)")
+    p.add_argument("--on-corrupt", default="skip", choices=["skip", "fail"], help="unreadable images")
+    p.set_defaults(func=cmd_shards)
+    p = sub.add_parser("suggest", help="the unlabeled images to label next (CSV + contact sheet), or merge "
+                                       "the labels written into that CSV (--accept)")
+    p.add_argument("run", nargs="?", help="a finished run (its teacher and labels); omit it and pass --data for a "
+                                          "cold start")
+    p.add_argument("--data", help="cold start: a data source (folder, CSV, .npz, built-in name)")
+    p.add_argument("--test", help="with --data: its separate test part (kept in merged .npz files)")
+    p.add_argument("--unlabeled", help="with --data: an extra pool of unlabeled images")
+    p.add_argument("--labels", default="all", help="with --data: which of its labels count as known: all "
+                   "(default), 0 (none: a simulation on a labeled set) or an N-per-class/N/P%% spec")
+    p.add_argument("--split", help="with --data: a split.json or list file naming the labeled images")
+    p.add_argument("--budget", type=int, help="how many images to choose")
+    p.add_argument("-o", "--output", help="the CSV to write (default to_label.csv; a contact sheet .html goes "
+                   "beside it); with --accept: the merged labels, .csv (manifest), .txt (--split list), .json or .npz")
+    p.add_argument("--strategy", default="auto", help="auto (TypiClust while labels are few, then uncertainty), "
+                   "typiclust, probcover, uncertainty, random")
+    p.add_argument("--encoder", help="what embeds the images: a run or hub folder (e.g. a simclr/mae/byol run), a "
+                   "pretrained backbone name (vit_small_patch14_dinov2.lvd142m, hf-hub:..., local-dir:...) or "
+                   "pixels (tiny images only); default: the run's model")
+    p.add_argument("--uncertainty", default="margin", help="margin or entropy (later rounds)")
+    p.add_argument("--diversity", default="kmeans++", help="kmeans++ (uncertainty-weighted) or kcenter (later rounds)")
+    p.add_argument("--min-distance", type=float, help="embedding distance under which an image is a near-duplicate "
+                   "of a labeled one (default: a tenth of the median nearest-neighbour distance)")
+    p.add_argument("--accept", metavar="CSV", help="merge the labels a person wrote into this CSV, write -o")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --data: data settings "
+                   "(e.g. data.image_size=64)")
+    p.set_defaults(func=cmd_suggest)
+
+    p = sub.add_parser("pseudolabels", help="the run's teacher's label for every unlabeled image, for review "
+                                            "(CSV, HTML per class); --accept turns kept rows into labels")
+    p.add_argument("run", help="a finished run whose classifier was trained")
+    p.add_argument("-o", "--output", help="the CSV to write (default pseudo.csv); with --accept: the merged labels")
+    p.add_argument("--html", action="store_true", help="also write a contact sheet per class beside the CSV")
+    p.add_argument("--threshold", type=float, help="τ for the passes column (default: the run's method.threshold)")
+    p.add_argument("--per-class", type=int, default=120, help="images per class on the contact sheet")
+    p.add_argument("--accept", metavar="CSV", help="a reviewed pseudo.csv: rows with keep=yes become labels")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.set_defaults(func=cmd_pseudolabels)
+
+    p = sub.add_parser("report", help="a self-contained report.html of a run (curves, confusion, calibration, "
+                                      "test images)")
+    p.add_argument("run", help="a run folder, or a recipe's folder (one section per stage)")
+    p.add_argument("-o", "--output", help="where to write it (default RUN/report.html)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

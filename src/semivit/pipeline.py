@@ -11,6 +11,7 @@ with ``--resume`` finished stages are skipped and an interrupted one continues a
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,19 +64,27 @@ def stage_configs(recipe: dict[str, Any], overrides: dict[str, Any]) -> tuple[st
 
 
 def run_recipe(recipe_name: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None,
-               run_name: str | None = None) -> TrainResult:
+               run_name: str | None = None, budget: float | None = None) -> TrainResult:
     """Run every stage of a recipe (a shipped name, a YAML file or its parsed dict); returns the last
-    stage's result."""
+    stage's result. ``budget`` (seconds) plans every stage's steps to fit it (:mod:`semivit.planning`)."""
+    start = time.perf_counter()
     recipe = recipe_name if isinstance(recipe_name, dict) else load_yaml(find_recipe(recipe_name))
     name, configs = stage_configs(recipe, overrides or {})
     first = configs[0]
     root = Path(first.train.out) / (run_name or first.train.name or name)
-    return run_stages(configs, root)
+    return run_stages(configs, root, budget=budget, start=start)
 
 
-def run_stages(configs: list[Config], root: Path, data: Any = None) -> TrainResult:
-    """Run resolved stage configs in ``root/stageK-METHOD`` (``data``: already prepared, to share it)."""
+def run_stages(configs: list[Config], root: Path, data: Any = None, budget: float | None = None,
+               start: float | None = None) -> TrainResult:
+    """Run resolved stage configs in ``root/stageK-METHOD`` (``data``: already prepared, to share it;
+    ``budget``: seconds for all stages together, counted from ``start``)."""
+    start = time.perf_counter() if start is None else start
     data = data if data is not None else prepare_data(configs[0].data, configs[0].train.seed)
+    if budget:
+        from semivit.planning import plan_run
+
+        plan_run(configs, data, budget, root, spent=time.perf_counter() - start)
     previous: Path | None = None
     result: TrainResult | None = None
     for k, cfg in enumerate(configs, 1):

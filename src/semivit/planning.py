@@ -1,0 +1,203 @@
+"""``--budget 20m``: a wall-clock budget for a whole recipe, planned before training instead of cut short.
+
+A recipe's step counts are tuned for one machine and one data set; the same recipe on a slower machine or
+larger images would either overrun or, with ``train.time_limit``, stop in the middle of its schedules (the
+learning rate never anneals, the EMA teacher never catches up). Instead, before the first stage:
+
+1. every stage is timed on the data it will train on: a few optimizer steps of its method, model and batch on
+   a throw-away copy (the first step is not counted: it pays for allocation and caching);
+2. one factor s scales every stage's nominal steps, n_k → round(s·n_k), so that Σ s·n_k·t_k fits the budget
+   left after loading the data and timing, less a reserve for validation, the final test pass and export:
+   the recipe keeps its proportions between stages, and each stage's warm-up and cosine schedule (and the
+   EMA momenta, declared for their stage length: :mod:`semivit.engine.ema`) are planned for the steps it
+   will really get;
+3. the plan is printed (steps per stage, images per step, seconds per step, expected minutes) and written to
+   ``plan.json``; ``--resume`` reuses it, so a resumed run trains exactly the planned steps. Each stage also
+   gets a hard ``train.time_limit`` of 1.5× its share, a guard against a machine that slows down later.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semivit.config import Config
+from semivit.errors import SemivitError
+
+log = logging.getLogger("semivit")
+
+#: share of the budget kept for validation passes, the final test evaluation and exports
+RESERVE = 0.1
+MIN_STEPS = 20  # below this a stage's schedule is meaningless: the budget is too small for the recipe
+TIME_LIMIT_GUARD = 1.5
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_budget(text: str | float | int) -> float:
+    """Seconds from ``"15m"``, ``"1h30m"``, ``"90s"``, ``"2.5h"`` or a plain number of seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        value = str(text).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)([smh]?)", value)
+        if not value or "".join(n + u for n, u in parts) != value:
+            raise SemivitError(f"cannot read the budget '{text}': use e.g. 15m, 1h30m, 90s or a number of seconds")
+        seconds = sum(float(n) * _UNITS[u or "s"] for n, u in parts)
+    if seconds <= 0:
+        raise SemivitError(f"the budget must be positive, got '{text}'")
+    return seconds
+
+
+@dataclass
+class StagePlan:
+    method: str
+    nominal_steps: int
+    steps: int
+    images_per_step: int
+    seconds_per_step: float
+
+    @property
+    def seconds(self) -> float:
+        return self.steps * self.seconds_per_step
+
+
+def time_stage(cfg: Config, data: Any, previous: Config | None = None, steps: int = 4) -> tuple[float, int]:
+    """Seconds per optimizer step (forward, backward, optimizer, the method's end-of-step update, the batch
+    with its views) of ``cfg``'s stage on ``data``, on a throw-away model; and images per step.
+
+    Nothing is written: a stage that needs earlier stages' weights (a fine-tune, a teacher) is timed on a
+    fresh network of the same shape (``previous``: the stage before, whose model stands in as the teacher)."""
+    from semivit.engine.checkpoint import export_weights
+    from semivit.engine.optim import build_optimizer
+    from semivit.engine.trainer import Trainer
+    from semivit.methods import method_class
+    from semivit.pipeline import TEACHER_METHODS
+
+    cfg = copy.deepcopy(cfg)
+    cfg.train.steps, cfg.train.epochs = max(steps, 1) + 1, None
+    # an earlier stage's file is not written yet, and hub weights need not be read: the shape is what counts
+    cfg.model.pretrained = "none"
+    with tempfile.TemporaryDirectory() as tmp:
+        if cfg.train.method in TEACHER_METHODS and previous is not None:
+            stand_in = copy.deepcopy(previous)
+            stand_in.model.pretrained = "none"
+            stand_in.train.method = "supervised"
+            net = Trainer(stand_in, data)._build_model()
+            export_weights(net, Path(tmp) / "teacher.safetensors", net.spec.to_dict())
+            cfg.method = {**cfg.method, "teacher": str(Path(tmp) / "teacher.safetensors")}
+        trainer = Trainer(cfg, data, run_dir=Path(tmp) / "probe")
+        method = method_class(cfg.train.method)(trainer._build_model(), trainer.params, data.train.num_classes,
+                                                cfg.train.steps)
+        method.setup(len(data.train))
+        method.to(trainer.device)
+        batches = trainer._batch_maker(method)
+        optimizer = build_optimizer(method, cfg.optim)
+        method.train()
+        times, images = [], 0
+        for i in range(steps + 1):
+            start = time.perf_counter()
+            batch = batches.next(i)
+            out = method(batch, i)
+            out.loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            method.on_step_end(i)
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first step pays for allocations and caches
+                times.append(time.perf_counter() - start)
+            images = batch.size
+    return sorted(times)[len(times) // 2], images
+
+
+def plan_budget(configs: list[Config], data: Any, budget: float, spent: float = 0.0) -> list[StagePlan]:
+    """Scale every stage's ``train.steps`` (in place) so the recipe fits ``budget`` seconds, ``spent`` of
+    which are gone already (data loading); returns the plan. See the module docstring."""
+    if any(c.train.steps is None for c in configs):
+        raise SemivitError("--budget plans from each stage's train.steps: give the recipe's stages steps, not epochs")
+    start = time.perf_counter()
+    timings = []
+    for k, cfg in enumerate(configs):
+        timings.append(time_stage(cfg, data, configs[k - 1] if k else None))
+    left = (budget - spent - (time.perf_counter() - start)) * (1 - RESERVE)
+    nominal = [int(c.train.steps) for c in configs]  # type: ignore[arg-type]
+    cost = sum(n * t for n, (t, _) in zip(nominal, timings))
+    scale = left / cost if cost > 0 else 1.0
+    plans = [StagePlan(c.train.method, n, max(1, round(n * scale)), images, t)
+             for c, n, (t, images) in zip(configs, nominal, timings)]
+    short = [p for p in plans if p.steps < MIN_STEPS]
+    if left <= 0 or short:
+        need = sum(MIN_STEPS * t for t, _ in timings) / (1 - RESERVE) + spent + (time.perf_counter() - start)
+        raise SemivitError(f"a budget of {budget / 60:.1f} min leaves {short[0].method if short else 'no stage'} "
+                           f"fewer than {MIN_STEPS} steps on this machine: give at least {need / 60:.1f} min, "
+                           f"or a smaller model / batch")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # every rank timed its own steps; all must train the same number: rank 0's plan for everyone
+        steps = torch.tensor([p.steps for p in plans], dtype=torch.float64)
+        torch.distributed.broadcast(steps, 0)
+        for p, n in zip(plans, steps.tolist()):
+            p.steps = int(n)
+    apply_plan(configs, plans)
+    return plans
+
+
+def plan_run(configs: list[Config], data: Any, budget: float, root: Path, spent: float = 0.0) -> list[StagePlan]:
+    """Plan ``configs`` for ``budget`` (or, with ``train.resume``, reuse ``root/plan.json``), apply it, log it
+    and save it."""
+    path = root / "plan.json"
+    saved = load_plan(path) if configs[0].train.resume else None
+    if saved is not None:
+        apply_plan(configs, saved)
+        log.info("resuming with the plan saved in %s", path)
+        plans = saved
+    else:
+        plans = plan_budget(configs, data, budget, spent)
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+                torch.distributed.get_rank() == 0:
+            save_plan(plans, budget, path)
+    log.info(describe_plan(plans, budget))
+    return plans
+
+
+def apply_plan(configs: list[Config], plans: list[StagePlan]) -> None:
+    if len(plans) != len(configs):
+        raise SemivitError(f"the saved plan has {len(plans)} stages but the recipe {len(configs)}: start a new run "
+                           f"(another --name) instead of --resume")
+    for cfg, p in zip(configs, plans):
+        cfg.train.steps, cfg.train.epochs = p.steps, None
+        cfg.train.time_limit = p.seconds * TIME_LIMIT_GUARD
+
+
+def describe_plan(plans: list[StagePlan], budget: float) -> str:
+    lines = [f"plan for a budget of {budget / 60:.1f} min (steps scaled from the recipe's, same proportions):"]
+    for k, p in enumerate(plans, 1):
+        lines.append(f"  stage {k} {p.method:>14}: {p.steps:>6} steps (recipe {p.nominal_steps}), "
+                     f"{p.images_per_step} images/step, {p.seconds_per_step:.3f} s/step → {p.seconds / 60:.1f} min")
+    total = sum(p.seconds for p in plans)
+    lines.append(f"  training {total / 60:.1f} min; the rest is for data loading, timing, validation and export")
+    return "\n".join(lines)
+
+
+def save_plan(plans: list[StagePlan], budget: float, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"budget_seconds": budget, "stages": [asdict(p) for p in plans]}, indent=2))
+
+
+def load_plan(path: Path) -> list[StagePlan] | None:
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        return [StagePlan(**s) for s in raw["stages"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SemivitError(f"cannot read the saved plan '{path}' ({type(e).__name__}): delete it to plan again") \
+            from None

@@ -1,0 +1,77 @@
+"""``--budget``: stages timed, steps scaled together to fit, schedules planned for them, plan reused on resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semivit.errors import SemivitError
+from semivit.planning import StagePlan, apply_plan, parse_budget, plan_budget, plan_run
+from tests.conftest import tiny_config
+
+
+def test_parse_budget() -> None:
+    assert parse_budget("15m") == 900 and parse_budget("1h30m") == 5400 and parse_budget("90s") == 90
+    assert parse_budget("2.5h") == 9000 and parse_budget("45") == 45 and parse_budget(30) == 30
+    for bad in ("soon", "10x", "", "-5m", "0"):
+        with pytest.raises(SemivitError, match="budget"):
+            parse_budget(bad)
+
+
+def _two_stages(tmp_path):
+    from semivit.data import prepare_data
+
+    mae = tiny_config(tmp_path, **{"train.method": "mae", "train.steps": 100, "train.batch_size": 32})
+    sup = tiny_config(tmp_path, **{"train.method": "supervised", "train.steps": 300})
+    return [mae, sup], prepare_data(mae.data, 0)
+
+
+def test_plan_keeps_the_recipes_proportions_and_fits_the_budget(tmp_path) -> None:
+    configs, data = _two_stages(tmp_path)
+    plans = plan_budget(configs, data, budget=40.0)
+    assert [c.train.steps for c in configs] == [p.steps for p in plans]
+    ratio = plans[1].steps / plans[0].steps
+    assert ratio == pytest.approx(3.0, rel=0.05)  # 300 : 100, whatever the machine
+    planned = sum(p.seconds for p in plans)
+    assert planned <= 40.0 * 0.9 and planned >= 0.5 * 40.0 * 0.9 - 5  # the budget, less the reserve and timing
+    assert all(c.train.time_limit == pytest.approx(p.seconds * 1.5) for c, p in zip(configs, plans))
+
+
+def test_a_budget_too_small_says_how_much_is_needed(tmp_path) -> None:
+    configs, data = _two_stages(tmp_path)
+    with pytest.raises(SemivitError, match=r"give at least [\d.]+ min"):
+        plan_budget(configs, data, budget=0.5)
+
+
+def test_resume_reuses_the_saved_plan(tmp_path) -> None:
+    configs, data = _two_stages(tmp_path)
+    saved = [StagePlan("mae", 100, 37, 32, 0.01), StagePlan("supervised", 300, 111, 16, 0.02)]
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "plan.json").write_text(json.dumps({"budget_seconds": 60, "stages": [
+        {"method": p.method, "nominal_steps": p.nominal_steps, "steps": p.steps,
+         "images_per_step": p.images_per_step, "seconds_per_step": p.seconds_per_step} for p in saved]}))
+    for c in configs:
+        c.train.resume = True
+    plan_run(configs, data, 60.0, tmp_path / "root")
+    assert [c.train.steps for c in configs] == [37, 111]  # not re-timed: a resumed run trains the same steps
+    with pytest.raises(SemivitError, match="--resume"):
+        apply_plan(configs[:1], saved)
+
+
+@pytest.mark.slow
+def test_cli_run_with_a_budget_plans_and_trains_the_planned_steps(tmp_path) -> None:
+    from semivit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nmodel: {name: vit_nano, depth: 1, embed_dim: 48, num_heads: 2}\n"
+                      "train: {batch_size: 16, eval_every: 0, log_every: 5}\nstages:\n"
+                      "  - {method: supervised, train: {steps: 100}}\n"
+                      "  - {method: fixmatch, params: {mu: 2}, train: {steps: 200}}\n")
+    assert main(["run", str(recipe), "--labels", "2-per-class", "--budget", "15s", "--out", str(tmp_path),
+                 "--name", "b", "-q"]) == 0
+    plan = json.loads((tmp_path / "b" / "plan.json").read_text())["stages"]
+    for k, stage in enumerate(plan, 1):
+        results = json.loads(next((tmp_path / "b").glob(f"stage{k}-*/results.json")).read_text())
+        assert results["steps"] == stage["steps"]
+    assert plan[1]["steps"] == pytest.approx(2 * plan[0]["steps"], rel=0.05)
