@@ -7,7 +7,8 @@ from semivit.models.factory import create_model
 from semivit.models.pretrained import load_pretrained
 
 
-@pytest.mark.parametrize("size,chans,patch", [(8, 1, 4), (16, 1, 2), (28, 1, 4), (32, 3, 4), (64, 3, 8)])
+@pytest.mark.parametrize("size,chans,patch", [(8, 1, 4), (16, 1, 2), (28, 1, 4), (32, 3, 4), (64, 3, 8),
+                                             (224, 3, 16), (512, 3, 32)])
 def test_vit_patch_size_follows_image_size(size, chans, patch):
     model = create_model("vit_nano", 10, chans, size, depth=1)
     assert model.spec.kwargs["patch_size"] == patch

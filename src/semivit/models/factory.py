@@ -33,10 +33,13 @@ RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 def default_patch_size(image_size: int) -> int:
-    """A patch size that gives a useful number of tokens: 8×8 → 4 (4 tokens), 16 → 2, 32 → 4 (64), 224 → 16.
+    """A patch size that gives a useful number of tokens: 8×8 → 4 (4 tokens), 16 → 2, 32 → 4 (64), 224 → 16
+    (196), 512 → 32 (256).
 
     8×8 digits get 4×4-pixel patches: with 2×2 patches a ViT reached ~40% validation top-1 with 4 labels
-    per class against ~81% with 4×4 (and ran 2× slower) — see benchmarks/RESULTS.md.
+    per class against ~81% with 4×4 (and ran 2× slower) — see benchmarks/RESULTS.md. Above 256 px, 32-px
+    patches keep the sequence at ≤ 256 tokens: a recipe sized for small images stays affordable on large ones
+    (attention grows with the square of the tokens), as ViT-B/32 does at 384 px.
     """
     if image_size <= 8:
         return 4 if image_size % 4 == 0 else 2
@@ -46,7 +49,9 @@ def default_patch_size(image_size: int) -> int:
         return 4
     if image_size <= 64:
         return 8
-    return 16
+    if image_size <= 256:
+        return 16
+    return 32
 
 
 @dataclass
