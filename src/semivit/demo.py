@@ -2,13 +2,13 @@
 
 Both rows use the same split, seed, model and augmentations; the supervised-only row trains on the 40
 labels for as many steps as the pipeline's supervised + semi-supervised stages together. Writes
-``results.csv`` (method, labels, test_top1, seconds), learning curves (PNG) and a small HTML report.
+``results.csv`` (method, labels, test_top1, seconds), learning curves (PNG) and a self-contained HTML report
+with each run's section of the per-run report.
 """
 
 from __future__ import annotations
 
 import csv
-import html
 import time
 from pathlib import Path
 from typing import Any
@@ -22,49 +22,30 @@ LABELS = "4-per-class"
 
 
 def _curves(run_dirs: dict[str, list[Path]], out: Path) -> Path:
-    import matplotlib
+    from semivit.report.html import figure_png
+    from semivit.report.plots import chained_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, dirs in run_dirs.items():
-        offset, xs, ys = 0, [], []
-        for d in dirs:
-            last = 0
-            with open(d / "metrics.csv", newline="") as f:
-                for row in csv.DictReader(f):
-                    step = int(float(row["step"]))
-                    last = max(last, step)
-                    if row.get("val/top1"):
-                        xs.append(offset + step)
-                        ys.append(float(row["val/top1"]))
-            offset += last
-        ax.plot(xs, ys, marker="o", label=label)
-    ax.set_xlabel("step (stages in sequence)")
-    ax.set_ylabel("validation top-1")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
     path = out / "curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path.write_bytes(figure_png(chained_curve(run_dirs), dpi=110))
     return path
 
 
-def _write_report(rows: list[dict[str, Any]], out: Path, png: Path) -> None:
+def _write_report(rows: list[dict[str, Any]], out: Path, png: Path, runs: dict[str, Path] | None = None) -> None:
+    """``results.csv`` and a self-contained ``report.html``: the table, the curves and each run's section of
+    the per-run report (:mod:`semivit.report`)."""
+    from semivit.report import render_sections
+    from semivit.report.html import esc, page, png_bytes_uri, table
+
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["method", "labels", "test_top1", "seconds"])
         writer.writeheader()
         writer.writerows(rows)
-    cells = "".join(f"<tr><td>{html.escape(r['method'])}</td><td>{r['labels']}</td>"
-                    f"<td>{r['test_top1']:.4f}</td><td>{r['seconds']:.0f}</td></tr>" for r in rows)
-    (out / "report.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>semivit demo</title>"
-        "<h1>semivit demo: digits, 4 labels per class</h1>"
-        f"<table border=1 cellpadding=4><tr><th>method</th><th>labels</th><th>test top-1</th>"
-        f"<th>seconds</th></tr>{cells}</table><p><img src='{png.name}' alt='validation curves'></p>")
+    cells = table(["method", "labels", "test top-1", "seconds"],
+                  [[r["method"], r["labels"], f"{r['test_top1']:.4f}", f"{r['seconds']:.0f}"] for r in rows])
+    uri = png_bytes_uri(png.read_bytes())
+    sections = "".join(f"<h1>{esc(name)}</h1>{render_sections(path)}" for name, path in (runs or {}).items())
+    (out / "report.html").write_text(page("semivit demo", "<h1>semivit demo: digits, 4 labels per class</h1>"
+                                          f"{cells}<p><img src='{uri}' alt='validation curves'></p>{sections}"))
 
 
 def run_demo(out: Path = Path("runs/demo"), device: str = "auto", quick: bool = False) -> list[dict[str, Any]]:
@@ -97,7 +78,7 @@ def run_demo(out: Path = Path("runs/demo"), device: str = "auto", quick: bool = 
              "seconds": round(semi_seconds, 1)}]
     stage_dirs = sorted((out / "semivit").glob("stage*"))
     png = _curves({"supervised-only": [out / "supervised"], "semivit": stage_dirs[1:]}, out)
-    _write_report(rows, out, png)
+    _write_report(rows, out, png, {"supervised-only": out / "supervised", "semivit": out / "semivit"})
     print(f"\n{'method':<58}{'labels':>7}{'test top-1':>12}{'seconds':>9}")
     for r in rows:
         print(f"{r['method']:<58}{r['labels']:>7}{r['test_top1']:>12.4f}{r['seconds']:>9.0f}")

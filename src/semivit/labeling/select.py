@@ -166,7 +166,8 @@ def probcover_delta(emb: np.ndarray, num_classes: int, seed: int = 0, alpha: flo
         d[t_cl[i:i + chunk, None] == t_cl[None, :]] = float("inf")
         other[i:i + chunk] = d.min(1).values.numpy()
     finite = other[np.isfinite(other)]
-    return float(np.quantile(finite, 1 - alpha)) if len(finite) else 0.0
+    # "lower": a radius that is itself a distance, so the balls of a share ≥ α stay pure (ties included)
+    return float(np.quantile(finite, 1 - alpha, method="lower")) if len(finite) else 0.0
 
 
 def probcover(emb: np.ndarray, labeled: np.ndarray, candidates: np.ndarray, budget: int, delta: float,

@@ -45,17 +45,26 @@ def png_data_uri(image: np.ndarray | torch.Tensor, max_side: int = 160) -> str:
         img.thumbnail((max_side, max_side), Image.BILINEAR)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return png_bytes_uri(buf.getvalue())
 
 
-def figure_data_uri(fig: Any, dpi: int = 100) -> str:
-    """A matplotlib figure as a PNG data URI (the figure is closed)."""
+def figure_png(fig: Any, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def png_bytes_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def figure_data_uri(fig: Any, dpi: int = 100) -> str:
+    """A matplotlib figure as a PNG data URI (the figure is closed)."""
+    return png_bytes_uri(figure_png(fig, dpi))
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
