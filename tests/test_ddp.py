@@ -53,3 +53,25 @@ def test_noisy_student_balancing_counts_agree_over_two_ranks(tmp_path):
     assert a["counts"].tolist() == b["counts"].tolist() == [4.0, 3.0, 1.0]  # both ranks' labels, summed
     share = torch.tensor([4 / 8, 3 / 8, 1 / 8])
     assert torch.allclose(a["weights"], (1 / (3 * share))[torch.tensor([0, 0, 1, 0])])
+
+
+@pytest.mark.slow
+def test_two_nodes_over_c10d_rendezvous_agree_and_draw_disjoint_shards(tmp_path):
+    """``torchrun --nnodes 2`` as two processes on 127.0.0.1 (one "node" each, c10d rendezvous, gloo): the
+    README's multi-node recipe, run for real."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:29531", "--rdzv_id", "semivit-test",
+           str(REPO / "tests" / "multinode_worker.py"), str(tmp_path)]
+    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
+    a, b = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2))
+    drawn_a, drawn_b = a.pop("drawn"), b.pop("drawn")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not set(drawn_a.tolist()) & set(drawn_b.tolist())  # each node reads its own shard of the pool
+    assert len(set(drawn_a.tolist())) == len(drawn_a) and len(drawn_a) == len(drawn_b) > 0
