@@ -239,6 +239,19 @@ def image_files(cfg: Config, train: ImageSet) -> list[Path | None]:
     return out
 
 
+def write_table(path: str | Path, header: list[str], rows: Any) -> Path:
+    """A CSV with ``header`` and ``rows`` (its folder made when missing)."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
 def resolve_device(name: str) -> str:
     from semivit.engine.trainer import resolve_device as resolve
 

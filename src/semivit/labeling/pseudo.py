@@ -8,7 +8,6 @@ EMA-Teacher apply it), and ``keep`` starts as ``yes`` for those rows. A reviewer
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from semivit.errors import SemivitError
-from semivit.labeling.pool import Pool, run_config, teacher_probs
+from semivit.labeling.pool import Pool, run_config, teacher_probs, write_table
 from semivit.labeling.suggest import display_names, teacher_of
 
 #: τ for runs whose method has no threshold (supervised, …): FixMatch's (Sohn et al. 2020)
@@ -84,17 +83,11 @@ def review_summary(pool: Pool, p: PseudoLabels) -> dict[str, float] | None:
 
 
 def write_csv(pool: Pool, p: PseudoLabels, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``path,label,confidence,margin,passes,keep``, least confident first."""
     names = display_names(pool)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "confidence", "margin", "passes", "keep"])
-        for n, i in enumerate(p.indices):
-            ok = bool(p.passes[n])
-            writer.writerow([names[i], pool.class_name(int(p.labels[n])), f"{p.confidence[n]:.4f}",
-                             f"{p.margin[n]:.4f}", "yes" if ok else "no", "yes" if ok else ""])
-    return path
+    return write_table(path, ["path", "label", "confidence", "margin", "passes", "keep"], (
+        [names[i], pool.class_name(int(p.labels[n])), f"{p.confidence[n]:.4f}", f"{p.margin[n]:.4f}",
+         "yes" if p.passes[n] else "no", "yes" if p.passes[n] else ""] for n, i in enumerate(p.indices)))
 
 
 def write_sheet(pool: Pool, p: PseudoLabels, path: str | Path, per_class: int = 120) -> Path:

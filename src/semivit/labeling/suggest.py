@@ -8,7 +8,6 @@ labels per class — embeds the pool with a self-supervised encoder and picks ty
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from semivit.labeling.pool import (
     run_config,
     teacher_probs,
     trains_classifier,
+    write_table,
 )
 
 log = logging.getLogger("semivit")
@@ -138,17 +138,11 @@ def display_names(pool: Pool) -> list[str]:
 
 def write_csv(pool: Pool, s: Suggestion, path: str | Path) -> Path:
     """``path,label,cluster,score,guess,confidence``: ``label`` is empty for a person to fill in."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = display_names(pool)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "cluster", "score", "guess", "confidence"])
-        for n, i in enumerate(s.indices):
-            writer.writerow([names[i], "", int(s.clusters[n]) if s.clusters[n] >= 0 else "", f"{s.scores[n]:.6g}",
-                             s.guesses[n] if s.guesses else "",
-                             f"{s.confidences[n]:.4f}" if s.confidences is not None else ""])
-    return path
+    return write_table(path, ["path", "label", "cluster", "score", "guess", "confidence"], (
+        [names[i], "", int(s.clusters[n]) if s.clusters[n] >= 0 else "", f"{s.scores[n]:.6g}",
+         s.guesses[n] if s.guesses else "", f"{s.confidences[n]:.4f}" if s.confidences is not None else ""]
+        for n, i in enumerate(s.indices)))
 
 
 def write_sheet(pool: Pool, s: Suggestion, path: str | Path, title: str = "images to label") -> Path:
