@@ -7,7 +7,7 @@ from typing import Any
 
 from semivit.config import Config, apply_overrides
 from semivit.errors import SemivitError
-from semivit.labeling.merge import merge_labels, read_labels
+from semivit.labeling.merge import merge_labels, merged_name, read_labels
 from semivit.labeling.pool import Pool, pool_from_data, pool_from_run
 
 
@@ -19,13 +19,20 @@ def make_pool(run: str | None, data: str | None = None, *, test: str | None = No
     if run and data:
         raise SemivitError("pass a run folder or --data, not both (a run already names its data)")
     if run:
-        return pool_from_run(run)
+        pool = pool_from_run(run)
+        pool.origin = str(pool.run_dir)
+        return pool
     if not data:
         raise SemivitError("nothing to choose from: pass a run folder (runs/NAME) or --data (a folder, CSV, "
                            ".npz or built-in name)")
     values: dict[str, Any] = {"data.source": data, "data.test": test, "data.unlabeled": unlabeled, "train.seed": seed}
     cfg = apply_overrides(Config(), {**{k: v for k, v in values.items() if v is not None}, **(settings or {})})
-    return pool_from_data(cfg, labels=labels, split=split)
+    pool = pool_from_data(cfg, labels=labels, split=split)
+    # the arguments that rebuild this pool, for the commands printed after it
+    pool.origin = " ".join(f"{flag} {value}" for flag, value in (
+        ("--data", data), ("--test", test), ("--unlabeled", unlabeled), ("--split", split),
+        ("--labels", None if split or labels == "all" else labels)) if value)
+    return pool
 
 
 def accept(pool: Pool, labels_csv: str, out: str | None) -> str:
@@ -61,17 +68,9 @@ def suggest_command(pool: Pool, budget: int | None, out: str, *, html: bool = Tr
     coverage = hidden_coverage(pool, s)
     if coverage:
         lines.append(f"the hidden labels of the chosen images cover {coverage[0]} of {coverage[1]} classes")
-    lines.append(f"fill in the label column, then: semivit suggest {_source_args(pool)} --accept {csv_path} "
-                 f"-o labels.csv")
+    lines.append(f"fill in the label column, then: semivit suggest {pool.origin} --accept {csv_path} "
+                 f"-o {merged_name(pool)}")
     return "\n".join(lines)
-
-
-def _source_args(pool: Pool) -> str:
-    if pool.run_dir is not None:
-        return str(pool.run_dir)
-    d = pool.cfg.data
-    return " ".join(f"{flag} {value}" for flag, value in (("--data", d.source), ("--test", d.test),
-                                                           ("--unlabeled", d.unlabeled)) if value)
 
 
 def pseudolabels_command(pool: Pool, out: str, *, html: bool = False, threshold: float | None = None,
@@ -89,5 +88,5 @@ def pseudolabels_command(pool: Pool, out: str, *, html: bool = False, threshold:
         lines.append("against the hidden labels: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}"
                                                                for k, v in summary.items()))
     lines.append(f"review (correct 'label', set 'keep'), then: semivit pseudolabels {pool.run_dir} --accept {path} "
-                 "-o labels.csv")
+                 f"-o {merged_name(pool)}")
     return "\n".join(lines)

@@ -5,7 +5,8 @@ The output's suffix says what to write:
 
 - ``.csv`` — a manifest (``path,label``; an empty label = unlabeled) of every training image, the data
   source for the next run (``--data labels.csv --labels all``); needs images that are files;
-- ``.txt`` — a list of the labeled images, for ``--split`` (``data.val`` then carves validation);
+- ``.txt`` — a list of the training labels (a run's validation images left out), for ``--split``
+  (``data.val`` then carves validation);
 - ``.json`` — a split file (``--split``) that keeps the run's validation images as they were;
 - ``.npz`` — the images as arrays with the merged labels (``x``, ``y``, ``classes``, ``x_test``,
   ``y_test``), for data without files (built-in sets, arrays).
@@ -99,11 +100,10 @@ def merge_labels(pool: Pool, new: dict[int, str], out: str | Path) -> tuple[Path
             raise SemivitError(f"{len(differ)} label(s) are not the data's own (e.g. '{pool.train.ids[differ[0]]}'): "
                                f"a {kind} file only names images, so write the labels with -o {out.stem}.csv "
                                f"(a manifest) or -o {out.stem}.npz")
-        ids = [pool.train.ids[i] for i in sorted(merged)]
-        if kind == ".txt":
-            out.write_text("".join(f"{i}\n" for i in ids))
+        val = set(pool.val.tolist())
+        if kind == ".txt":  # the training labels; the next run's data.val carves validation anew
+            out.write_text("".join(f"{pool.train.ids[i]}\n" for i in sorted(merged) if i not in val))
         else:
-            val = set(pool.val.tolist())
             out.write_text(json.dumps({"version": 1, "source": source, "num_train": len(pool.train),
                                        "labeled": [pool.train.ids[i] for i in sorted(merged) if i not in val],
                                        "val": [pool.train.ids[i] for i in sorted(val)],
@@ -135,6 +135,16 @@ def merge_labels(pool: Pool, new: dict[int, str], out: str | Path) -> tuple[Path
         arrays.update(x_test=test.images.numpy(), y_test=lut[test.labels].numpy())
     np.savez_compressed(out, **arrays)
     return out, f"--data {out} --labels all"
+
+
+def merged_name(pool: Pool) -> str:
+    """The output the labels of this pool can go to (see :mod:`semivit.labeling.merge`): a manifest when the
+    images are files, a split file for a labeled set with hidden labels, else arrays."""
+    if all(f is not None for f in image_files(pool.cfg, pool.train)):
+        return "labels.csv"
+    if pool.hidden:
+        return "labels.json" if len(pool.val) else "labels.txt"
+    return "labels.npz"
 
 
 def _relative(file: Path, base: Path) -> str:

@@ -77,6 +77,7 @@ class Pool:
     test: ImageSet | None = None
     val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # a run's validation images
     val_from: str = "none"  # where the run's validation labels came from (split.json)
+    origin: str = ""  # the command-line arguments that name this pool (a run folder, or --data ...)
 
     @property
     def labeled(self) -> np.ndarray:

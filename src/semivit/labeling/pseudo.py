@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from semivit.errors import SemivitError
+from semivit.labeling.merge import merged_name
 from semivit.labeling.pool import Pool, run_config, teacher_probs, write_table
 from semivit.labeling.suggest import display_names, teacher_of
 
@@ -117,6 +118,6 @@ def write_sheet(pool: Pool, p: PseudoLabels, path: str | Path, per_class: int = 
     body = (f"<h1>{esc(title)}</h1><p>{len(p.indices)} unlabeled images, {int(p.passes.sum())} with confidence ≥ "
             f"τ = {p.threshold:g} (amber frames: below τ). Least confident first in each class. Correct the "
             "<code>label</code> or set <code>keep</code> in the CSV, then <code>semivit pseudolabels RUN --accept "
-            "reviewed.csv -o labels.csv</code>.</p><p>" + " · ".join(toc) + "</p>" + "".join(sections))
+            f"reviewed.csv -o {merged_name(pool)}</code>.</p><p>" + " · ".join(toc) + "</p>" + "".join(sections))
     path.write_text(page(title, body))
     return path

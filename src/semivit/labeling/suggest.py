@@ -83,7 +83,8 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
     probs = teacher_probs(teacher, pool.train, device) if teacher is not None else None
     labeled = pool.labeled
     if strategy == "auto":
-        few = len(labeled) < COLD_PER_CLASS * max(1, pool.train.num_classes)
+        # training labels only: a run's validation labels never taught the teacher anything
+        few = len(labeled) - len(pool.val) < COLD_PER_CLASS * max(1, pool.train.num_classes)
         strategy = "typiclust" if teacher is None or few else "uncertainty"
     if strategy == "uncertainty" and probs is None:
         raise SemivitError("--strategy uncertainty needs a run whose classifier was trained: pass a run of "
