@@ -131,6 +131,17 @@ def test_cold_start_on_data_is_seeded_and_beats_random_at_class_coverage():
     assert covered >= 7 and covered >= np.mean(random)  # typical images of 10 clusters cover most digits
 
 
+def test_cold_start_embeds_with_a_pretrained_backbone_by_name(run_dir, tmp_path):
+    """A backbone named like a hub model (local-dir:, offline) embeds the pool the same as its folder."""
+    from semivit.export import export_run
+
+    hub, _ = export_run(run_dir, "hub", tmp_path / "hub")
+    pool = pool_from_data(apply_overrides(Config(), {"data.source": "digits"}), labels="0")
+    by_name = suggest(pool, 5, encoder=f"local-dir:{hub}", seed=1)
+    assert by_name.strategy == "typiclust" and by_name.guesses is None  # an encoder alone guesses nothing
+    assert np.array_equal(by_name.indices, suggest(pool, 5, encoder=str(hub), seed=1).indices)
+
+
 def test_suggest_from_run_then_accept_feeds_the_next_run(run_dir, tmp_path, capsys):
     out = tmp_path / "to_label.csv"
     assert main(["suggest", str(run_dir), "--budget", "6", "-o", str(out), "--strategy", "uncertainty"]) == 0
