@@ -136,7 +136,7 @@ def test_paws_model_carries_its_embedding_through_export(tmp_path):
 
 def test_paws_supports_are_seen_in_support_views():
     """Each support image enters the snn classifier as ``support_views`` views (reference: 2)."""
-    method = _paws(multicrop=1, support_views=2)
+    method = _paws(multicrop=1, support_views=2, min_small_patches=1)
     assert method.labeled_views == ("large", "large:2")
     sizes = []
     method.model.embedding.register_forward_hook(lambda m, i, o: sizes.append(len(o)))
@@ -150,9 +150,21 @@ def test_paws_supports_are_seen_in_support_views():
     assert sizes == [2 * 6 + 2 * 4, 4] and torch.isfinite(out.loss)
 
 
+def test_paws_switches_multicrop_off_when_small_views_would_be_one_patch():
+    """On 8×8 images with 4-px patches a small view is a single patch (measured harmful on digits); on 16-px
+    images with 2-px patches it is 4×4 patches and multi-crop stays."""
+    tiny = _paws(multicrop=6)  # 8-px images, 4-px patches: 4-px small views
+    assert tiny.unlabeled_views == ("large", "large:2") and tiny.effective_settings() == {"multicrop": 0}
+    model = create_model("vit_nano", 3, 3, 16, depth=1, embed_dim=32, num_heads=2)
+    wide = method_class("paws")(model, method_params("paws", {"multicrop": 6}), 3, 10)
+    assert len(wide.unlabeled_views) == 8 and wide.effective_settings() == {}
+    assert wide.view_options["small"]["out_size"] == 8
+
+
 def test_paws_trains_reports_snn_on_its_embedding_and_evaluate_reproduces_it(tmp_path, capsys):
     cfg = tiny_config(tmp_path, **{"train.method": "paws", "train.batch_size": 8, "method.multicrop": 2,
-                                   "method.images_per_class": 2, "train.steps": 6, "method.proj_dim": 24})
+                                   "method.min_small_patches": 1, "method.images_per_class": 2, "train.steps": 6,
+                                   "method.proj_dim": 24})
     result = train(cfg)
     metrics = json.loads((result.run_dir / "results.json").read_text())
     for key in ("test_knn_top1", "test_snn_top1", "test_linear_top1"):

@@ -19,7 +19,9 @@ evaluate --classifier snn`` rebuilds the classifier PAWS trained. Fine-tuning fr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,6 +31,8 @@ from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.losses import gather_supports, gather_with_grad, paws_loss, sharpen, smooth_one_hot, snn
 from semivit.models.factory import attach_head_layers
 from semivit.models.heads import ProjectionHead
+
+log = logging.getLogger("semivit")
 
 
 @dataclass
@@ -47,6 +51,10 @@ class PAWSParams:
     large_scale: tuple[float, float] = (0.75, 1.0)  # crop scale of the large views (ImageNet: 0.14–1)
     small_scale: tuple[float, float] = (0.3, 0.75)  # crop scale of the small views (ImageNet: 0.05–0.14)
     small_size: int | None = None  # side of the small views in px (None: ~9/16 of the image, a patch multiple)
+    # a ViT's small views need at least this many patches a side, else multi-crop is switched off (logged, and
+    # written as multicrop 0 into the run's config): on 8×8 digits a small view is one 4-px patch, and 6 of
+    # them cost 15 points of validation k-NN (benchmarks/RESULTS.md, "PAWS: evaluated on its own embedding")
+    min_small_patches: int = 2
     jitter_strength: float = 0.5  # colour distortion s (PAWS: 0.5 on CIFAR-10, 1.0 on ImageNet)
     proj_layers: int = 3
     proj_dim: int = 128
@@ -71,9 +79,16 @@ class PAWS(Method):
         if p.multicrop < 0 or p.images_per_class < 1 or p.support_views < 1:
             raise SemivitError("method.multicrop must be ≥ 0, method.images_per_class and method.support_views ≥ 1")
         self.labeled_views = ("large", *(f"large:{i}" for i in range(2, p.support_views + 1)))
-        self.unlabeled_views = ("large", "large:2", *(f"small:{i}" for i in range(1, p.multicrop + 1)))
-        self.support = (p.classes_per_batch, p.images_per_class)  # read by the Trainer: balanced sampler
         small = p.small_size or self._default_small_size()
+        self.multicrop = p.multicrop
+        if self.model.is_vit and p.multicrop:
+            patch = self.model.backbone.patch_embed.patch_size[0]
+            if small // patch < p.min_small_patches:
+                log.warning("paws: %d-px small views are %d patch(es) a side (< method.min_small_patches %d): "
+                            "multi-crop is off for these images", small, small // patch, p.min_small_patches)
+                self.multicrop = 0
+        self.unlabeled_views = ("large", "large:2", *(f"small:{i}" for i in range(1, self.multicrop + 1)))
+        self.support = (p.classes_per_batch, p.images_per_class)  # read by the Trainer: balanced sampler
         self.view_options = {"large": {"scale": tuple(p.large_scale), "jitter_strength": p.jitter_strength},
                              "small": {"scale": tuple(p.small_scale), "jitter_strength": p.jitter_strength,
                                        "out_size": small}}
@@ -92,6 +107,9 @@ class PAWS(Method):
         self.predictor = (torch.nn.Sequential(torch.nn.Linear(p.proj_dim, p.proj_dim), torch.nn.BatchNorm1d(p.proj_dim),
                                               torch.nn.ReLU(inplace=True), torch.nn.Linear(p.proj_dim, p.proj_dim))
                           if p.pred_head else None)
+
+    def effective_settings(self) -> dict[str, Any]:
+        return {"multicrop": self.multicrop} if self.multicrop != self.params.multicrop else {}
 
     def _default_small_size(self) -> int:
         side = self.model.spec.image_size
