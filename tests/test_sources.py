@@ -97,7 +97,7 @@ def test_builtin_missing_files_says_how_to_download(tmp_path):
 def test_fashion_mnist_offline_matches_torchvision(tmp_path, monkeypatch):
     from torchvision.datasets import FashionMNIST
 
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(sources.builtin, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     x, y = _idx_dir(tmp_path / "FashionMNIST" / "raw")  # torchvision's own layout, uncompressed
     b = load_source("fashion_mnist", root=str(tmp_path))
     reference = FashionMNIST(str(tmp_path), train=True)  # torchvision reads the same fake files
@@ -110,7 +110,7 @@ def test_fashion_mnist_offline_matches_torchvision(tmp_path, monkeypatch):
 def test_fashion_mnist_falls_back_to_debian_dir(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     _idx_dir(debian, ".gz")
-    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(sources.builtin, "DEBIAN_FASHION_MNIST", debian)
     b = load_source("fashionmnist", root=str(tmp_path / "empty"))
     assert len(b.train) == 6 and b.train.classes[-1] == "Ankle boot"
 
@@ -307,3 +307,102 @@ def test_real_cifar10_zip():
     assert b.train.images.shape == (50000, 3, 32, 32) and b.test.images.shape == (10000, 3, 32, 32)
     assert b.train.classes == CIFAR_NAMES and b.train.labels.bincount().tolist() == [5000] * 10
     assert seconds < 60, f"loading took {seconds:.1f} s"
+
+
+# ------------------------------------------------------------------------ npz conventions, provided validation
+
+
+def test_npz_keras_keys(tmp_path):
+    rng = np.random.default_rng(1)
+    x_train, x_test = rng.integers(0, 256, (6, 5, 5, 3), dtype=np.uint8), rng.integers(0, 256, (2, 5, 5, 3),
+                                                                                      dtype=np.uint8)
+    np.savez(tmp_path / "keras.npz", x_train=x_train, y_train=np.array([[0], [1], [2], [0], [1], [2]]),
+             x_test=x_test, y_test=np.array([2, 1]))  # Keras' CIFAR labels are N×1, MNIST's N
+    b = load_source(str(tmp_path / "keras.npz"))
+    assert torch.equal(b.train.images, torch.from_numpy(x_train.transpose(0, 3, 1, 2)))
+    assert b.train.labels.tolist() == [0, 1, 2, 0, 1, 2] and b.test.labels.tolist() == [2, 1]
+    assert b.train.classes == ["0", "1", "2"] and b.val_index is None
+
+
+def _medmnist(path: Path, n_train: int = 12, n_val: int = 4, n_test: int = 3) -> None:
+    rng = np.random.default_rng(2)
+    parts = {}
+    for part, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        parts[f"{part}_images"] = rng.integers(0, 256, (n, 7, 7), dtype=np.uint8)
+        parts[f"{part}_labels"] = (np.arange(n) % 2).reshape(n, 1).astype(np.uint8)  # N×1, as MedMNIST
+    np.savez(path, **parts)
+
+
+def test_npz_medmnist_keys_and_validation_part(tmp_path):
+    from semivit.config import DataConfig
+    from semivit.data import prepare_data
+
+    _medmnist(tmp_path / "pneumoniamnist.npz")
+    b = load_source(str(tmp_path / "pneumoniamnist.npz"))
+    assert b.train.images.shape == (16, 1, 7, 7) and len(b.test) == 3  # 12 train + 4 validation images
+    assert b.val_index.tolist() == list(range(12, 16)) and b.train.ids[12] == "val/0"
+    assert b.train.labels.tolist() == [0, 1] * 8
+    cfg = DataConfig(source=str(tmp_path / "pneumoniamnist.npz"), labels="2-per-class")
+    split = prepare_data(cfg, seed=0).split
+    assert split.val.tolist() == list(range(12, 16))  # the provided validation part, not labels from train
+    assert split.labeled.max() < 12 and len(split.labeled) == 4
+    assert not set(split.unlabeled.tolist()) & set(split.val.tolist()) and len(split.unlabeled) == 12
+    own = prepare_data(DataConfig(source=cfg.source, labels="2-per-class", val="1-per-class-of-labels"), 0).split
+    assert len(own.val) == 2  # an explicit data.val wins; the provided part then is ordinary training data
+
+
+def test_npz_unknown_keys_and_multilabel(tmp_path):
+    np.savez(tmp_path / "a.npz", images=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(SemivitError, match="x_train/y_train .Keras.") as err:
+        load_source(str(tmp_path / "a.npz"))
+    assert "\n" not in str(err.value)
+    np.savez(tmp_path / "b.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.zeros((2, 3)))
+    with pytest.raises(SemivitError, match="multi-label"):
+        load_source(str(tmp_path / "b.npz"))
+
+
+# ------------------------------------------------------------------------------- folders as users keep them
+
+
+def test_messy_folder(tmp_path):
+    root = tmp_path / "photos"
+    _image(root / "cat" / "big cat.png", size=(40, 30))  # the first image: its size is the default size
+    _image(root / "cat" / "grey.png", size=(10, 10), value=90, mode="L")
+    Image.new("RGBA", (12, 12), (255, 0, 0, 0)).save(root / "cat" / "clear.png")  # transparent: on white
+    pal = Image.new("P", (9, 9), 1)
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    (root / "dög").mkdir()
+    pal.save(root / "dög" / "palette ünï.gif")
+    _image(root / "dög" / "phôto 1.JPG", size=(16, 8))
+    (root / "dög" / "notes.txt").write_text("not an image")
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.warns(UserWarning) as record:
+        b = load_source(str(root))
+    lines = [str(w.message) for w in record]
+    skipped = next(line for line in lines if line.startswith("skipped"))
+    assert "1 unreadable image(s)" in skipped and "1 non-image file(s)" in skipped
+    assert "1 hidden/system file(s)" in skipped
+    assert any("5 sizes" in line and "30×40" not in line and "40×30" in line for line in lines)
+    assert b.train.images.shape == (5, 3, 30, 40) and b.train.classes == ["cat", "dög"]
+    assert "dög/phôto 1.JPG" in b.train.ids and "dög/palette ünï.gif" in b.train.ids
+    clear = b.train.images[b.train.ids.index("cat/clear.png")]
+    assert int(clear.min()) == 255  # alpha 0 composited on white, not the stored red
+    grey = b.train.images[b.train.ids.index("cat/grey.png")]
+    assert torch.equal(grey[0], grey[1]) and int(grey[0, 0, 0]) == 90
+    palette = b.train.images[b.train.ids.index("dög/palette ünï.gif")]
+    assert palette[:, 0, 0].tolist() == [10, 200, 30]
+    assert load_source(str(root), image_size=16).train.images.shape == (5, 3, 16, 16)
+
+
+def test_csv_missing_files_skip_or_fail(tmp_path):
+    for i in range(2):
+        _image(tmp_path / "img" / f"{i}.png")
+    (tmp_path / "m.csv").write_text("path,label\nimg/0.png,a\nimg/gone.png,b\nimg/1.png,b\nimg/also gone.png,\n")
+    with pytest.warns(UserWarning, match=r"skipped 2 missing file\(s\) under .*m\.csv \(first: 'img/gone\.png'\)"):
+        b = load_source(str(tmp_path / "m.csv"))
+    assert b.train.ids == ["img/0.png", "img/1.png"] and b.train.classes == ["a", "b"]
+    assert b.train.labels.tolist() == [0, 1]
+    with pytest.raises(SemivitError, match=r"names 2 file\(s\) that do not exist.*on_corrupt=skip") as err:
+        load_source(str(tmp_path / "m.csv"), on_corrupt="fail")
+    assert "\n" not in str(err.value)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from semivit.config import DataConfig
 from semivit.data.imageset import UNLABELED, DataBundle, ImageSet
-from semivit.data.splits import Split, load_split, make_split
+from semivit.data.splits import VAL_EXTRA, Split, load_split, make_split
 
 __all__ = ["UNLABELED", "DataBundle", "ImageSet", "PreparedData", "Split", "channel_stats", "prepare_data"]
 
@@ -38,10 +38,25 @@ def prepare_data(cfg: DataConfig, seed: int, bundle: DataBundle | None = None) -
                              download=cfg.download, image_size=cfg.image_size, on_corrupt=cfg.on_corrupt)
     if cfg.split:
         split = load_split(cfg.split, bundle.train, cfg.val, seed)
-    else:
+    elif bundle.val_index is not None and cfg.val == "auto":
+        split = _provided_val_split(bundle.train, bundle.val_index, cfg.labels, seed)
+    else:  # an explicit data.val: the source's validation images are ordinary labeled training images
         split = make_split(bundle.train, cfg.labels, cfg.val, seed)
     flip = bundle.flip if cfg.flip is None else cfg.flip
     return PreparedData(bundle, split, flip)
+
+
+def _provided_val_split(train: ImageSet, val_index: torch.Tensor, labels_spec: str, seed: int) -> Split:
+    """The source's own validation part as the validation split: ``--labels`` is drawn from the rest, which
+    (as in every split) also forms the unlabeled pool. Its labels are extra, beyond ``--labels``."""
+    val_index = val_index[train.labels[val_index] >= 0]  # an unlabeled validation image validates nothing
+    if len(val_index) == 0:
+        return make_split(train, labels_spec, "auto", seed)
+    hidden = train.labels.clone()
+    hidden[val_index] = UNLABELED  # so that make_split never picks a validation image as a training label
+    labeled = make_split(replace(train, labels=hidden), labels_spec, "0", seed).labeled
+    everything = torch.arange(len(train))
+    return Split(labeled, val_index.clone(), everything[~torch.isin(everything, val_index)], VAL_EXTRA)
 
 
 def channel_stats(images: ImageSet, max_images: int = 10_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

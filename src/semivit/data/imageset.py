@@ -53,15 +53,17 @@ class ImageSet:
         return torch.stack([self.read(int(i)) for i in indices])
 
 
-
 @dataclass
 class DataBundle:
     """What a data source gives: a training part, an optional test part, and how to augment it.
 
     ``flip`` is False for data where a mirrored image is another class or unnatural (digits, text).
+    ``val_index``: indices of ``train`` that are the source's own validation part (MedMNIST's ``val_images``,
+    a Hugging Face 'validation' split), used as the validation split unless ``data.val`` says otherwise.
     """
 
     name: str
     train: ImageSet
     test: ImageSet | None = None
     flip: bool = True
+    val_index: torch.Tensor | None = None

@@ -1,0 +1,262 @@
+"""What every source family shares: options, the :class:`Parts` a family returns, decoding image files into
+an :class:`ImageSet` (in memory, or streamed above a threshold), and array conversions.
+
+A family module (``files``, ``arrays``, ``builtin``, ``hf``, ``shards``) exposes ``claims(spec, path)`` and
+``load(spec, path, size, mode, opts)``; :mod:`semivit.data.sources` asks each in turn.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from semivit.data.imageset import UNLABELED, ImageSet
+from semivit.errors import SemivitError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "F"}
+_UNREADABLE = (OSError, ValueError, SyntaxError, KeyError, zipfile.BadZipFile, Image.DecompressionBombError)
+KINDS = ("pass an image folder, a .csv, a .npz, a .zip, a .parquet, a Hugging Face folder or hf:ORG/NAME, "
+         "tar shards ('train-{000000..000009}.tar') or a built-in name (digits, cifar10, ...)")
+
+
+@dataclass
+class Opts:
+    root: Path
+    download: bool
+    on_corrupt: str
+    stream_threshold: int
+
+
+@dataclass
+class Parts:
+    """What a family's ``load`` returns. ``val``: a validation part the source itself provides (MedMNIST's
+    ``val_images``, a Hugging Face 'validation' split); it becomes the run's validation split."""
+
+    train: ImageSet
+    test: ImageSet | None = None
+    val: ImageSet | None = None
+    flip: bool = True
+    name: str | None = None
+
+
+@dataclass
+class Files:
+    """Image files of one part before decoding: locations (paths, or members of ``zip_path``), ids, labels."""
+
+    locs: list  # paths or zip members (str); row numbers for other containers
+    ids: list[str]
+    labels: list[int]
+    classes: list[str]
+    zip_path: str | None = None
+
+
+def image_mode(img: Image.Image) -> str:
+    """'L' for grey images (also grey palettes), else 'RGB': the mode a file is stored in after reading."""
+    if img.mode == "P":  # a palette: grey when every palette entry has R = G = B
+        pal = img.getpalette() or []
+        return "L" if all(pal[i] == pal[i + 1] == pal[i + 2] for i in range(0, len(pal) - 2, 3)) else "RGB"
+    return "L" if img.mode in _GREY_MODES else "RGB"
+
+
+def to_mode(img: Image.Image, want: str) -> Image.Image:
+    """``img`` converted to 'L' or 'RGB'. Transparent pixels (RGBA, LA, palettes with transparency) are
+    composited on white, which is how viewers show them: a plain convert would keep the stored colour
+    under alpha 0, often black, an artefact no camera produces."""
+    if img.mode == want:
+        return img  # skipping a same-mode copy saves ~10%
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert(want)
+
+
+class Decoder:
+    """Decodes image ``i`` of a file list to a uint8 H×W×C array (streamed ImageSets use it as ``read``).
+
+    Resize rule: every image is resized to ``size`` (H, W) with bilinear filtering (antialiased by PIL when
+    shrinking), without keeping the aspect ratio: a centre crop would drop content the label may depend on.
+
+    Picklable so DataLoader workers can carry it; each process reopens the zip lazily because an open
+    ZipFile handle (and its file offset) must not be shared between processes.
+    """
+
+    def __init__(self, locs: list[str], zip_path: str | None, size: tuple[int, int] | None = None,
+                 mode: str | None = None) -> None:
+        self.locs, self.zip_path, self.size, self.mode = locs, zip_path, size, mode
+        self._zip: zipfile.ZipFile | None = None
+        self.sizes: Counter = Counter()  # (W, H) of the images decoded, for the report of mixed sizes
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_zip": None}
+
+    def where(self, i: int) -> str:
+        return f"{self.zip_path}:{self.locs[i]}" if self.zip_path else self.locs[i]
+
+    def _open(self, i: int) -> Image.Image:
+        if self.zip_path is None:
+            return Image.open(self.locs[i])
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.zip_path)
+        return Image.open(io.BytesIO(self._zip.read(self.locs[i])))
+
+    def probe(self, i: int) -> tuple[tuple[int, int], str] | None:
+        """(H, W) and 'L'/'RGB' from the header only, or None when the file does not open."""
+        try:
+            with self._open(i) as img:
+                return (img.height, img.width), image_mode(img)
+        except _UNREADABLE:
+            return None
+
+    def array(self, i: int) -> np.ndarray | None:
+        """Image ``i`` at ``size`` in ``mode`` (None: 'L' for grey files, else 'RGB'); None if corrupt."""
+        try:
+            with self._open(i) as img:
+                arr = decode_pil(img, self.size, self.mode)
+                self.sizes[img.size] += 1
+                return arr
+        except _UNREADABLE:
+            return None
+
+    def __call__(self, i: int) -> torch.Tensor:
+        arr = self.array(i)
+        if arr is None:  # only files that went bad after loading (headers were checked) get here
+            raise SemivitError(f"cannot read image '{self.where(i)}': restore the file or reload the data")
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_pil(img: Image.Image, size: tuple[int, int] | None, mode: str | None) -> np.ndarray:
+    """An open PIL image as a uint8 H×W×C array at ``size`` (None: its own) in ``mode`` (None: its own)."""
+    want = mode or image_mode(img)
+    img = to_mode(img, want)
+    if size is not None and img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.BILINEAR)
+    arr = np.asarray(img)
+    return arr.reshape(arr.shape[0], arr.shape[1], -1)
+
+
+def report_skipped(where: str, reasons: Counter, first: str | None) -> None:
+    """One warning line counting what was skipped under ``where`` and why ('skipped 2 unreadable image(s),
+    1 non-image file(s) under DIR (first: ...)')."""
+    if not reasons:
+        return
+    why = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+    warnings.warn(f"skipped {why} under {where}" + (f" (first: '{first}')" if first else ""), stacklevel=3)
+
+
+def files_to_set(files: Files, where: str, size: tuple[int, int] | None, mode: str | None, opts: Opts,
+                 skipped: Counter | None = None, first_skipped: str | None = None,
+                 decoder: Decoder | None = None) -> ImageSet:
+    """Decode (or, above the stream threshold, check the headers of) ``files`` into an ImageSet.
+
+    ``skipped`` counts files already left out by the caller, by reason (not images, missing); they are
+    reported with the unreadable ones in one line. ``decoder`` reads other containers than files and zips
+    (its ``locs`` are ``files.locs``).
+    """
+    skipped = Counter(skipped or {})
+    n = len(files.locs)
+    if n == 0:
+        extra = f" ({sum(skipped.values())} other files skipped)" if skipped else ""
+        raise SemivitError(f"no images found under {where}{extra}: put .jpg/.png files there (in class "
+                           "sub-folders for labels)")
+    dec = decoder or Decoder(files.locs, files.zip_path)
+    dec.size, dec.mode = size, mode
+    stream = n > opts.stream_threshold
+    if stream:
+        probes = [dec.probe(i) for i in range(n)]
+        ok = [p is not None for p in probes]
+    else:  # the first image that opens sets the size when none is given
+        first = next((p for p in map(dec.probe, range(n)) if p is not None), None)
+        dec.size = size or (first[0] if first else (1, 1))
+        arrays = [dec.array(i) for i in range(n)] if first else [None] * n
+        ok = [a is not None for a in arrays]
+    bad = [i for i in range(n) if not ok[i]]
+    if bad and opts.on_corrupt == "fail":
+        raise SemivitError(f"cannot read image '{dec.where(bad[0])}' ({len(bad)} unreadable in all): fix or "
+                           "delete it, or pass --set data.on_corrupt=skip to skip unreadable images")
+    if len(bad) == n:
+        raise SemivitError(f"no readable images under {where} ({n} files, e.g. '{dec.where(0)}'): check them")
+    if bad:
+        skipped["unreadable image(s)"] += len(bad)
+        first_skipped = dec.where(bad[0])
+    report_skipped(where, skipped, first_skipped)
+    if not stream and size is None and len(dec.sizes) > 1:
+        (w0, h0), (w1, h1) = min(dec.sizes, key=lambda s: s[0] * s[1]), max(dec.sizes, key=lambda s: s[0] * s[1])
+        warnings.warn(f"images under {where} come in {len(dec.sizes)} sizes ({w0}×{h0} to {w1}×{h1}): all resized "
+                      f"to {dec.size[1]}×{dec.size[0]}, the first image's size (bilinear, aspect ratio not kept); "
+                      "set data.image_size to choose", stacklevel=2)
+    keep = [i for i in range(n) if ok[i]]
+    labels = torch.tensor([files.labels[i] for i in keep], dtype=torch.long)
+    ids = [files.ids[i] for i in keep]
+    if stream:
+        good = [probes[i] for i in keep]
+        dec.size = size or good[0][0]
+        dec.mode = mode or ("RGB" if any(m == "RGB" for _, m in good) else "L")
+        dec.locs = [files.locs[i] for i in keep]
+        return ImageSet(labels, ids, files.classes, 3 if dec.mode == "RGB" else 1, dec.size, read=dec)
+    return ImageSet(labels, ids, files.classes, *stack_arrays([arrays[i] for i in keep]))
+
+
+def stack_arrays(arrays: list[np.ndarray]) -> tuple[int, tuple[int, int], torch.Tensor]:
+    """(channels, (H, W), uint8 N×C×H×W) from same-size H×W×C arrays; any RGB image makes all RGB."""
+    c = max(a.shape[2] for a in arrays)
+    x = np.stack([a if a.shape[2] == c else np.repeat(a, c, axis=2) for a in arrays])
+    return c, (x.shape[1], x.shape[2]), torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+def is_image(name: str) -> bool:
+    parts = name.split("/")
+    hidden = any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    return not hidden and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def array_set(x: torch.Tensor, y: torch.Tensor, classes: list[str], ids: list[str] | None = None) -> ImageSet:
+    """An in-memory ImageSet from uint8 N×C×H×W images."""
+    ids = ids if ids is not None else [str(i) for i in range(len(x))]
+    return ImageSet(y.long(), ids, classes, x.shape[1], (x.shape[2], x.shape[3]), images=x.contiguous())
+
+
+def conform(part: ImageSet, size: tuple[int, int] | None, channels: int | None) -> ImageSet:
+    """``part`` resized (bilinear, antialiased) and converted (grey <-> RGB) where it differs."""
+    if (size is None or tuple(size) == part.image_size) and channels in (None, part.channels):
+        return part
+    assert part.images is not None, "streamed parts are decoded at the wanted size and channels"
+    x = part.images
+    if channels is not None and channels != x.shape[1]:
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        x = x.expand(-1, 3, -1, -1) if channels == 3 else ((x * luma).sum(1, keepdim=True)).round().byte()
+    if size is not None and tuple(size) != tuple(x.shape[2:]):
+        x = torch.cat([F.interpolate(c.float(), size=tuple(size), mode="bilinear", antialias=True)
+                       .round().clamp(0, 255).byte() for c in x.split(4096)])  # chunks bound float memory
+    return array_set(x, part.labels, part.classes, part.ids)
+
+
+def array_parts(parts: list[tuple[np.ndarray, np.ndarray, str]], classes: list[str] | None) -> list[ImageSet]:
+    """In-memory parts from (uint8 N×C×H×W images, labels, where) triples, labels checked.
+
+    Without ``classes`` they are "0".."K-1" for the largest label K-1 of all parts.
+    """
+    parts = [(x, np.asarray(y).astype(np.int64), where) for x, y, where in parts]  # IDX labels are uint8
+    k = len(classes) if classes is not None else max(int(y.max(initial=-1)) for _, y, _ in parts) + 1
+    sets = []
+    for x, y, where in parts:
+        bad = y[(y < UNLABELED) | (y >= k)]
+        if bad.size:
+            raise SemivitError(f"label {int(bad[0])} in {where} is out of range: valid labels are -1 "
+                               f"(unlabeled) and 0..{k - 1}; fix the labels or the 'classes' array")
+        names = list(classes) if classes is not None else [str(i) for i in range(k)]
+        sets.append(array_set(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), names))
+    return sets
