@@ -48,6 +48,7 @@ def test_report_has_every_section_and_only_inline_images(run_dir, tmp_path):
     kinds = re.findall(r"<div class='tile( bad)?'", text)
     first_right = next((i for i, k in enumerate(kinds) if not k), len(kinds))
     assert all(not k for k in kinds[first_right:])
+    assert len(kinds) == 48 and 0 < first_right <= 32 < len(kinds)  # right answers shown too
 
 
 def test_two_classes_get_a_roc_curve(tmp_path):

@@ -103,15 +103,20 @@ def _evaluation(run_dir: Path, cfg: Any, data: _Data, device: str) -> str:
     plots = "".join(plot_img(figure_data_uri(fig), title) for title, fig in figs)
     line = (f"<p>test top-1 <b>{rep['top1']:.4f}</b>, top-5 {rep['top5']:.4f}, ECE {rep['ece']:.4f}"
             + (f", ROC AUC {rep['roc_auc']:.4f}" if "roc_auc" in rep else "") + f" on {rep['n']} images.</p>")
-    # mistakes first (most confident mistakes first: the ones worth a look), then right answers
-    order = sorted(range(len(keep)), key=lambda i: (bool(correct[i]), -float(conf[i])))[:GRID_IMAGES]
+    # mistakes first (most confident mistakes first: the ones worth a look), then right answers; at most
+    # two thirds of the grid are mistakes, so a weak model's page still shows what it gets right
+    ranked = sorted(range(len(keep)), key=lambda i: (bool(correct[i]), -float(conf[i])))
+    n_wrong = int((~correct.astype(bool)).sum())
+    shown_wrong = min(n_wrong, GRID_IMAGES * 2 // 3)
+    right = ranked[n_wrong:n_wrong + GRID_IMAGES - shown_wrong]
+    # few right answers: further mistakes fill the grid
+    order = ranked[:min(n_wrong, GRID_IMAGES - len(right))] + right
     images = test.get(keep[order])
     tiles = [tile(png_data_uri(images[n]), f"pred <b>{esc(classes[int(pred[i])])}</b> {float(conf[i]):.2f}"
                   f"<br>true {esc(classes[int(truth[i])])}", "" if correct[i] else "bad", title=test.ids[int(keep[i])])
              for n, i in enumerate(order)]
-    wrong = int((~correct.astype(bool)).sum())
     return (line + f"<div class='plots'>{plots}</div>"
-            + f"<h3>test images ({wrong} mistakes of {len(correct)}; mistakes first, red frames)</h3>" + grid(tiles))
+            + f"<h3>test images ({n_wrong} mistakes of {len(correct)}; mistakes first, red frames)</h3>" + grid(tiles))
 
 
 def run_section(run_dir: Path, title: str | None = None, data: Any = None, device: str = "cpu",
