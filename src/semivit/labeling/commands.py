@@ -75,8 +75,8 @@ def suggest_command(pool: Pool, budget: int | None, out: str, *, html: bool = Tr
 
 def pseudolabels_command(pool: Pool, out: str, *, html: bool = False, threshold: float | None = None,
                          per_class: int = 120, device: str = "cpu") -> str:
-    from semivit.labeling.pool import resolve_device
     from semivit.labeling.pseudo import pseudo_labels, review_summary, write_csv, write_sheet
+    from semivit.report.runs import resolve_device
 
     p = pseudo_labels(pool, threshold, resolve_device(device))
     path = write_csv(pool, p, out)

@@ -16,8 +16,9 @@ import torch
 
 from semivit.errors import SemivitError
 from semivit.labeling.merge import merged_name
-from semivit.labeling.pool import Pool, run_config, teacher_probs, write_table
+from semivit.labeling.pool import Pool, teacher_probs, write_table
 from semivit.labeling.suggest import display_names, teacher_of
+from semivit.report.runs import run_config
 
 #: τ for runs whose method has no threshold (supervised, …): FixMatch's (Sohn et al. 2020)
 DEFAULT_THRESHOLD = 0.95

@@ -18,17 +18,8 @@ import torch
 
 from semivit.errors import SemivitError
 from semivit.labeling import select
-from semivit.labeling.pool import (
-    Pool,
-    embed,
-    image_files,
-    load_encoder,
-    resolve_device,
-    run_config,
-    teacher_probs,
-    trains_classifier,
-    write_table,
-)
+from semivit.labeling.pool import Pool, embed, image_files, load_encoder, teacher_probs, write_table
+from semivit.report.runs import resolve_device, run_config, trains_classifier
 
 log = logging.getLogger("semivit")
 

@@ -37,7 +37,7 @@ SUMMARY_KEYS = ("method", "steps", "test_top1", "test_top5", "test_ece", "test_r
 
 
 def _run_dirs(root: Path) -> list[Path]:
-    from semivit.labeling.pool import stage_folders
+    from semivit.report.runs import stage_folders
 
     if (root / "config.yaml").is_file():
         return [root]
@@ -74,7 +74,7 @@ def _evaluation(run_dir: Path, cfg: Any, data: _Data, device: str) -> str:
     test images with predictions, from the run's final model on its test part."""
     from semivit.engine.checkpoint import load_model
     from semivit.engine.evaluate import classification_report, predict_logits
-    from semivit.labeling.pool import check_model_fits, trains_classifier
+    from semivit.report.runs import check_model_fits, trains_classifier
 
     if not trains_classifier(cfg.train.method):
         return ("<p class='note'>A pre-training stage: its classifier head is untrained, so it is judged by the "
@@ -124,7 +124,7 @@ def run_section(run_dir: Path, title: str | None = None, data: Any = None, devic
     """The HTML section of one run folder (``config.yaml``, ``metrics.csv``, ``results.json``,
     ``split.json``, ``checkpoints/model.safetensors``)."""
     from semivit.data.splits import describe_label_counts
-    from semivit.labeling.pool import run_config
+    from semivit.report.runs import run_config
 
     data = data or _Data()
     cfg = run_config(run_dir)
@@ -170,14 +170,14 @@ def render_sections(root: Path, device: str = "cpu", data: Any = None) -> str:
 
 def write_report(run: str | Path, out: str | Path | None = None, device: str | None = "cpu") -> Path:
     """Render ``run``'s report (a run folder or a recipe's) to ``out`` (default ``RUN/report.html``)."""
-    from semivit.labeling.pool import resolve_device
+    from semivit.report.runs import resolve_device
 
     root = Path(run).expanduser()
     if not root.is_dir():
         raise SemivitError(f"run '{run}' not found: pass a run folder (runs/NAME)")
     dirs = _run_dirs(root)
     if device is None:  # at the end of a run: where it trained
-        from semivit.labeling.pool import run_config
+        from semivit.report.runs import run_config
 
         device = run_config(dirs[-1]).train.device
     body = render_sections(root, resolve_device(device))
