@@ -169,6 +169,67 @@ class ImageStream:
         self._pending.clear()
 
 
+class ShardImageStream:
+    """Batches of a streamed shard part (:mod:`semivit.data.sources.shards`), read shard after shard in
+    DataLoader workers: the sequential counterpart of :class:`ImageStream` for the large unlabeled stream,
+    where seeking to random samples of tar files would be slow.
+
+    Each rank and worker reads its own shards (every pool sample once per epoch across all of them), with a
+    shuffle buffer. The state is, per worker, the first shard it had not fully delivered in the batches
+    consumed so far: a resumed run restarts there, so resumption is exact to the shard, not to the sample.
+    """
+
+    def __init__(self, images: ImageSet, pool: torch.Tensor, batch_size: int, seed: int, key: int, rank: int,
+                 world: int, workers: int, buffer: int | None = None) -> None:
+        from semivit.data.sources.shards import SHUFFLE_BUFFER
+
+        if len(pool) == 0:
+            raise ValueError("empty index pool")
+        self.images, self.pool, self.batch_size, self.seed, self.key = images, pool, batch_size, seed, key
+        self.rank, self.world, self.workers = rank, world, workers
+        self.buffer = SHUFFLE_BUFFER if buffer is None else buffer
+        self._position: dict[int, tuple[int, int]] = {}
+        self._loader: Iterator | None = None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from semivit.data.sources.shards import ShardSampleStream
+
+        if self._loader is None:
+            stream = ShardSampleStream(self.images.read, self.pool, self.batch_size, self.seed, self.key,
+                                       self.rank, self.world, self.buffer, start=self._position)
+            self._loader = iter(DataLoader(stream, batch_size=None, num_workers=self.workers,
+                                           persistent_workers=self.workers > 0,
+                                           pin_memory=torch.cuda.is_available()))
+        idx, images, _epochs, (worker, epoch, position) = next(self._loader)
+        self._position[int(worker)] = (int(epoch), int(position))
+        return idx, images
+
+    def state_dict(self) -> dict:
+        return {"shard_positions": {str(w): list(p) for w, p in self._position.items()},
+                "workers": self.workers, "world": self.world}
+
+    def load_state_dict(self, state: dict) -> None:
+        positions = state.get("shard_positions")
+        same = state.get("workers") == self.workers and state.get("world") == self.world
+        # another worker or rank count deals the shards differently: restart the earliest epoch any worker
+        # was in, from its first shard
+        if positions and same:
+            self._position = {int(w): (int(e), int(p)) for w, (e, p) in positions.items()}
+        elif positions:
+            epoch = min(int(e) for e, _ in positions.values())
+            self._position = {w: (epoch, 0) for w in range(max(1, self.workers))}
+        else:
+            self._position = {}
+        self._loader = None
+
+
+def streams_shards(images: ImageSet) -> bool:
+    """Whether ``images`` is a streamed shard part (read shard by shard rather than by random access)."""
+    from semivit.data.sources.shards import ShardReader
+
+    return not images.in_memory and isinstance(images.read, ShardReader)
+
+
 @dataclass
 class Batch:
     """What a method's training step receives. Views are float images in [0, 1] on the device.
@@ -233,9 +294,12 @@ class BatchMaker:
             else IndexStream(labeled, batch_size, seed, 1, rank, world))
         self.labeled = (ImageStream(train, labeled_stream, workers, resident)
                         if labeled_views and (batch_size > 0 or support) else None)
-        self.unlabeled = (ImageStream(train, IndexStream(unlabeled, unlabeled_batch_size, seed, 2, rank,
-                                                         world), workers, resident)
-                          if unlabeled_views and unlabeled_batch_size > 0 else None)
+        self.unlabeled: ImageStream | ShardImageStream | None = None
+        if unlabeled_views and unlabeled_batch_size > 0 and streams_shards(train):  # the large pool of shards
+            self.unlabeled = ShardImageStream(train, unlabeled, unlabeled_batch_size, seed, 2, rank, world, workers)
+        elif unlabeled_views and unlabeled_batch_size > 0:
+            self.unlabeled = ImageStream(train, IndexStream(unlabeled, unlabeled_batch_size, seed, 2, rank, world),
+                                         workers, resident)
         # Augmentation randomness lives on the device and is re-seeded from (seed, rank, step) before every
         # batch: a resumed run, or any rank, gets the same views without storing generator states.
         self.generator = torch.Generator(device=device)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from semivit.data.imageset import UNLABELED, DataBundle, ImageSet
-from semivit.data.sources import arrays, builtin, files
+from semivit.data.sources import arrays, builtin, files, hf, shards
 from semivit.data.sources.builtin import (
     BUILTINS,
     DEBIAN_FASHION_MNIST,
@@ -52,6 +52,8 @@ class _Family:
 # Asked in order: more specific layouts first (an IDX folder or a Hugging Face folder is also a folder).
 FAMILIES: list[_Family] = [
     _Family("idx", builtin.claims_idx, builtin.load_idx),
+    _Family("hf", hf.claims, hf.load),
+    _Family("shards", shards.claims, shards.load),
     _Family("npz", arrays.claims, arrays.load),
     _Family("files", files.claims, files.load),
 ]

@@ -25,6 +25,7 @@ from semivit.errors import SemivitError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "F"}
+_EXT = {"jpeg": "jpg", "tiff": "tif"}  # PIL format name -> file extension, where they differ
 _UNREADABLE = (OSError, ValueError, SyntaxError, KeyError, zipfile.BadZipFile, Image.DecompressionBombError)
 KINDS = ("pass an image folder, a .csv, a .npz, a .zip, a .parquet, a Hugging Face folder or hf:ORG/NAME, "
          "tar shards ('train-{000000..000009}.tar') or a built-in name (digits, cifar10, ...)")
@@ -112,6 +113,18 @@ class Decoder:
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.zip_path)
         return Image.open(io.BytesIO(self._zip.read(self.locs[i])))
+
+    def raw_file(self, i: int) -> tuple[bytes, str]:
+        """The encoded bytes of image ``i`` as stored, and its file extension (``semivit shards`` copies
+        them rather than re-encoding)."""
+        with self._open(i) as img:
+            fmt = (img.format or "png").lower()
+        if self.zip_path is None:
+            with open(self.locs[i], "rb") as f:
+                data = f.read()
+        else:
+            data = self._zip.read(self.locs[i])  # opened by _open above
+        return data, _EXT.get(fmt, fmt)
 
     def probe(self, i: int) -> tuple[tuple[int, int], str] | None:
         """(H, W) and 'L'/'RGB' from the header only, or None when the file does not open."""
