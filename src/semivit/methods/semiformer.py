@@ -16,21 +16,38 @@ Transformer head or the fused prediction q = ½(softmax(z_c) + softmax(z_t)) (op
 code), and L_u can be restricted to one stream. Both ½ factors follow the reference code's
 averaging over the two heads. The weak views are labelled without gradients.
 
-One departure from the reference code: it labels the weak views with the network in evaluation mode
-(BatchNorm running statistics). Those statistics come from the training batches, 7/8 strong views, and on
-8×8 digits strong views differ so much from weak ones that the conv head's weak-view accuracy fell from 0.67
-to 0.32 within 20 steps of the unlabeled loss starting, and the labeled training accuracy from 0.95 to 0.5
-(digits, 4 labels per class, the unlabeled loss from step 125).
-semivit labels in training mode by default (``teacher_mode: train``: batch statistics of the weak batch,
-which also enter the running statistics, as semivit's FixMatch); ``teacher_mode: eval`` is the reference.
+**BatchNorm and the weak-view pass** (issue 19, finding 6). The conv stream and the coupling units normalise
+with BatchNorm, so what a head predicts for an image depends on which statistics normalise it. The labeled
+images are learned inside the training pass, normalised with the statistics of the whole batch: B labeled weak
+views + μB strong views. The reference code (``semi_engine_concat_evalVersion.py``: ``model.eval()`` around the
+weak pass) labels the weak views in eval mode, i.e. with the running averages of exactly those training-batch
+statistics — the normalisation the labeled images were learned under — and every image independently of the
+rest of its batch. semivit used to label them in training mode instead (``teacher_mode: train``): the weak
+batch normalised by its *own* statistics, which no labeled image is ever normalised with once L_u starts
+(there 7/8 of every training batch are strong views), and which made each pseudo-label depend on the other
+images of the weak batch. Nothing in the loss ties that pass to the labels, and once its predictions drift,
+the strong views learn them and the loop closes: on a 28-px ten-class set the shipped recipe passed 97% of the
+weak views through the mask with pseudo-labels at chance while labeled-batch accuracy kept climbing. So the
+default is now the reference's eval-mode pass (``teacher_mode: eval``; ``train`` stays as an option).
+
+One departure remains, for the warm-up: the reference starts the unlabeled loss after 30 of 600 epochs, and
+its training batches hold only labeled images until then. The running statistics then jump from weak-only to
+7/8-strong batches at the very step the eval-mode teacher starts to matter (on 8×8 digits, eval mode without
+this: conv-head weak-view accuracy 0.67 → 0.32 within 20 steps of L_u starting). With ``warmup_strong`` (the
+default) the strong views go through the training pass from the first step, without a loss during the warm-up,
+so BatchNorm sees the same batch composition throughout: it costs the strong views' forward/backward during
+the warm-up, and changes no loss.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
@@ -39,6 +56,7 @@ from semivit.methods.pseudo_label import pseudo_label_diagnostics
 from semivit.models.semiformer import fuse_logits
 
 SOURCES = ("conv", "transformer", "fused")
+TEACHER_MODES = ("batch", "eval", "train")
 UNLABELED_STREAMS = {"both": ("conv", "transformer"), "transformer": ("transformer",), "conv": ("conv",)}
 
 
@@ -52,7 +70,12 @@ class SemiformerParams:
     warmup_u: float = 0.05
     pseudo_source: str = "conv"  # which head labels the weak views: conv | transformer | fused
     unlabeled_streams: str = "both"  # heads that learn the pseudo-labels on strong views: both | transformer | conv
-    teacher_mode: str = "train"  # the weak-view pass: train (BatchNorm batch statistics) | eval (running statistics)
+    # BatchNorm in the weak-view pass: batch (the statistics of this step's training batch) | eval (the running
+    # statistics, the reference) | train (the weak batch's own statistics; the old default, it collapsed)
+    teacher_mode: str = "batch"
+    # the strong views go through the training pass (without a loss) during the warm-up too, so BatchNorm's
+    # statistics do not change composition when L_u starts (a departure; see the module docstring)
+    warmup_strong: bool = True
 
 
 def unlabeled_start(warmup_u: float, total_steps: int) -> int:
@@ -81,23 +104,29 @@ class Semiformer(Method):
         if p.unlabeled_streams not in UNLABELED_STREAMS:
             raise SemivitError(f"method.unlabeled_streams must be both, transformer or conv, "
                                f"got '{p.unlabeled_streams}'")
-        if p.teacher_mode not in ("train", "eval"):
-            raise SemivitError(f"method.teacher_mode must be train or eval, got '{p.teacher_mode}'")
+        if p.teacher_mode not in TEACHER_MODES:
+            raise SemivitError(f"method.teacher_mode must be batch, eval or train, got '{p.teacher_mode}'")
         if p.warmup_u < 0:
             raise SemivitError(f"method.warmup_u must be >= 0, got {p.warmup_u}")
         self.unlabeled_ratio = p.mu
         self.start_step = unlabeled_start(p.warmup_u, self.total_steps)
+        self.batch_stats = BatchStats(self.model)
 
     @torch.no_grad()
     def pseudo_labels(self, u_weak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(confidence, pseudo-label) from ``pseudo_source`` on the weak views, and every head's logits.
 
-        The network runs in ``teacher_mode`` (train or eval) and is put back in the mode it was in.
+        ``teacher_mode`` train: the network in training mode (BatchNorm on the weak batch's own statistics, which
+        also enter the running statistics); eval: in eval mode (running statistics); batch: in eval mode with
+        BatchNorm normalising by the statistics last recorded by :attr:`batch_stats` (this step's training
+        batch; the running statistics until a batch was recorded). The mode is put back afterwards.
         """
         was_training = self.model.training
-        self.model.train(self.params.teacher_mode == "train")
+        mode = self.params.teacher_mode
+        self.model.train(mode == "train")
         try:
-            logits = {k: v.float() for k, v in self.model.stream_logits(u_weak).items()}
+            with self.batch_stats.applied() if mode == "batch" else _nothing():
+                logits = {k: v.float() for k, v in self.model.stream_logits(u_weak).items()}
         finally:
             self.model.train(was_training)
         conf, pseudo = logits[self.params.pseudo_source].softmax(-1).max(-1)
@@ -107,12 +136,16 @@ class Semiformer(Method):
         p = self.params
         x_l, y = batch.x["weak"], batch.y
         assert y is not None
+        active = step >= self.start_step
+        # One pass over the labeled and the strong unlabeled images: BatchNorm normalises the labeled images with
+        # the statistics of this mixed batch (from the first step when warmup_strong: the strong views' loss
+        # waits, their share of the statistics does not). Those statistics are recorded, and the weak views are
+        # then labelled with them (teacher_mode batch): normalised as the labeled images just were.
+        x = torch.cat([x_l, batch.u["strong"]]) if active or p.warmup_strong else x_l
+        with self.batch_stats.recording():
+            out = self.model.stream_logits(x)
         conf, pseudo, weak = self.pseudo_labels(batch.u["weak"])
         mask = conf >= p.threshold
-        active = step >= self.start_step
-        # one pass over the labeled and (once the warm-up is over) the strong unlabeled images
-        x = torch.cat([x_l, batch.u["strong"]]) if active else x_l
-        out = self.model.stream_logits(x)
         n = len(x_l)
         metrics: dict[str, torch.Tensor] = {}
         loss_x = x_l.new_zeros((), dtype=torch.float32)
@@ -151,3 +184,55 @@ class Semiformer(Method):
             for s, pred in preds.items():
                 out[f"weak_acc_{s}"] = ((pred == truth) & known).sum() / known.sum().clamp_min(1)
         return {k: v.detach().float() for k, v in out.items()}
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+class BatchStats:
+    """The per-channel mean and (biased) variance each BatchNorm layer of ``model`` normalised with in the last
+    recorded training-mode pass, and a context that makes eval-mode passes normalise with them.
+
+    Why: the reference labels the weak views in eval mode, with the *running* averages of the training batches'
+    statistics. Those lag behind the network by ~1/momentum updates; early in a short, fast run (lr 2.5e-3 on
+    a few hundred steps) the lag is enough for an eval-mode pass to mis-normalise every image the same way and
+    make the conv head confidently predict one class for all of them — with λ_u = 4 the strong views learn that
+    within a few steps. Recording the current training batch's own statistics gives the weak views exactly the
+    normalisation the labeled images got in the same step, with no lag and without the weak batch's own
+    statistics (teacher_mode train) that no labeled image is ever normalised with.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _record(self, bn: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if bn.training:  # the statistics F.batch_norm normalises with in training mode (biased variance)
+            x = args[0].detach().float()
+            var, mean = torch.var_mean(x, dim=[0, *range(2, x.dim())], unbiased=False)
+            self.stats[bn] = (mean, var)
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record the statistics of the training-mode forward passes run inside the context."""
+        hooks = [bn.register_forward_pre_hook(self._record) for bn in self.layers]
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Eval-mode BatchNorm layers normalise with the recorded statistics (running ones where none was
+        recorded); the running statistics are put back afterwards, untouched."""
+        saved = [(bn, bn.running_mean, bn.running_var) for bn in self.layers if bn in self.stats]
+        try:
+            for bn, _, _ in saved:
+                bn.running_mean, bn.running_var = self.stats[bn]
+            yield
+        finally:
+            for bn, mean, var in saved:
+                bn.running_mean, bn.running_var = mean, var
