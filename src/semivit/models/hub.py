@@ -198,7 +198,9 @@ def choose_resolution(hub: HubModel, data_size: int, setting: str = "auto") -> t
     elif setting == "data":
         target, why = data_size, "model.resolution=data"
     elif setting == "auto":
-        if data_size >= AUTO_KEEP_FROM:
+        if data_size == native:
+            target, why = data_size, "model.resolution=auto: the data has the backbone's native size"
+        elif data_size >= AUTO_KEEP_FROM:
             target, why = data_size, f"model.resolution=auto keeps images of ≥ {AUTO_KEEP_FROM} px at their size"
         else:
             target = min(native, AUTO_RESIZE_CAP)
