@@ -107,8 +107,10 @@ def test_imagefolder_with_metadata_csv(tmp_path):
 def test_hub_name_goes_through_load_dataset(monkeypatch):
     calls = []
     feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=NAMES)})
+    pool = datasets.Dataset.from_dict({"image": [_pil(i) for i in range(4)]},
+                                      features=datasets.Features({"image": datasets.Image()}))
     local = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
-        {"image": [_pil(i) for i in range(3)], "label": [0, 1, 2]}, features=feats)})
+        {"image": [_pil(i) for i in range(3)], "label": [0, 1, 2]}, features=feats), "unlabeled": pool})
 
     def fake(name, config=None, **kw):
         calls.append((name, config))
@@ -117,6 +119,7 @@ def test_hub_name_goes_through_load_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake)
     b = load_source("hf:someone/pets:small")
     assert calls == [("someone/pets", "small")] and b.train.classes == NAMES and b.name == "someone/pets:small"
+    assert b.train.labels.tolist() == [0, 1, 2, -1, -1, -1, -1] and b.train.ids[3] == "unlabeled/0"
 
     def offline(name, config=None, **kw):
         raise ConnectionError("Couldn't reach 'someone/pets' on the Hub (LocalEntryNotFoundError)\nmore")

@@ -32,7 +32,7 @@ from semivit.data.sources.builtin import (
     default_root,
     read_idx,
 )
-from semivit.data.sources.common import IMAGE_EXTENSIONS, KINDS, Opts, Parts, conform
+from semivit.data.sources.common import IMAGE_EXTENSIONS, KINDS, Opts, Parts, concat, conform
 from semivit.data.sources.files import read_image_files
 from semivit.errors import SemivitError
 
@@ -80,7 +80,7 @@ def load_source(spec: str, *, test: str | None = None, unlabeled: str | None = N
     bundle = DataBundle(parts.name or spec, parts.train, parts.test, parts.flip)
     if parts.val is not None and len(parts.val):
         n = len(parts.train)
-        bundle.train = _concat(parts.train, replace(parts.val, ids=[f"val/{i}" for i in parts.val.ids]))
+        bundle.train = concat(parts.train, replace(parts.val, ids=[f"val/{i}" for i in parts.val.ids]))
         bundle.val_index = torch.arange(n, n + len(parts.val))
     return bundle
 
@@ -111,7 +111,7 @@ def load_parts(spec: str, *, test: str | None = None, unlabeled: str | None = No
         pool = _load(unlabeled, train.image_size, train.channels, opts, pool=True).train
         pool = replace(pool, labels=torch.full((len(pool),), UNLABELED, dtype=torch.long),
                        ids=[f"unlabeled/{i}" for i in pool.ids], classes=list(train.classes))
-        train = _concat(train, pool)
+        train = concat(train, pool)
     parts.train = train
     return parts
 
@@ -149,22 +149,3 @@ def _align(part: ImageSet, classes: list[str], what: str) -> ImageSet:
                            "names (folders or labels) for both")
     lut = torch.tensor([classes.index(c) for c in part.classes] + [UNLABELED])  # lut[-1] keeps -1 as -1
     return replace(part, labels=lut[part.labels], classes=list(classes))
-
-
-class _Chain:
-    """``read`` over ImageSet ``a`` then ``b`` (picklable when their reads are)."""
-
-    def __init__(self, a: ImageSet, b: ImageSet) -> None:
-        self.a, self.b = a, b
-
-    def __call__(self, i: int) -> torch.Tensor:
-        part, j = (self.a, i) if i < len(self.a) else (self.b, i - len(self.a))
-        return part.images[j] if part.images is not None else part.read(j)
-
-
-def _concat(a: ImageSet, b: ImageSet) -> ImageSet:
-    """``b`` appended to ``a`` (same size and channels); streamed when either is."""
-    labels, ids = torch.cat([a.labels, b.labels]), a.ids + b.ids
-    if a.images is not None and b.images is not None:
-        return replace(a, labels=labels, ids=ids, images=torch.cat([a.images, b.images]))
-    return ImageSet(labels, ids, a.classes, a.channels, a.image_size, read=_Chain(a, b))

@@ -12,7 +12,7 @@ import os
 import warnings
 import zipfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +273,22 @@ def array_parts(parts: list[tuple[np.ndarray, np.ndarray, str]], classes: list[s
         names = list(classes) if classes is not None else [str(i) for i in range(k)]
         sets.append(array_set(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), names))
     return sets
+
+
+class _Chain:
+    """``read`` over ImageSet ``a`` then ``b`` (picklable when their reads are)."""
+
+    def __init__(self, a: ImageSet, b: ImageSet) -> None:
+        self.a, self.b = a, b
+
+    def __call__(self, i: int) -> torch.Tensor:
+        part, j = (self.a, i) if i < len(self.a) else (self.b, i - len(self.a))
+        return part.images[j] if part.images is not None else part.read(j)
+
+
+def concat(a: ImageSet, b: ImageSet) -> ImageSet:
+    """``b`` appended to ``a`` (same size and channels); streamed when either is."""
+    labels, ids = torch.cat([a.labels, b.labels]), a.ids + b.ids
+    if a.images is not None and b.images is not None:
+        return replace(a, labels=labels, ids=ids, images=torch.cat([a.images, b.images]))
+    return ImageSet(labels, ids, a.classes, a.channels, a.image_size, read=_Chain(a, b))

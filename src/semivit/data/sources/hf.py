@@ -3,7 +3,8 @@ files (one ``.parquet`` or a folder of them), and the ``imagefolder`` layout wit
 
 Read through the ``datasets`` library (``pip install 'semivit[hf]'``). Splits: ``train`` is the training
 part (or the only split), ``test`` the test part, ``validation``/``valid``/``val``/``dev`` a validation part
-that becomes the run's validation split. The image column is the one typed ``Image`` (else a binary column,
+that becomes the run's validation split, ``unlabeled``/``unsupervised`` images appended to ``train`` without
+labels (ids ``unlabeled/ROW``). The image column is the one typed ``Image`` (else a binary column,
 else a path column such as ``image``/``file_name``); the label column is the ``ClassLabel`` one (its names
 become class names), else ``label``/``labels``/``fine_label``/``class``/``target`` (strings become sorted
 class names, integers "0".."K-1"); -1 or an empty value is unlabeled. Ids are ``SPLIT/ROW``.
@@ -20,14 +21,16 @@ from typing import Any
 from PIL import Image
 
 from semivit.data.imageset import UNLABELED, ImageSet
-from semivit.data.sources.common import Decoder, Files, Opts, Parts, files_to_set
+from semivit.data.sources.common import Decoder, Files, Opts, Parts, concat, files_to_set
 from semivit.errors import SemivitError
 
 INSTALL = "pip install 'semivit[hf]' (or pip install datasets)"
 LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "category", "y")
 PATH_NAMES = ("image", "img", "image_path", "file_name", "filename", "file", "path", "filepath")
 VAL_SPLITS = ("validation", "valid", "val", "dev")
-_SPLIT_OF_FILE = re.compile(r"(?:^|[-_./])(train|test|validation|valid|val|dev)(?:[-_.]|$)")
+POOL_SPLITS = ("unlabeled", "unlabelled", "unsupervised")
+_SPLIT_OF_FILE = re.compile(r"(?:^|[-_./])(train|test|validation|valid|val|dev|unlabeled|unlabelled|unsupervised)"
+                            r"(?:[-_.]|$)")
 
 
 def _datasets() -> Any:
@@ -198,5 +201,15 @@ def load(spec: str, path: Path, size: tuple[int, int] | None, mode: str | None, 
         parts[part] = files_to_set(files, where, first.image_size if first else size,
                                    ("RGB" if first.channels == 3 else "L") if first else mode, opts,
                                    Counter(), None, decoder=dec)
-    return Parts(parts["train"], parts.get("test"), parts.get("val"), name=spec[3:] if spec.startswith("hf:")
-                 else None)
+    train = parts["train"]
+    pool_key = next((k for k in POOL_SPLITS if k in splits and k != train_key), None)
+    if pool_key is not None:  # STL-10's 'unlabeled' split and the like: appended as unlabeled images
+        d = splits[pool_key]
+        where = f"'{spec}' split '{pool_key}'"
+        image, kind, _ = _columns(d, where)
+        dec = RowDecoder(d, image, kind, base, where)
+        files = Files(dec.locs, [f"{pool_key}/{i}" for i in range(len(d))], [UNLABELED] * len(d), train.classes)
+        pool = files_to_set(files, where, train.image_size, "RGB" if train.channels == 3 else "L", opts,
+                            decoder=dec)
+        train = concat(train, pool)
+    return Parts(train, parts.get("test"), parts.get("val"), name=spec[3:] if spec.startswith("hf:") else None)

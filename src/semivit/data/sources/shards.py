@@ -300,13 +300,12 @@ class ShardSampleStream(IterableDataset):
         self.rows = rows = np.asarray(reader.locs, np.int64)  # ImageSet index -> index row
         in_pool = np.zeros(len(rows), bool)
         in_pool[pool.numpy()] = True
-        # per shard: the (ImageSet index, index row) of its pool samples, in file order
-        self.per_shard: list[np.ndarray] = []
+        # per shard: the ImageSet indices of its pool samples, in file order (reads go front to back)
         shard_of = index.shard_of[rows]
         order = np.lexsort((index.offset[rows], shard_of))
-        for s in range(len(index.shards)):
-            mine = order[(shard_of[order] == s) & in_pool[order]]
-            self.per_shard.append(mine)
+        bounds = np.searchsorted(shard_of[order], np.arange(len(index.shards) + 1))
+        segments = (order[bounds[s]:bounds[s + 1]] for s in range(len(index.shards)))
+        self.per_shard: list[np.ndarray] = [seg[in_pool[seg]] for seg in segments]
         if not any(len(m) for m in self.per_shard):
             raise ValueError("empty index pool")
 
@@ -420,7 +419,11 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> int:
 
 def write_part(part: ImageSet, out: Path, prefix: str, shard_size: int) -> list[Path]:
     """``part`` as ``OUT/PREFIX-000000.tar``, ... of ``shard_size`` samples each, in the part's order."""
+    from tqdm import tqdm
+
     paths = []
+    # a bar per part: an ImageNet-sized folder takes many minutes (copying ~1,000 files/s per core)
+    bar = tqdm(total=len(part), desc=f"{prefix} shards", unit="img", disable=len(part) < 10_000, leave=False)
     for start in range(0, len(part), shard_size):
         path = out / f"{prefix}-{start // shard_size:06d}.tar"
         tmp = path.with_suffix(".tar.tmp")
@@ -436,9 +439,11 @@ def write_part(part: ImageSet, out: Path, prefix: str, shard_size: int) -> list[
                 _add(tar, f"{key}.id", part.ids[i].encode("utf-8"))
                 table.append([offset, len(data), ext, label, part.ids[i]])
         tmp.replace(path)  # a shard appears whole or not at all
+        bar.update(len(table))
         side = {"version": 1, "tar_bytes": path.stat().st_size, "samples": table}
         _sidecar(str(path)).write_text(json.dumps(side, ensure_ascii=False), encoding="utf-8")
         paths.append(path)
+    bar.close()
     return paths
 
 
