@@ -12,9 +12,10 @@ after pre-training, classify by soft nearest neighbours over the labeled set (``
 As in the reference (facebookresearch/suncet ``src/paws_train.py``), the projector is fc1–BN–ReLU–fc2–BN–
 ReLU–fc3 with a plain last Linear (``init_model``); each support image is seen as ``support_views`` views
 (``criterion.supervised_views: 2``). The snn classifier reads the projector output (``snn_eval.py``
-classifies ``encoder(imgs)``, which ends in that head), so the projector layers after ``finetune_layer``
-are exported as the model's ``embedding``: k-NN, the linear probe and snn evaluate on it, and ``semivit
-evaluate --classifier snn`` rebuilds the classifier PAWS trained. Fine-tuning from the export ignores it.
+classifies ``encoder(imgs)``, which ends in that head; without the prediction head, its default), so the
+projector layers after ``finetune_layer`` are exported as the model's ``embedding``: k-NN, the linear probe
+and snn evaluate on it, and ``semivit evaluate --classifier snn`` rebuilds the classifier PAWS trained.
+Fine-tuning from the export ignores it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class PAWS(Method):
     name = "paws"
     Params = PAWSParams
     labeled_views = ("large",)
-    trains_classifier = False  # judged by k-NN / soft nearest neighbours on features until fine-tuned
+    trains_classifier = False  # judged by k-NN / soft nearest neighbours on its embedding until fine-tuned
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
