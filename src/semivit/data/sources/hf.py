@@ -42,8 +42,9 @@ def _datasets() -> Any:
 
 
 def _parquet_files(path: Path) -> list[Path]:
-    """Parquet files of a folder: at its top or one level down (the hub's ``data/`` folder)."""
-    return sorted([*path.glob("*.parquet"), *path.glob("*/*.parquet")])
+    """Parquet files of a folder: at its top or in ``data/`` (the hub's layout). Not every sub-folder: this
+    runs for every folder source, and listing each class folder of an ImageNet tree would cost seconds."""
+    return sorted([*path.glob("*.parquet"), *path.glob("data/*.parquet")])
 
 
 def _metadata(path: Path) -> Path | None:
