@@ -1,4 +1,4 @@
-"""Semiformer on 28-px data: does the recipe collapse, and why? (issue 19, finding 6)
+"""Semiformer on 28-px data: does the recipe collapse, and why? (issue 19, finding 6; Weng et al., ECCV 2022)
 
 Runs the shipped ``semiformer`` recipe (or with ``--set`` overrides) once and, at every validation, measures
 besides the trainer's own validation top-1 (the evaluation EMA, ``train.ema``):
@@ -9,7 +9,9 @@ besides the trainer's own validation top-1 (the evaluation EMA, ``train.ema``):
 * ``weak_joint`` / ``weak_eval`` (every 20 steps, on that step's unlabeled weak views, against the hidden
   labels; the conv head) — the weak views passed in training mode *inside* the training batch (labeled +
   weak + strong, so BatchNorm normalises them with the statistics the labeled images get), and in eval
-  mode (running statistics, the reference's teacher pass); ``weak_alone`` is the method's own pass;
+  mode (running statistics, the reference's teacher pass); ``weak_alone`` is the old training-mode pass (the
+  weak batch's own statistics); the method's own pass (``teacher_mode``, default batch) is ``weak_acc_conv`` in
+  ``metrics.csv``;
 * ``ema_avgbuf`` — an evaluation EMA that also averages the BatchNorm buffers (timm's ``ModelEma``, which
   the reference code uses), for comparison with the trainer's (buffers copied from the live network).
 
@@ -32,6 +34,8 @@ import torch
 from torch import nn
 
 from semivit.config import load_yaml, parse_set_args
+from semivit.data.imageset import ImageSet
+from semivit.data.loaders import Batch
 from semivit.engine import trainer as trainer_mod
 from semivit.engine.evaluate import predict_logits, top1
 from semivit.pipeline import find_recipe, run_stages, stage_configs
@@ -55,7 +59,7 @@ class BufferAveragingEMA(nn.Module):
 
 
 @torch.no_grad()
-def train_bn_logits(model: nn.Module, images, indices: torch.Tensor, batch: int = 256) -> torch.Tensor:
+def train_bn_logits(model: nn.Module, images: ImageSet, indices: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """Logits with BatchNorm normalising by each chunk's own statistics (running stats left untouched)."""
     from semivit.data.augment import to_float
 
@@ -70,7 +74,7 @@ def train_bn_logits(model: nn.Module, images, indices: torch.Tensor, batch: int 
 
 
 @torch.no_grad()
-def weak_probe(model: nn.Module, batch) -> dict[str, float]:
+def weak_probe(model: nn.Module, batch: Batch) -> dict[str, float]:
     """Conv-head accuracy on the weak unlabeled views: alone in training mode, inside the joint training batch
     in training mode, and in eval mode. BatchNorm buffers are restored, so training is not disturbed."""
     saved = copy.deepcopy([b.clone() for b in model.buffers()])
