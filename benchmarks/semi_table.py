@@ -4,8 +4,9 @@
 
 Rows (the shipped recipes, trimmed or varied; every fine-tuning row gets stages 2+3's steps):
   supervised-only              the semivit recipe's supervised stage, for stage 2 + 3 steps, labels only
-  fixmatch                     supervised → fixmatch: the ema_teacher row with the student as its own teacher
-                               (as Semi-ViT compares them: same init, threshold, λ_u, μ, steps)
+  fixmatch                     supervised → fixmatch at its paper's settings (τ 0.95, λ_u 1, μ 7, no label
+                               smoothing; same init and steps as the ema_teacher row), scored on an evaluation
+                               EMA with the EMA-Teacher's momentum, as the ema_teacher rows score their teacher
   ema_teacher                  supervised → ema_teacher without pseudo mixup (no MAE)
   ema_teacher + pseudo mixup   supervised → ema_teacher with pseudo mixup (no MAE)
   semivit pipeline             mae → supervised → ema_teacher + pseudo mixup (the full recipe)
@@ -72,8 +73,12 @@ def main() -> int:
 
     baseline = variant(sup)
     baseline.train.steps = (sup.train.steps or 0) + (ema.train.steps or 0)
-    fixmatch = variant(ema, pseudo_mixup="off")
+    fixmatch = variant(ema)
     fixmatch.train.method = "fixmatch"
+    fixmatch.method = {"threshold": 0.95, "lambda_u": 1.0, "mu": 7, "label_smoothing": 0.0}  # Sohn et al. 2020
+    # evaluated on an EMA of its weights with the teacher's momentum (declared for the same stage length)
+    fixmatch.train.ema = ema.method.get("ema", 0.99)
+    fixmatch.train.ema_ref_steps = ema.method.get("ema_ref_steps")
     rows = [("supervised-only", [baseline]),
             ("fixmatch", [variant(sup), fixmatch]),
             ("ema_teacher", [variant(sup), variant(ema, pseudo_mixup="off")]),

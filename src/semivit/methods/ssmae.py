@@ -40,7 +40,7 @@ from semivit.methods.mae import MAE, MAEParams
 class SSMAEParams(MAEParams):  # MAE's settings (mask ratio, decoder, view to reconstruct), and:
     rec_weight: float = 1.0  # w_rec: weight of the reconstruction loss against the classification loss
     lambda_u: float = 1.0  # weight of a pseudo-labelled image against a labeled one (1 = the reference)
-    mu: float = 5.0  # unlabeled images per labeled image
+    mu: float = 2.0  # unlabeled images per labeled image (the reference: 32 unlabeled + 16 labeled, main.py L190–206)
     threshold: float = 0.95  # acceptance: both views' confidence above this, and the same class
     gate: str = "val"  # val (the validation rule) | open (from step 0) | closed (never)
     gate_every: int = 100  # steps between gate checks
