@@ -9,15 +9,19 @@ from safetensors.torch import load_file
 from tests.conftest import REPO
 
 
+def _cpu_env() -> dict[str, str]:
+    """The environment of a CPU torchrun child: one thread, no GPU, and the caller's PYTHONPATH kept (the
+    package may come from src/ rather than an install)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
 def torchrun_two_gloo_ranks(script: str, out, port: int) -> list[dict[str, torch.Tensor]]:
     """Run ``tests/SCRIPT OUT`` as two CPU processes through torchrun (never a home-made launcher); returns
     what each rank saved as ``OUT/rank{r}.safetensors``."""
-    # keep the caller's PYTHONPATH: the package may come from src/ rather than an install
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            str(REPO / "tests" / script), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=_cpu_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [load_file(str(out / f"rank{r}.safetensors")) for r in range(2)]
 
@@ -59,12 +63,10 @@ def test_noisy_student_balancing_counts_agree_over_two_ranks(tmp_path):
 def test_two_nodes_over_c10d_rendezvous_agree_and_draw_disjoint_shards(tmp_path):
     """``torchrun --nnodes 2`` as two processes on 127.0.0.1 (one "node" each, c10d rendezvous, gloo): the
     README's multi-node recipe, run for real."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
            "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:29531", "--rdzv_id", "semivit-test",
            str(REPO / "tests" / "multinode_worker.py"), str(tmp_path)]
-    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nodes = [subprocess.Popen(cmd, env=_cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     for node in nodes:
         _, err = node.communicate(timeout=300)

@@ -283,14 +283,7 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int
         near = difflib.get_close_matches(name, known + timm.list_models(), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         raise SemivitError(f"unknown model '{name}'{hint}: use one of {', '.join(known)} or a timm name")
-    model = ImageClassifier(backbone, spec, mean, std)
-    if head_layers > 0:
-        from semivit.models.heads import ProjectionHead
-
-        hidden = head_hidden or model.num_features
-        attach_head_layers(model, list(ProjectionHead(model.num_features, hidden, hidden, head_layers + 1)
-                                       .blocks[:head_layers]), hidden)
-    return model
+    return _with_head_layers(ImageClassifier(backbone, spec, mean, std), head_layers, head_hidden)
 
 
 def _hub_model(hub: Any, spec: ModelSpec, *, pretrained: bool, cache_dir: str | None, resolution: str,
@@ -312,7 +305,12 @@ def _hub_model(hub: Any, spec: ModelSpec, *, pretrained: bool, cache_dir: str | 
     spec.kwargs.update(hubs.spec_kwargs(hub, size), drop_path=drop_path, resolution=str(resolution))
     if pretrained and mean is None:
         mean, std = hubs.normalization(hub, spec.in_chans)
-    model = ImageClassifier(backbone, spec, mean, std)
+    return _with_head_layers(ImageClassifier(backbone, spec, mean, std), head_layers, head_hidden)
+
+
+def _with_head_layers(model: ImageClassifier, head_layers: int, head_hidden: int | None) -> ImageClassifier:
+    """``model`` with ``head_layers`` fresh projection-head layers (Linear–BN–ReLU, ``head_hidden`` wide)
+    before its classifier, when > 0."""
     if head_layers > 0:
         from semivit.models.heads import ProjectionHead
 
