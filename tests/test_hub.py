@@ -114,11 +114,23 @@ def test_pretrained_source_rules() -> None:
     from semivit.models.pretrained import pretrained_source
 
     assert pretrained_source("vit_small_patch16_224.augreg_in21k", None) == (True, None)
+    assert pretrained_source("vit_small_patch16_224.augreg_in21k", "auto") == (True, None)
     assert pretrained_source("vit_nano", None) == (False, None)
     assert pretrained_source("resnet50", "hub") == (True, None)
     assert pretrained_source("vit_base_patch16_224.mae", "none") == (False, None)
     assert pretrained_source("vit_nano", "runs/x/checkpoints/model.safetensors") == \
         (False, "runs/x/checkpoints/model.safetensors")
+
+
+def test_none_on_the_command_line_means_from_scratch() -> None:
+    """`--set model.pretrained=none` must not be read as null (= auto, which loads a tagged name's weights)."""
+    from semivit.config import Config, apply_overrides, parse_set_args
+    from semivit.models.pretrained import pretrained_source
+
+    cfg = apply_overrides(Config(), {"model.name": "vit_base_patch16_224.mae",
+                                     **parse_set_args(["model.pretrained=none"])})
+    assert pretrained_source(cfg.model.name, cfg.model.pretrained) == (False, None)
+    assert pretrained_source(cfg.model.name, Config().model.pretrained) == (True, None)
 
 
 def test_choose_resolution_rules() -> None:

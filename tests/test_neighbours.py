@@ -478,5 +478,5 @@ def test_new_recipes_run_end_to_end(recipe, tmp_path):
         config = (root / f"stage{k}-{stage['method']}" / "config.yaml").read_text()
         if stage["method"] in ("noisy_student", "feature_distill"):  # the previous stage is the teacher
             assert f"stage{k - 1}-{stages[k - 2]['method']}/checkpoints/model.safetensors" in config
-            assert "pretrained: null" in config  # and the student starts from scratch
+            assert "pretrained: auto" in config  # and the student starts from scratch (vit_nano: no weights)
     assert 0.0 <= result.metrics["test_top1"] <= 1.0

@@ -63,4 +63,4 @@ def test_shipped_recipes_are_valid(recipe):
 def test_stages_do_not_share_sections():
     _, configs = stage_configs({"stages": [{"method": "supervised"}, {"method": "distill"}]}, {})
     configs[0].model.pretrained = "stage1.safetensors"
-    assert configs[1].model.pretrained is None
+    assert configs[1].model.pretrained == "auto"  # the default, untouched by the first stage

@@ -53,10 +53,11 @@ class ModelConfig:
     depth: int | None = None
     num_heads: int | None = None
     drop_path: float = 0.1
-    # where the starting weights come from: None = the hub's when model.name carries them (a tagged timm
+    # where the starting weights come from: "auto" = the hub's when model.name carries them (a tagged timm
     # name, hf-hub:ORG/NAME, local-dir:FOLDER), else none; "hub" = timm's/the hub's weights for model.name;
-    # "none" = random initialisation; or a local file (.safetensors, or .pth read with weights_only=True)
-    pretrained: str | None = None
+    # "none" = random initialisation; or a local file (.safetensors, or .pth read with weights_only=True).
+    # A plain string, not Optional: an Optional field would read the word "none" as null, i.e. "auto".
+    pretrained: str = "auto"
     cache_dir: str | None = None  # hub cache for downloaded weights (default HF_HUB_CACHE, i.e. HF_HOME/hub)
     resolution: str = "auto"  # pretrained backbones: auto | native | data | a size in px (models/hub.py)
     head_layers: int | None = None  # projection-head layers before the classifier; None = as in `pretrained`

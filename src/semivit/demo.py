@@ -62,7 +62,7 @@ def run_demo(out: Path = Path("runs/demo"), device: str = "auto", quick: bool = 
     # supervised-only: the pipeline's fine-tuning settings, for the steps of stages 2 and 3 together
     baseline = stages[1]
     baseline.train.steps = sum(cfg.train.steps or 0 for cfg in stages[1:])
-    baseline.model.pretrained = None
+    baseline.model.pretrained = "none"
     start = time.perf_counter()
     sup = train(baseline, data, out / "supervised")
     sup_seconds = time.perf_counter() - start

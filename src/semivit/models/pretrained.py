@@ -24,17 +24,17 @@ _PREFIXES = ("module.", "_orig_mod.", "model.", "encoder.", "student.")
 def pretrained_source(model_name: str, pretrained: str | None) -> tuple[bool, str | None]:
     """Where ``model.pretrained`` says the starting weights come from: ``(from the hub, local file)``.
 
-    None: the hub's when ``model_name`` carries them (a tagged timm name, ``hf-hub:``, ``local-dir:``);
-    "hub": the hub's (timm's default tag for an untagged name); "none": random initialisation; anything
-    else: a local file or run folder."""
+    "auto" (or None): the hub's when ``model_name`` carries them (a tagged timm name, ``hf-hub:``,
+    ``local-dir:``); "hub": the hub's (timm's default tag for an untagged name); "none": random
+    initialisation; anything else: a local file or run folder."""
     from semivit.models.hub import is_pretrained_name
 
     value = (pretrained or "").strip()
-    if value.lower() in ("", "null"):
+    if value.lower() in ("", "auto"):
         return is_pretrained_name(model_name), None
     if value.lower() == "hub":
         return True, None
-    if value.lower() in ("none", "scratch", "false", "off"):
+    if value.lower() in ("none", "null", "scratch", "false", "off"):
         return False, None
     return False, value
 
