@@ -170,7 +170,7 @@ def main() -> int:
             bares.append(bare)
             fulls.append(trainer_images_per_sec(result.run_dir))
         bare, full = statistics.median(bares), statistics.median(fulls)
-        print(f"| {name} | {model} | {images} | {bare:.0f} | {full:.0f} | {full / bare:.3f} | {flops / 1e9:.3f} | "
+        print(f"| {name} | {model} | {images} | {bare:.3g} | {full:.3g} | {full / bare:.3f} | {flops / 1e9:.3f} | "
               f"{flops * full / peak:.1%} |", flush=True)
     tmp.cleanup()
     return 0
