@@ -25,10 +25,9 @@ log = logging.getLogger("semivit")
 
 
 def _model_for(cfg: Config, data: Any, run: str | None) -> Any:
-    from semivit.data import channel_stats
     from semivit.engine.checkpoint import load_model
-    from semivit.models.factory import create_model
-    from semivit.models.pretrained import load_pretrained, pretrained_source
+    from semivit.engine.trainer import Trainer
+    from semivit.models.pretrained import pretrained_source
 
     train = data.train
     if run:
@@ -38,20 +37,11 @@ def _model_for(cfg: Config, data: Any, run: str | None) -> Any:
                                f"{model.spec.in_chans}×{model.spec.image_size} px: probe it on the data it was "
                                f"trained on, or set data.image_size")
         return model
-    m = cfg.model
-    hub_weights, local = pretrained_source(m.name, m.pretrained)
-    if not hub_weights and not local:
-        raise SemivitError(f"model '{m.name}' has no pretrained weights to probe: pass a tagged timm name, "
+    if pretrained_source(cfg.model.name, cfg.model.pretrained) == (False, None):
+        raise SemivitError(f"model '{cfg.model.name}' has no pretrained weights to probe: pass a tagged timm name, "
                            f"hf-hub:ORG/NAME, local-dir:FOLDER, --pretrained hub|PATH, or a run folder")
-    model = create_model(m.name, train.num_classes, train.channels, train.image_size[0], patch_size=m.patch_size,
-                         embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, drop_path=0.0,
-                         classes=train.classes, pretrained=hub_weights, cache_dir=m.cache_dir,
-                         resolution=m.resolution)
-    if not hub_weights:
-        model.set_normalization(*channel_stats(train, seed=cfg.train.seed))
-    if local:
-        load_pretrained(model, local)
-    return model.eval()
+    # the model a training run would start from: the same weights, normalisation and resolution rules
+    return Trainer(cfg, data)._build_model().eval()
 
 
 def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None) -> dict[str, Any]:

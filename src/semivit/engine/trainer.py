@@ -212,15 +212,13 @@ class Trainer:
         elif is_main:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                (self.run_dir / ".write-check").write_bytes(b"")
-                (self.run_dir / ".write-check").unlink()
+                save_config(effective_config(cfg, method.effective_settings(), total), self.run_dir / "config.yaml")
+                save_split(self.data.split, self.data.train, self.run_dir / "split.json",
+                           {"source": cfg.data.source, "labels": cfg.data.labels, "val_spec": cfg.data.val,
+                            "seed": t.seed})
             except OSError as e:
                 raise SemivitError(f"cannot write to the run folder '{self.run_dir}' ({e.strerror or e}): choose a "
                                    f"writable --out") from None
-            save_config(effective_config(cfg, method.effective_settings(), total), self.run_dir / "config.yaml")
-            save_split(self.data.split, self.data.train, self.run_dir / "split.json",
-                       {"source": cfg.data.source, "labels": cfg.data.labels, "val_spec": cfg.data.val,
-                        "seed": t.seed})
         barrier()
 
         def eval_net() -> nn.Module:
@@ -241,82 +239,82 @@ class Trainer:
         check_every_step = self.device.type == "cpu"  # a host sync per step is free on CPU, not on GPU
         trained.train()
         step = state["step"]
-        stop = GracefulInterrupt()  # Ctrl-C: finish the step, checkpoint, stop (engine/interrupt.py)
-        try:
-            stop.__enter__()
-            while step < total:
-                lr = lr_at(step, total, base_lr, o.warmup, o.min_lr_ratio)
-                set_lr(optimizer, lr)
-                for micro in range(t.accum_steps):
-                    torch.manual_seed(t.seed * 1_000_003 + self.dist.rank * 7919 + step * 131 + micro)
-                    batch = batches.next(step * t.accum_steps + micro)
-                    sync = micro == t.accum_steps - 1 or not self.dist.enabled
-                    ctx = contextlib.nullcontext() if sync else trained.no_sync()  # type: ignore[operator]
-                    with ctx:  # DDP's no_sync must cover the backward pass
-                        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16,
-                                            enabled=dtype is not None):
-                            out = trained(batch, step)
-                        scaler.scale(out.loss / t.accum_steps).backward()
-                    window_images += batch.size
-                    bad |= ~torch.isfinite(out.loss.detach())
-                    for k, v in {"loss": out.loss, **out.metrics}.items():
-                        sums[k] = sums.get(k, 0) + v.detach().float()
-                    count += 1
-                if o.clip_grad:
+        # Ctrl-C: finish the step, checkpoint, stop (engine/interrupt.py)
+        with GracefulInterrupt() as stop:
+            try:
+                while step < total:
+                    lr = lr_at(step, total, base_lr, o.warmup, o.min_lr_ratio)
+                    set_lr(optimizer, lr)
+                    for micro in range(t.accum_steps):
+                        torch.manual_seed(t.seed * 1_000_003 + self.dist.rank * 7919 + step * 131 + micro)
+                        batch = batches.next(step * t.accum_steps + micro)
+                        sync = micro == t.accum_steps - 1 or not self.dist.enabled
+                        ctx = contextlib.nullcontext() if sync else trained.no_sync()  # type: ignore[operator]
+                        with ctx:  # DDP's no_sync must cover the backward pass
+                            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16,
+                                                enabled=dtype is not None):
+                                out = trained(batch, step)
+                            scaler.scale(out.loss / t.accum_steps).backward()
+                        window_images += batch.size
+                        bad |= ~torch.isfinite(out.loss.detach())
+                        for k, v in {"loss": out.loss, **out.metrics}.items():
+                            sums[k] = sums.get(k, 0) + v.detach().float()
+                        count += 1
+                    if o.clip_grad:
+                        if scaler.is_enabled():
+                            scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(method.parameters(), o.clip_grad)
                     if scaler.is_enabled():
-                        scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(method.parameters(), o.clip_grad)
-                if scaler.is_enabled():
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                method.on_step_end(step)
-                if ema is not None:
-                    ema.update(method.export_model())
-                step += 1
-                if method.validation_every and step % method.validation_every == 0:
-                    self._method_validation(method, step, logger)
-                logger.progress(1)
-                at_log = step % t.log_every == 0 or step == total
-                if (check_every_step or at_log or step % t.ckpt_every == 0) and bool(bad):
-                    raise NonFiniteLossError(
-                        f"the loss became NaN or infinite by step {step}; the last good checkpoint is kept "
-                        f"({last if last.exists() else 'none yet'}): lower optim.lr or set optim.clip_grad")
-                if at_log:
-                    elapsed = time.perf_counter() - window_start
-                    row = {k: float(v) / count for k, v in sums.items()}
-                    row.update(lr=lr, images_per_sec=window_images / max(elapsed, 1e-9))
-                    state["images"] += window_images
-                    state["seconds"] += elapsed
-                    logger.log(step, row)
-                    shown = ("loss", "acc", "mask", "pseudo_acc", "images_per_sec")
-                    logger.progress(0, {k: v for k, v in row.items() if k in shown})
-                    sums, count, window_images = {}, 0, 0
-                    window_start = time.perf_counter()
-                if t.eval_every and step % t.eval_every == 0 and step < total:
-                    self._validate(eval_net(), step, state, logger)
-                    window_start = time.perf_counter()
-                if step % t.ckpt_every == 0 and is_main:
-                    checkpoint(step)
-                if self._interrupt_requested(stop, at_log):
-                    if is_main:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    method.on_step_end(step)
+                    if ema is not None:
+                        ema.update(method.export_model())
+                    step += 1
+                    if method.validation_every and step % method.validation_every == 0:
+                        self._method_validation(method, step, logger)
+                    logger.progress(1)
+                    at_log = step % t.log_every == 0 or step == total
+                    if (check_every_step or at_log or step % t.ckpt_every == 0) and bool(bad):
+                        raise NonFiniteLossError(
+                            f"the loss became NaN or infinite by step {step}; the last good checkpoint is kept "
+                            f"({last if last.exists() else 'none yet'}): lower optim.lr or set optim.clip_grad")
+                    if at_log:
+                        elapsed = time.perf_counter() - window_start
+                        row = {k: float(v) / count for k, v in sums.items()}
+                        row.update(lr=lr, images_per_sec=window_images / max(elapsed, 1e-9))
+                        state["images"] += window_images
+                        state["seconds"] += elapsed
+                        logger.log(step, row)
+                        shown = ("loss", "acc", "mask", "pseudo_acc", "images_per_sec")
+                        logger.progress(0, {k: v for k, v in row.items() if k in shown})
+                        sums, count, window_images = {}, 0, 0
+                        window_start = time.perf_counter()
+                    if t.eval_every and step % t.eval_every == 0 and step < total:
+                        self._validate(eval_net(), step, state, logger)
+                        window_start = time.perf_counter()
+                    if step % t.ckpt_every == 0 and is_main:
                         checkpoint(step)
-                    barrier()
-                    raise TrainingInterrupted(f"interrupted at step {step} of {total}; saved {last}: continue with "
-                                              f"the same command and --resume")
-                # one process checks every step; DDP ranks agree at log steps (a broadcast is a host sync)
-                if t.time_limit and (at_log or not self.dist.enabled) and self._past_time_limit(state, window_start):
-                    if is_main:
-                        log.info("time limit of %.0f s reached at step %d of %d", t.time_limit, step, total)
-                    break
-            metrics = self._finish(eval_net(), step, state, logger)
-            if is_main:
-                checkpoint(step)
-        finally:
-            stop.__exit__(None, None, None)
-            logger.close()
+                    if self._interrupt_requested(stop, at_log):
+                        if is_main:
+                            checkpoint(step)
+                        barrier()
+                        raise TrainingInterrupted(f"interrupted at step {step} of {total}; saved {last}: continue with "
+                                                  f"the same command and --resume")
+                    # one process checks every step; DDP ranks agree at log steps (a broadcast is a host sync)
+                    if t.time_limit and (at_log or not self.dist.enabled) \
+                            and self._past_time_limit(state, window_start):
+                        if is_main:
+                            log.info("time limit of %.0f s reached at step %d of %d", t.time_limit, step, total)
+                        break
+                metrics = self._finish(eval_net(), step, state, logger)
+                if is_main:
+                    checkpoint(step)
+            finally:
+                logger.close()
         barrier()
         final_model = eval_net()
         assert isinstance(final_model, ImageClassifier)

@@ -293,7 +293,7 @@ def _hub_model(hub: Any, spec: ModelSpec, *, pretrained: bool, cache_dir: str | 
     pretraining mean/std and, when its resolution differs from the data's, a resize inside the model."""
     from semivit.models import hub as hubs
 
-    own_patch = hubs.backbone_patch(hub)
+    own_patch = hub.patch_size
     if patch_size and own_patch and patch_size != own_patch:
         raise SemivitError(f"model.patch_size {patch_size} differs from the pretrained backbone's {own_patch} px: "
                            f"a pretrained ViT keeps its patch size; unset model.patch_size")

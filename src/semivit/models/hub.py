@@ -20,6 +20,7 @@ position embeddings resampled to the data's grid (the patch size stays the backb
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -56,6 +57,18 @@ class HubModel:
     def native_size(self) -> int:
         size = self.pretrained_cfg.get("input_size") or (3, 224, 224)
         return int(size[-1])
+
+    @functools.cached_property
+    def patch_size(self) -> int | None:
+        """The patch size of a ViT-like architecture, None for CNNs: from the constructor args, else from a
+        throw-away build on the meta device (no memory, no weights); computed once per resolved name."""
+        if "patch_size" in self.model_args:
+            p = self.model_args["patch_size"]
+            return int(p[0] if isinstance(p, (list, tuple)) else p)
+        with torch.device("meta"):
+            model = timm.create_model(self.architecture, pretrained=False, **self.model_args)
+        patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+        return int(patch[0]) if patch is not None else None
 
     @property
     def repo_id(self) -> str | None:
@@ -167,17 +180,6 @@ def resolve(name: str, cache_dir: str | None = None) -> HubModel:
     return HubModel(name, arch, tag or (cfg.tag if cfg else None), cfg.to_dict() if cfg else {}, {})
 
 
-def backbone_patch(hub: HubModel) -> int | None:
-    """The patch size of a ViT-like architecture (from its constructor args or a throw-away meta build)."""
-    if "patch_size" in hub.model_args:
-        p = hub.model_args["patch_size"]
-        return int(p[0] if isinstance(p, (list, tuple)) else p)
-    with torch.device("meta"):
-        model = timm.create_model(hub.architecture, pretrained=False, **hub.model_args)
-    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    return int(patch[0]) if patch is not None else None
-
-
 def choose_resolution(hub: HubModel, data_size: int, setting: str = "auto") -> tuple[int, str]:
     """The side the backbone runs at for ``data_size``-px images, and a sentence saying why.
 
@@ -188,7 +190,7 @@ def choose_resolution(hub: HubModel, data_size: int, setting: str = "auto") -> t
       cut into 16-px patches would leave a 2 × 2 grid;
     - a number: that size.
     """
-    patch = backbone_patch(hub)
+    patch = hub.patch_size
     native = hub.native_size
     setting = str(setting).strip().lower()
     if setting.isdigit():
@@ -232,7 +234,7 @@ def create_backbone(hub: HubModel, num_classes: int, in_chans: int, img_size: in
     is re-initialised for ``num_classes``; a grey input sums the first conv's RGB filters, timm's rule)."""
     kwargs: dict[str, Any] = {**hub.model_args, "num_classes": num_classes, "in_chans": in_chans,
                               "drop_path_rate": drop_path}
-    patch = backbone_patch(hub)
+    patch = hub.patch_size
     if patch is not None:  # ViT-like: built at the chosen grid, timm resamples pos-embed while loading
         kwargs["img_size"] = img_size
     name = hub.name if has_source_prefix(hub.name) else (f"{hub.architecture}.{hub.tag}" if hub.tag
