@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +136,11 @@ def test_stream_every_sample_once_per_epoch(shard_dir, tmp_path, shard_size):
     write_shards(str(shard_dir / "d.npz"), out, shard_size=shard_size)
     part = load_source(str(out), stream_threshold=0).train
     pool = torch.tensor([i for i in range(len(part)) if i != 5])  # a validation image is left out
+    part.read.raw(0)  # the parent holds an open handle: forked workers must not share its file offset
     stream = ShardSampleStream(part.read, pool, batch_size=3, seed=1, key=2, buffer=5)
-    seen = _epoch_samples(stream, workers=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a sample misread as corrupt would be skipped with a warning
+        seen = _epoch_samples(stream, workers=2)
     for epoch in (0, 1):
         assert sorted(seen[epoch]) == pool.tolist()
     assert seen[0] != sorted(seen[0])  # shuffled

@@ -206,6 +206,24 @@ def test_zip_tree(tmp_path):
     assert torch.equal(streamed.train.read(5), b.train.images[5])
 
 
+
+def test_zip_stream_in_forked_workers(tmp_path):
+    """Workers forked after the parent opened the zip read their own members (no shared file offset)."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as zf:
+        for i in range(64):  # noise PNGs of ~12 kB: reads leave the file object's buffer and seek
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+            zf.writestr(f"train/{'ab'[i % 2]}/{i:02d}.png", buf.getvalue())
+    part = load_source(str(tmp_path / "set.zip"), stream_threshold=1).train
+    expected = [part.read(i) for i in range(len(part))]  # the parent's handle is open before the fork
+    loader = torch.utils.data.DataLoader(range(len(part)), batch_size=None, num_workers=2,
+                                         collate_fn=lambda i: (i, part.read(i)))
+    for _ in range(4):
+        for i, x in loader:
+            assert torch.equal(x, expected[i])
+
+
 # ----------------------------------------------------------------------------------------- csv, npz
 
 

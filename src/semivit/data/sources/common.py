@@ -91,18 +91,25 @@ class Decoder:
     Resize rule: every image is resized to ``size`` (H, W) with bilinear filtering (antialiased by PIL when
     shrinking), without keeping the aspect ratio: a centre crop would drop content the label may depend on.
 
-    Picklable so DataLoader workers can carry it; each process reopens the zip lazily because an open
-    ZipFile handle (and its file offset) must not be shared between processes.
+    Picklable so DataLoader workers can carry it; each process reopens its files lazily because an open
+    handle's file offset must not be shared between processes: a worker forked after the parent opened the
+    zip would seek on the same offset as its siblings and read another member's bytes.
     """
 
     def __init__(self, locs: list[str], zip_path: str | None, size: tuple[int, int] | None = None,
                  mode: str | None = None) -> None:
         self.locs, self.zip_path, self.size, self.mode = locs, zip_path, size, mode
         self._zip: zipfile.ZipFile | None = None
+        self._pid = os.getpid()
         self.sizes: Counter = Counter()  # (W, H) of the images decoded, for the report of mixed sizes
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_zip": None}
+
+    def _drop_inherited_handles(self) -> None:
+        """After a fork, forget the parent's open handles (subclasses holding more extend this)."""
+        if self._pid != os.getpid():
+            self._zip, self._pid = None, os.getpid()
 
     def where(self, i: int) -> str:
         return f"{self.zip_path}:{self.locs[i]}" if self.zip_path else self.locs[i]
@@ -110,6 +117,7 @@ class Decoder:
     def _open(self, i: int) -> Image.Image:
         if self.zip_path is None:
             return Image.open(self.locs[i])
+        self._drop_inherited_handles()
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.zip_path)
         return Image.open(io.BytesIO(self._zip.read(self.locs[i])))

@@ -176,7 +176,8 @@ def index_shards(shards: list[str]) -> ShardIndex:
 
 class ShardReader(Decoder):
     """Random access to sample ``i`` of a :class:`ShardIndex` (the streamed part's ``read``): a seek and a
-    read of the image member. Picklable; each process opens its own file handles."""
+    read of the image member. Picklable; each process opens its own file handles (also after a fork:
+    a forked DataLoader worker shares the parent's file offsets, so concurrent seeks would interleave)."""
 
     def __init__(self, index: ShardIndex, keep: list[int] | None = None) -> None:
         super().__init__(list(range(len(index.labels))) if keep is None else keep, None)
@@ -187,6 +188,11 @@ class ShardReader(Decoder):
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_files": {}, "_zip": None}
 
+    def _drop_inherited_handles(self) -> None:
+        if self._pid != os.getpid():
+            self._files = {}
+        super()._drop_inherited_handles()
+
     def where(self, i: int) -> str:
         j = int(self.locs[i])
         return f"{self.index.shards[self.index.shard_of[j]]}:{self.index.ids[j]}"
@@ -194,6 +200,7 @@ class ShardReader(Decoder):
     def raw(self, j: int) -> bytes:
         """The encoded image of sample ``j`` of the index (not of ``locs``)."""
         s = int(self.index.shard_of[j])
+        self._drop_inherited_handles()
         f = self._files.get(s)
         if f is None:
             f = self._files[s] = open(self.index.shards[s], "rb")  # noqa: SIM115 - kept open for later reads
