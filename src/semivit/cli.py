@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import logging
 import os
@@ -308,6 +309,11 @@ def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
     print(f"run folder: {run_dir}")
 
 
+# Modules with ``add_parser(sub)``: each adds its sub-command(s), so a new capability keeps its CLI with it
+# rather than growing this file.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semivit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -431,6 +437,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="where to write it (default RUN/report.html)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.set_defaults(func=cmd_report)
+
+    for module in COMMAND_MODULES:  # capabilities that bring their own sub-commands
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
