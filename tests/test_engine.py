@@ -7,7 +7,7 @@ from sklearn.metrics import roc_auc_score
 from semivit.config import OptimConfig
 from semivit.engine.checkpoint import load_checkpoint, save_checkpoint
 from semivit.engine.ema import ModelEMA
-from semivit.engine.evaluate import classification_report, expected_calibration_error, roc_auc
+from semivit.engine.evaluate import classification_report, expected_calibration_error, roc_auc, summary_line
 from semivit.engine.optim import build_optimizer, lr_at
 from semivit.errors import SemivitError
 from semivit.methods.supervised import Supervised, SupervisedParams
@@ -75,7 +75,11 @@ def test_report_metrics():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 0.1, 0.0]])
     labels = torch.tensor([0, 1, 0, 2])
     report = classification_report(logits, labels, ["a", "b", "c"])
-    assert report["top1"] == 0.5 and report["top5"] == 1.0
+    assert report["top1"] == 0.5 and "top5" not in report  # 1.0 by construction at 3 classes
+    ranks = torch.arange(6.0).repeat(7, 1)  # every image ranks class 0 last and class 5 first
+    six = classification_report(ranks, torch.tensor([0, 5, 5, 4, 3, 2, 1]), list("abcdef"))
+    assert six["top5"] == pytest.approx(6 / 7) and six["top1"] == pytest.approx(2 / 7)
+    assert "top-5 0.8571" in summary_line(six)
     assert report["per_class"] == {"a": 0.5, "b": 1.0, "c": 0.0}
     assert report["confusion"][0] == [1, 0, 1]
     probs = logits.softmax(1)
@@ -92,7 +96,8 @@ def test_roc_auc_matches_sklearn():
     positives = torch.rand(200, generator=g) < scores
     assert roc_auc(scores, positives) == pytest.approx(roc_auc_score(positives.numpy(), scores.numpy()))
     two = classification_report(torch.stack([-scores, scores], 1), positives.long(), ["neg", "pos"])
-    assert "roc_auc" in two
+    assert "roc_auc" in two and "top5" not in two
+    assert "ROC AUC" in summary_line(two) and "top-5" not in summary_line(two)
 
 
 def test_knn_and_linear_probe_on_separable_features():

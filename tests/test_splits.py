@@ -154,3 +154,19 @@ def test_split_file_keeps_where_validation_came_from(tmp_path):
     (tmp_path / "list.txt").write_text("".join(f"img{i:03d}.png\n" for i in (0, 1, 20, 21, 40, 41)))
     listed = load_split(str(tmp_path / "list.txt"), data, "1-per-class-of-labels", 0)
     assert listed.label_counts() == {"labeled": 3, "val_labeled": 3, "labels_total": 6, "val_from": "labels"}
+
+
+def test_flip_default_announced_once_per_data_set(caplog):
+    from semivit.config import DataConfig
+    from semivit import data
+    from semivit.data import prepare_data
+
+    data._ANNOUNCED.clear()  # other tests in this process may have prepared digits already
+    caplog.set_level("INFO", logger="semivit")
+    prepare_data(DataConfig(source="digits"), 0)
+    prepare_data(DataConfig(source="digits"), 1)
+    said = [r.getMessage() for r in caplog.records if "left-right" in r.getMessage()]
+    assert len(said) == 1 and "does not flip 'digits'" in said[0] and "data.flip=true" in said[0]
+    caplog.clear()
+    assert prepare_data(DataConfig(source="digits", flip=True), 0).flip  # chosen: nothing to announce
+    assert not [r for r in caplog.records if "left-right" in r.getMessage()]

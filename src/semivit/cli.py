@@ -131,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from semivit.data.sources import load_source
     from semivit.engine.checkpoint import load_model
-    from semivit.engine.evaluate import classification_report, predict_logits
+    from semivit.engine.evaluate import classification_report, predict_logits, summary_line
     from semivit.engine.trainer import resolve_device
 
     model, meta = load_model(args.checkpoint)
@@ -149,8 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         logits = predict_logits(model.to(device), part, device=device)
     report = classification_report(logits, part.labels, model.spec.classes or part.classes)
-    print(f"top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}  ECE {report['ece']:.4f}  "
-          f"n={report['n']}" + (f"  ROC AUC {report['roc_auc']:.4f}" if "roc_auc" in report else ""))
+    print(summary_line(report))
     if hasattr(model, "stream_logits"):  # Semiformer: the fused prediction above, and each stream alone
         from semivit.engine.evaluate import stream_top1
 

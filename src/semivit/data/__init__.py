@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import torch
@@ -9,6 +10,8 @@ import torch
 from semivit.config import DataConfig
 from semivit.data.imageset import UNLABELED, DataBundle, ImageSet
 from semivit.data.splits import VAL_EXTRA, Split, load_split, make_split
+
+log = logging.getLogger(__name__)
 
 __all__ = ["UNLABELED", "DataBundle", "ImageSet", "PreparedData", "Split", "channel_stats", "prepare_data"]
 
@@ -43,7 +46,26 @@ def prepare_data(cfg: DataConfig, seed: int, bundle: DataBundle | None = None) -
     else:  # an explicit data.val: the source's validation images are ordinary labeled training images
         split = make_split(bundle.train, cfg.labels, cfg.val, seed)
     flip = bundle.flip if cfg.flip is None else cfg.flip
+    if cfg.flip is None:
+        _announce_flip(bundle.name, flip)
     return PreparedData(bundle, split, flip)
+
+
+_ANNOUNCED: set[tuple[str, bool]] = set()
+
+
+def _announce_flip(name: str, flip: bool) -> None:
+    """Say once per data set whether augmentation mirrors images: a mirrored digit, letter or lateralised
+    medical image means something else, and the default cannot know the user's images."""
+    if (name, flip) in _ANNOUNCED:
+        return
+    _ANNOUNCED.add((name, flip))
+    if flip:
+        log.info("augmentation flips images left-right (weak and strong views); if a mirrored image means "
+                 "something else (digits, text, left/right anatomy), pass --set data.flip=false")
+    else:
+        log.info("augmentation does not flip '%s' left-right (mirrored images change meaning); "
+                 "--set data.flip=true turns flips on", name)
 
 
 def _provided_val_split(train: ImageSet, val_index: torch.Tensor, labels_spec: str, seed: int) -> Split:

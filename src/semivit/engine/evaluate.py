@@ -79,28 +79,38 @@ def roc_auc(scores: torch.Tensor, positives: torch.Tensor) -> float:
 
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """top-1, top-5, per-class accuracy, confusion matrix, ECE (and ROC AUC for two classes)."""
+    """top-1, per-class accuracy, confusion matrix, ECE; top-5 above five classes (at five or fewer it is 1.0
+    by construction) and ROC AUC for two classes (it reads the scores, not only their argmax)."""
     k = logits.shape[1]
     keep = labels >= 0
     logits, labels = logits[keep], labels[keep]
     n = len(labels)
     probs = logits.softmax(1)
     pred = probs.argmax(1)
-    topk = logits.topk(min(5, k), dim=1).indices
     confusion = torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
     per_class_total = confusion.sum(1).clamp_min(1)
     report: dict[str, Any] = {
         "n": n,
         "top1": float((pred == labels).float().mean()) if n else float("nan"),
-        "top5": float((topk == labels.view(-1, 1)).any(1).float().mean()) if n else float("nan"),
         "per_class": {classes[c] if c < len(classes) else str(c): float(confusion[c, c] / per_class_total[c])
                       for c in range(k)},
         "confusion": confusion.tolist(),
         "ece": expected_calibration_error(probs, labels) if n else float("nan"),
     }
+    if k > 5:
+        top5 = logits.topk(5, dim=1).indices
+        report["top5"] = float((top5 == labels.view(-1, 1)).any(1).float().mean()) if n else float("nan")
     if k == 2:
         report["roc_auc"] = roc_auc(probs[:, 1], labels == 1)
     return report
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line of a :func:`classification_report`: top-1, then top-5 or ROC AUC where they apply, ECE, n."""
+    parts = [f"top-1 {report['top1']:.4f}"]
+    parts += [f"{name} {report[key]:.4f}" for key, name in (("top5", "top-5"), ("roc_auc", "ROC AUC"))
+              if key in report]
+    return "  ".join([*parts, f"ECE {report['ece']:.4f}", f"n={report['n']}"])
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -412,7 +412,8 @@ class Trainer:
                 test_streams = predict_stream_logits(net, test, device=self.device)
             logits = test_streams["fused"] if streams else predict_logits(net, test, device=self.device)
             report = classification_report(logits, test.labels, test.classes)
-            metrics.update(test_top1=report["top1"], test_top5=report["top5"], test_ece=report["ece"])
+            metrics.update(test_top1=report["top1"], test_ece=report["ece"],
+                           **{f"test_{k}": report[k] for k in ("top5", "roc_auc") if k in report})
             logger.log(step, {"top1": report["top1"]}, prefix="test")
             if self.pretraining:  # representation quality: k-NN and a linear probe fitted on the labels
                 knn, extra = self._knn(net, test, torch.arange(len(test)), probe=True)

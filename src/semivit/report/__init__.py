@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from semivit.engine.evaluate import summary_line
 from semivit.errors import SemivitError
 from semivit.report.html import esc, figure_data_uri, grid, page, plot_img, png_data_uri, table, tile
 from semivit.report.plots import (
@@ -101,8 +102,7 @@ def _evaluation(run_dir: Path, cfg: Any, data: _Data, device: str) -> str:
     if "roc_auc" in rep:
         figs.append(("ROC curve", roc_figure(probs[:, 1].numpy(), (truth == 1).numpy(), rep["roc_auc"], classes[1])))
     plots = "".join(plot_img(figure_data_uri(fig), title) for title, fig in figs)
-    line = (f"<p>test top-1 <b>{rep['top1']:.4f}</b>, top-5 {rep['top5']:.4f}, ECE {rep['ece']:.4f}"
-            + (f", ROC AUC {rep['roc_auc']:.4f}" if "roc_auc" in rep else "") + f" on {rep['n']} images.</p>")
+    line = f"<p>test {esc(summary_line(rep))}</p>"
     # mistakes first (most confident mistakes first: the ones worth a look), then right answers; at most
     # two thirds of the grid are mistakes, so a weak model's page still shows what it gets right
     ranked = sorted(range(len(keep)), key=lambda i: (bool(correct[i]), -float(conf[i])))
