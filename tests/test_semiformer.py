@@ -196,6 +196,16 @@ def test_method_needs_a_dual_stream_model_and_names_are_checked():
         create_model("semiformer_tny", 3, 1, 8)
 
 
+def test_auto_model_is_the_methods_default_for_the_image_size(tmp_path):
+    from semivit.engine.trainer import Trainer
+
+    assert Semiformer.default_model(8) == "semiformer_tiny" and Semiformer.default_model(224) == "semiformer_small"
+    cfg = tiny_config(tmp_path, **{"model.name": "auto", "train.method": "semiformer"})
+    assert Trainer(cfg).cfg.model.name == "semiformer_tiny"  # digits: no --model needed
+    cfg = tiny_config(tmp_path, **{"model.name": "auto", "train.method": "fixmatch"})
+    assert Trainer(cfg).cfg.model.name == "vit_tiny"
+
+
 def test_train_reports_each_stream_and_cli_evaluate_predict(tmp_path, capsys):
     cfg = tiny_config(tmp_path, **{"model.name": "semiformer_tiny", "model.depth": 2, "model.embed_dim": 32,
                                    "train.method": "semiformer", "train.steps": 4, "train.batch_size": 8,

@@ -157,8 +157,8 @@ def test_split_file_keeps_where_validation_came_from(tmp_path):
 
 
 def test_flip_default_announced_once_per_data_set(caplog):
-    from semivit.config import DataConfig
     from semivit import data
+    from semivit.config import DataConfig
     from semivit.data import prepare_data
 
     data._ANNOUNCED.clear()  # other tests in this process may have prepared digits already

@@ -30,7 +30,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split", help="a split.json from an earlier run, or a list file of labeled images")
     g.add_argument("--model", help="vit_nano, vit_tiny, vit_small, vit_base, resnet18, semiformer_tiny, ..., "
                                    "a timm name (with a pretrained tag: vit_small_patch14_dinov2.lvd142m), "
-                                   "hf-hub:ORG/NAME or local-dir:FOLDER")
+                                   "hf-hub:ORG/NAME or local-dir:FOLDER (default auto: vit_tiny, or the "
+                                   "dual-stream semiformer_tiny/_small for --method semiformer)")
     g.add_argument("--pretrained", nargs="?", const="hub", metavar="hub|none|PATH",
                    help="starting weights: hub (timm / Hugging Face hub, cached; the default for a tagged name "
                         "or hf-hub:/local-dir:), none, or a local .safetensors/.pth file")

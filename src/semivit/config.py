@@ -47,7 +47,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_tiny"  # a semivit name (vit_nano, vit_tiny, vit_small, resnet18, ...) or any timm name
+    # a semivit name (vit_nano, vit_tiny, vit_small, resnet18, ...) or any timm name; "auto" = the method's
+    # default for the image size (vit_tiny; Semiformer's dual-stream model for semiformer)
+    name: str = "auto"
     patch_size: int | None = None  # None = chosen from the image size
     embed_dim: int | None = None
     depth: int | None = None

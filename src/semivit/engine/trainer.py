@@ -98,6 +98,11 @@ class Trainer:
         self.params = method_params(cfg.train.method, cfg.method)  # validate before loading data
         torch.manual_seed(cfg.train.seed)
         self.data = data or prepare_data(cfg.data, cfg.train.seed)
+        if cfg.model.name == "auto":
+            cfg.model.name = method_class(cfg.train.method).default_model(max(self.data.train.image_size))
+            if self.dist.is_main:
+                log.info("model: %s (the default for %s; --model to choose another)", cfg.model.name,
+                         cfg.train.method)
         self.run_dir = Path(run_dir or Path(cfg.train.out) / run_name(cfg))
         self.ckpt_dir = self.run_dir / "checkpoints"
 

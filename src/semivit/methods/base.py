@@ -46,6 +46,11 @@ class Method(nn.Module):
     #: False for pre-training methods whose classifier head stays untrained: they are validated by k-NN
     trains_classifier: bool = True
 
+    @classmethod
+    def default_model(cls, image_size: int) -> str:
+        """The model ``model.name: auto`` means for this method at images of ``image_size`` pixels."""
+        return "vit_tiny"
+
     def __init__(self, model: ImageClassifier, params: Any, num_classes: int, total_steps: int) -> None:
         super().__init__()
         self.model, self.params = model, params

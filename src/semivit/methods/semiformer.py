@@ -102,6 +102,12 @@ class Semiformer(Method):
     labeled_views = ("weak",)
     unlabeled_views = ("weak", "strong")
 
+    @classmethod
+    def default_model(cls, image_size: int) -> str:
+        # the paper's ViT-S + Conformer-S streams where images are large enough for 16-px patches to matter;
+        # the narrow CPU-sized streams on small images (digits, CIFAR)
+        return "semiformer_small" if image_size > 64 else "semiformer_tiny"
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
