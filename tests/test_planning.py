@@ -71,7 +71,7 @@ def test_resume_reuses_the_saved_plan(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_run_with_a_budget_plans_and_trains_the_planned_steps(tmp_path, monkeypatch) -> None:
+def test_cli_run_with_a_budget_plans_and_trains_the_planned_steps(tmp_path, monkeypatch, capsys) -> None:
     from semivit import planning
     from semivit.cli import main
 
@@ -88,6 +88,10 @@ def test_cli_run_with_a_budget_plans_and_trains_the_planned_steps(tmp_path, monk
     assert main(["run", str(recipe), "--labels", "2-per-class", "--budget", "20s", "--out", str(tmp_path),
                  "--name", "b", "-q"]) == 0
     plan = json.loads((tmp_path / "b" / "plan.json").read_text())["stages"]
+    table = capsys.readouterr().out.splitlines()  # the closing summary: one row per stage
+    assert table[0].split()[:2] == ["stage", "steps"]
+    assert [row.split()[:2] for row in table[1:3]] == [["stage1-supervised", str(plan[0]["steps"])],
+                                                      ["stage2-fixmatch", str(plan[1]["steps"])]]
     for k, stage in enumerate(plan, 1):
         results = json.loads(next((tmp_path / "b").glob(f"stage{k}-*/results.json")).read_text())
         assert results["steps"] == stage["steps"]

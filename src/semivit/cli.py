@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from semivit.pipeline import run_recipe
+    from semivit.pipeline import run_recipe, stage_table
 
     budget = None
     if args.budget:
@@ -107,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         budget = parse_budget(args.budget)
     result = run_recipe(args.recipe, _overrides(args), budget=budget)
+    print(stage_table(result.run_dir.parent))
     _print_metrics(result.metrics, result.run_dir)
     _write_report(result.run_dir)  # the recipe's folder: one section per stage
     return 0

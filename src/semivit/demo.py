@@ -51,7 +51,7 @@ def _write_report(rows: list[dict[str, Any]], out: Path, png: Path, runs: dict[s
 def run_demo(out: Path = Path("runs/demo"), device: str = "auto", quick: bool = False) -> list[dict[str, Any]]:
     """Train both rows, print the table and write the report; returns the rows."""
     overrides: dict[str, Any] = {"data.source": "digits", "data.labels": LABELS, "train.device": device,
-                                 "train.out": str(out), "train.progress": False}
+                                 "train.out": str(out)}
     _, stages = stage_configs(load_yaml(find_recipe("semivit")), overrides)
     if quick:  # a smoke test of the whole path, not a result
         for cfg in stages:

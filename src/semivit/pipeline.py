@@ -75,6 +75,31 @@ def run_recipe(recipe_name: str | Path | dict[str, Any], overrides: dict[str, An
     return run_stages(configs, root, budget=budget, start=start)
 
 
+def stage_table(root: Path) -> str:
+    """A plain-text table of the finished stages under ``root`` (a recipe's folder): the summary
+    ``semivit run`` and ``semivit demo`` print at the end."""
+    import json
+
+    rows = []
+    for stage_dir in sorted(root.glob("stage*")):
+        results = stage_dir / "results.json"
+        if not results.is_file():
+            continue
+        m = json.loads(results.read_text())
+        test = m.get("test_top1", m.get("test_knn_top1"))
+        rows.append([stage_dir.name, str(m.get("steps", "")), f"{m.get('train_seconds', 0):.0f}",
+                     f"{m.get('images_per_sec', 0):.0f}", _fmt(m.get("best_val_top1")), _fmt(test),
+                     "k-NN" if "test_top1" not in m and test is not None else ""])
+    header = ["stage", "steps", "seconds", "img/s", "best val top-1", "test top-1", ""]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                     for r in [header, *rows])
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
 def run_stages(configs: list[Config], root: Path, data: Any = None, budget: float | None = None,
                start: float | None = None) -> TrainResult:
     """Run resolved stage configs in ``root/stageK-METHOD`` (``data``: already prepared, to share it;

@@ -9,6 +9,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+_SHORT = {"images_per_sec": "img/s"}  # names too long for a progress bar
+
 
 class RunLogger:
     """Writes ``metrics.csv`` (one row per logged step or evaluation) and TensorBoard scalars."""
@@ -37,7 +39,7 @@ class RunLogger:
                 self._tb = None
         if progress:
             interactive = sys.stderr.isatty()
-            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True,
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, unit="step",
                              mininterval=0.5 if interactive else 30.0, leave=True, file=sys.stderr)
 
     def _add_fields(self, row: dict[str, Any]) -> None:
@@ -62,7 +64,8 @@ class RunLogger:
         if self._bar is not None:
             self._bar.update(steps)
             if postfix:  # an empty update would wipe the last logged metrics every step
-                self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
+                self._bar.set_postfix({_SHORT.get(k, k): f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+                                       for k, v in postfix.items()}, refresh=False)
 
     def flush(self) -> None:
         tmp = self.path.with_suffix(".csv.tmp")

@@ -213,7 +213,7 @@ class Trainer:
             restore_rng(ckpt["rng"])
             state.update(ckpt["progress"])
             if is_main:
-                log.info("resumed %s at step %d", last, state["step"])
+                log.info("resumed from step %d of %d (%s)", state["step"], total, last)
         elif is_main:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,7 @@ class Trainer:
                              "progress": dict(state, step=step)}, last)
 
         logger = RunLogger(self.run_dir, total, state["step"], enabled=is_main, tensorboard=t.tensorboard,
-                           progress=t.progress, desc=t.method)
+                           progress=t.progress, desc=self.run_dir.name)
         sums: dict[str, torch.Tensor] = {}
         count, window_images, window_start = 0, 0, time.perf_counter()
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
