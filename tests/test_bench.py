@@ -89,6 +89,9 @@ def test_suite_runs_every_cell_writes_reports_and_resumes(tmp_path, suite_file, 
     summary = list(csv.DictReader(open(root / "summary.csv")))
     assert {(s["labeled"], s["val_labeled"], s["labels_total"]) for s in summary} == {("20", "130", "150")}
     assert "<svg" in (root / "label-efficiency-digits.svg").read_text()
+    page = (root / "report.html").read_text()  # the same tables and the plot, self-contained
+    assert "<h2>digits, 2-per-class labels</h2>" in page and page.count("<tr>") == 3
+    assert "<td>150 (20 + 130)</td>" in page and "data:image/png;base64," in page and "http" not in page
     # a second call trains nothing: every cell is done
     before = {p: p.stat().st_mtime for p in root.rglob("cell.json")}
     caplog.set_level("INFO", logger="semivit")

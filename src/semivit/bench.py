@@ -407,35 +407,63 @@ def _labels_cell(s: dict[str, Any]) -> str:
     return f"{show(s.get('labels_total'))} ({show(s.get('labeled'))} + {show(s.get('val_labeled'))})"
 
 
-def markdown_table(suite: Suite, summary: list[dict[str, Any]]) -> str:
+_COLUMNS = ["method", "labels (train + val)", "test top-1 (last)", "test top-1 (best val)", "seeds", "steps",
+            "images/s", "wall s"]
+
+
+def _intro(suite: Suite) -> list[str]:
     budget = ", ".join(f"{k} {v:g}" for k, v in suite.budget.items())
-    lines = [f"# Suite {suite.name}", "",
-             f"Default budget per cell: {budget} (data sets or methods may set their own: see the suite). "
-             "Labels: every labeled image a cell consumed, training + validation (data.val `auto` validates "
-             "on labeled images beyond the row's labels; `20%-of-labels` holds them out of the row's labels). "
-             "Test top-1 of the final weights (last) and of the best-validation weights (best), mean ± std "
-             "over seeds; images/s of training (all stages); wall seconds per cell.", ""]
-    for dname, why in suite.skipped.items():
-        lines += [f"Skipped: {dname} ({why}).", ""]
+    return [f"Default budget per cell: {budget} (data sets or methods may set their own: see the suite). "
+            "Labels: every labeled image a cell consumed, training + validation (data.val `auto` validates "
+            "on labeled images beyond the row's labels; `20%-of-labels` holds them out of the row's labels). "
+            "Test top-1 of the final weights (last) and of the best-validation weights (best), mean ± std "
+            "over seeds; images/s of training (all stages); wall seconds per cell.",
+            *(f"Skipped: {dname} ({why})." for dname, why in suite.skipped.items())]
+
+
+def _tables(suite: Suite, summary: list[dict[str, Any]]) -> list[tuple[str, list[list[str]], int]]:
+    """Per (data, labels): a title, the rows of :data:`_COLUMNS` in the suite's method order, and the index
+    of the row with the best last-weights top-1."""
     order = list(suite.methods)
     by_data: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for s in summary:
         by_data.setdefault((s["data"], s["labels"]), []).append(s)
+    out = []
     for (dname, labels), ss in by_data.items():
         ss.sort(key=lambda s: order.index(s["method"]) if s["method"] in order else len(order))
-        lines += [f"## {dname}, {labels} labels", "",
-                  "| method | labels (train + val) | test top-1 (last) | test top-1 (best val) | seeds | steps "
-                  "| images/s | wall s |",
-                  "|---|---|---|---|---|---|---|---|"]
-        top = max(s["top1_last_mean"] for s in ss)
-        for s in ss:
-            last = f"{s['top1_last_mean']:.4f} ± {s['top1_last_std']:.4f}"
-            lines.append(f"| {s['method']} | {_labels_cell(s)} | "
-                         f"{'**' + last + '**' if s['top1_last_mean'] == top else last} | "
-                         f"{s['top1_best_mean']:.4f} ± {s['top1_best_std']:.4f} | {s['seeds']} | {s['steps']} | "
-                         f"{s['images_per_sec']:.0f} | {s['wall_seconds']:.0f} |")
+        top = max(range(len(ss)), key=lambda i: ss[i]["top1_last_mean"])
+        rows = [[s["method"], _labels_cell(s), f"{s['top1_last_mean']:.4f} ± {s['top1_last_std']:.4f}",
+                 f"{s['top1_best_mean']:.4f} ± {s['top1_best_std']:.4f}", str(s["seeds"]), str(s["steps"]),
+                 f"{s['images_per_sec']:.0f}", f"{s['wall_seconds']:.0f}"] for s in ss]
+        out.append((f"{dname}, {labels} labels", rows, top))
+    return out
+
+
+def markdown_table(suite: Suite, summary: list[dict[str, Any]]) -> str:
+    lines = [f"# Suite {suite.name}", ""]
+    for paragraph in _intro(suite):
+        lines += [paragraph, ""]
+    for title, rows, top in _tables(suite, summary):
+        lines += [f"## {title}", "", "| " + " | ".join(_COLUMNS) + " |", "|---" * len(_COLUMNS) + "|"]
+        for i, row in enumerate(rows):
+            cells = [f"**{c}**" if i == top and k == 2 else c for k, c in enumerate(row)]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def html_report(suite: Suite, summary: list[dict[str, Any]], root: Path) -> Path:
+    """``root/report.html``: the tables of :func:`markdown_table` and the label-efficiency plots, inline."""
+    from semivit.report.html import esc, page, plot_img, png_bytes_uri, table
+
+    body = [f"<h1>semivit bench: {esc(suite.name)}</h1>", *(f"<p>{esc(p)}</p>" for p in _intro(suite))]
+    for title, rows, _ in _tables(suite, summary):
+        body += [f"<h2>{esc(title)}</h2>", table(_COLUMNS, rows)]
+    for png in sorted(root.glob("label-efficiency-*.png")):
+        body.append(f"<p>{plot_img(png_bytes_uri(png.read_bytes()), png.stem)}</p>")
+    path = root / "report.html"
+    path.write_text(page(f"semivit bench: {suite.name}", "".join(body)))
+    return path
 
 
 def label_efficiency_plot(summary: list[dict[str, Any]], dname: str, methods: list[str], path: Path) -> None:
@@ -484,3 +512,4 @@ def write_reports(suite: Suite, rows: list[dict[str, Any]], root: Path) -> None:
     (root / "table.md").write_text(markdown_table(suite, summary) + "\n")
     for dname in {s["data"] for s in summary}:
         label_efficiency_plot(summary, dname, list(suite.methods), root / f"label-efficiency-{dname}")
+    html_report(suite, summary, root)
