@@ -5,6 +5,7 @@ from semivit.methods import (  # noqa: F401  (importing registers)
     distill,
     feature_distill,
     mae,
+    nncsl,
     noisy_student,
     paws,
     pseudo_label,
