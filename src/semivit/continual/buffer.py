@@ -4,8 +4,9 @@ After each task the authors' ``make_buffer_lst`` (kangzhiq/NNCSL ``src/utils.py`
 fits and otherwise ``size // seen classes`` exemplars per class, the first ones of the old classes (those it
 already holds) and of the new classes' labels (in their subset file's random order), and fills the rest from
 the new classes. :meth:`ReplayBuffer.update` does the same by water-filling: every class gets an equal share,
-what a class cannot fill (it has fewer labels) goes to the others, leftover single slots go to the classes
-in order. Only labeled images enter it; unlabeled images are never stored.
+what a class cannot fill (it has fewer labels) goes to the others, leftover single slots go to the new
+task's classes first (as the authors fill the remainder from the current task), then to the old ones.
+Only labeled images enter it; unlabeled images are never stored.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class ReplayBuffer:
         for c in classes:
             members = labeled[labels == c]
             candidates[c] = members[torch.randperm(len(members), generator=g)].tolist()
-        alloc = balanced_counts({c: len(v) for c, v in candidates.items()}, self.size)
+        first = sorted(classes) + sorted(set(candidates) - set(classes))  # leftover slots: new classes first
+        alloc = balanced_counts({c: len(candidates[c]) for c in first}, self.size)
         self.by_class = {c: candidates[c][:alloc[c]] for c in sorted(candidates)}
 
     def state_dict(self) -> dict[str, Any]:
@@ -60,9 +62,10 @@ class ReplayBuffer:
 
 def balanced_counts(available: dict[int, int], size: int) -> dict[int, int]:
     """How many exemplars each class keeps: equal shares of ``size``, capped by what a class has, the rest
-    redistributed (water-filling); all of them when everything fits."""
+    redistributed (water-filling); all of them when everything fits. Single leftover slots go to the classes
+    in ``available``'s order."""
     alloc = {c: 0 for c in available}
-    active = sorted(c for c, n in available.items() if n > 0)
+    active = [c for c, n in available.items() if n > 0]
     remaining = min(size, sum(available.values()))
     while remaining > 0 and active:
         share = max(1, remaining // len(active))

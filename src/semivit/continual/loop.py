@@ -3,7 +3,8 @@ class after each, the replay buffer updated between tasks; resumable between tas
 
 Layout of a run folder (``OUT/NAME``)::
 
-    continual.json      settings, tasks, label shares, buffer, one row per finished task (the resume state)
+    continual.json      settings, tasks, label shares, one row per finished task with the buffer after it (the
+                        resume state)
     results.json        accuracy matrix, A_i, final / average incremental accuracy, forgetting
     results.md          the same as a readable table
     task1/ … taskT/     each task's Trainer run (config.yaml, split.json, metrics.csv, checkpoints/)
@@ -136,11 +137,12 @@ def run_continual(method: str, num_tasks: int, buffer_size: int, overrides: dict
                                f"another --name")
         state = json.loads(state_path.read_text())
         _check_same(state["settings"], settings, root)
-        buffer.load_state_dict(state["buffer"])
+        if state["rows"]:  # the buffer as the last finished task left it
+            buffer.load_state_dict(state["rows"][-1]["buffer"])
         log.info("continual: resuming %s after %d of %d tasks", root, len(state["rows"]), len(run_tasks))
     else:
         state = {"settings": settings, "tasks": tasks, "label_shares": label_shares(labels, labeled, tasks),
-                 "rows": [], "buffer": buffer.state_dict()}
+                 "rows": []}
         _write_json(state_path, state)
 
     family = cfg.train.method == "nncsl"  # the soft nearest-neighbour methods (nncsl, csl, paws, joint)
@@ -173,8 +175,8 @@ def run_continual(method: str, num_tasks: int, buffer_size: int, overrides: dict
             buffer.update(mine, labels[mine], classes, cfg.train.seed * 1_000 + t)
         state["rows"].append({"task": t + 1, "classes": classes, "accuracy": row, "seen_accuracy": overall,
                               "labeled_pool": len(split.labeled), "buffer_after": len(buffer),
-                              "train_seconds": result.metrics.get("train_seconds")})
-        state["buffer"] = buffer.state_dict()
+                              "train_seconds": result.metrics.get("train_seconds"),
+                              "buffer": buffer.state_dict()})
         _write_json(state_path, state)
         results = _results(state, tasks)
         _write_json(root / RESULTS, results)
