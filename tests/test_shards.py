@@ -213,3 +213,19 @@ def test_cli_shards(tmp_path, capsys):
     assert main(["shards", str(tmp_path / "d.npz"), str(tmp_path / "o"), "--shard-size", "10"]) == 0
     assert "3 train shard(s)" in capsys.readouterr().out
     assert len(load_source(str(tmp_path / "o")).train) == 23
+
+
+def test_stream_threshold_and_shuffle_buffer_are_settings(shard_dir):
+    from semivit.config import DataConfig
+    from semivit.data import prepare_data
+
+    source = str(shard_dir / "out")
+    assert prepare_data(DataConfig(source=source), 0).train.images is not None  # 23 samples: in memory
+    data = prepare_data(DataConfig(source=source, stream_threshold=0, labels="2-per-class", val="0"), 0)
+    assert data.train.images is None  # streamed from the shards
+    maker = BatchMaker(data.train, data.split.labeled, data.split.unlabeled, labeled_views=("weak",),
+                       unlabeled_views=("weak",), batch_size=2, unlabeled_batch_size=4, device=torch.device("cpu"),
+                       seed=0, flip=True, workers=0, shuffle_buffer=7)
+    assert maker.unlabeled.buffer == 7
+    with pytest.raises(SemivitError, match="shuffle_buffer"):
+        prepare_data(DataConfig(source=source, shuffle_buffer=0), 0)

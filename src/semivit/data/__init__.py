@@ -10,6 +10,7 @@ import torch
 from semivit.config import DataConfig
 from semivit.data.imageset import UNLABELED, DataBundle, ImageSet
 from semivit.data.splits import VAL_EXTRA, Split, load_split, make_split
+from semivit.errors import SemivitError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,13 @@ def prepare_data(cfg: DataConfig, seed: int, bundle: DataBundle | None = None) -
     ``cfg.split`` when given)."""
     from semivit.data.sources import load_source
 
+    if cfg.stream_threshold < 0 or cfg.shuffle_buffer < 1:
+        raise SemivitError(f"data.stream_threshold must be ≥ 0 and data.shuffle_buffer ≥ 1, got "
+                           f"{cfg.stream_threshold} and {cfg.shuffle_buffer}")
     if bundle is None:
         bundle = load_source(cfg.source, test=cfg.test, unlabeled=cfg.unlabeled, root=cfg.root,
-                             download=cfg.download, image_size=cfg.image_size, on_corrupt=cfg.on_corrupt)
+                             download=cfg.download, image_size=cfg.image_size, on_corrupt=cfg.on_corrupt,
+                             stream_threshold=cfg.stream_threshold)
     if cfg.split:
         split = load_split(cfg.split, bundle.train, cfg.val, seed)
     elif bundle.val_index is not None and cfg.val == "auto":

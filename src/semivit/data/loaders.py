@@ -281,7 +281,7 @@ class BatchMaker:
                  labeled_views: tuple[str, ...], unlabeled_views: tuple[str, ...], batch_size: int,
                  unlabeled_batch_size: int, device: torch.device, seed: int, flip: bool, rank: int = 0,
                  world: int = 1, workers: int = 2, view_options: dict[str, dict] | None = None,
-                 support: tuple[int | None, int] | None = None) -> None:
+                 support: tuple[int | None, int] | None = None, shuffle_buffer: int | None = None) -> None:
         """``support = (classes per batch, images per class)`` makes the labeled stream class-balanced
         (:class:`BalancedIndexStream`; ``batch_size`` is then ignored for it)."""
         self.train, self.device, self.flip = train, device, flip
@@ -296,7 +296,8 @@ class BatchMaker:
                         if labeled_views and (batch_size > 0 or support) else None)
         self.unlabeled: ImageStream | ShardImageStream | None = None
         if unlabeled_views and unlabeled_batch_size > 0 and streams_shards(train):  # the large pool of shards
-            self.unlabeled = ShardImageStream(train, unlabeled, unlabeled_batch_size, seed, 2, rank, world, workers)
+            self.unlabeled = ShardImageStream(train, unlabeled, unlabeled_batch_size, seed, 2, rank, world, workers,
+                                              shuffle_buffer)
         elif unlabeled_views and unlabeled_batch_size > 0:
             self.unlabeled = ImageStream(train, IndexStream(unlabeled, unlabeled_batch_size, seed, 2, rank, world),
                                          workers, resident)

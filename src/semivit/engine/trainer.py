@@ -164,7 +164,8 @@ class Trainer:
                           labeled_views=tuple(method.labeled_views), unlabeled_views=tuple(method.unlabeled_views),
                           batch_size=per_rank, unlabeled_batch_size=unlabeled, device=self.device,
                           seed=t.seed, flip=self.data.flip, rank=self.dist.rank, world=world,
-                          workers=self.cfg.data.workers, support=support, view_options={"strong": {
+                          workers=self.cfg.data.workers, support=support,
+                          shuffle_buffer=self.cfg.data.shuffle_buffer, view_options={"strong": {
                               "num_ops": d.strong_ops, "magnitude": self._strong_magnitude(),
                               "erase": d.strong_erase}, **getattr(method, "view_options", {})})
 

@@ -59,7 +59,7 @@ def _load(cfg: Config) -> Any:
 
     d = cfg.data
     return load_source(d.source, test=d.test, unlabeled=d.unlabeled, root=d.root, download=d.download,
-                       image_size=d.image_size, on_corrupt=d.on_corrupt)
+                       image_size=d.image_size, on_corrupt=d.on_corrupt, stream_threshold=d.stream_threshold)
 
 
 def pool_from_run(run: str | Path) -> Pool:
