@@ -253,6 +253,13 @@ def test_cli_sprites_pretrain_finetune_probe(tmp_path: Path, capsys: pytest.Capt
                  "--init", str(tmp_path / "pre"), "--labels", "2-per-class"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["labeled"] == 10 and out["test"] == 10 and 0 <= out["test_top1"] <= 1
+    for semi in ("fixmatch", "ema_teacher"):  # clip-level weak/strong views on the unlabeled videos
+        assert main(["video", "finetune", *small, "--out", str(tmp_path / semi), "--steps", "2", "--semi", semi,
+                     "--labels", "1-per-class", "--threshold", "0.0", "--mu", "1"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["method"] == semi and out["unlabeled"] == 25
+        rows = (tmp_path / semi / "metrics.csv").read_text().splitlines()
+        assert "train/mask" in rows[0] and float(rows[-1].split(",")[rows[0].split(",").index("train/mask")]) == 1.0
     assert main(["video", "probe", "--data", str(data), "--run", str(tmp_path / "pre"),
                  "--labels", "all", "--json", str(tmp_path / "p.json")]) == 0
     probe = json.loads((tmp_path / "p.json").read_text())

@@ -21,6 +21,7 @@ log = logging.getLogger("semivit")
 _TRAIN_FLAGS = {"arch": str, "width": int, "frames": int, "stride": int, "size": int, "steps": int,
                 "batch_size": int, "lr": float, "weight_decay": float, "temperature": float, "power": float,
                 "eval_clips": int, "seed": int, "ckpt_every": int, "log_every": int, "time_limit": float}
+_SEMI_FLAGS = {"semi": str, "threshold": float, "mu": int, "lambda_u": float, "ema": float}
 _FIELD = {"frames": "num_frames"}
 
 
@@ -45,7 +46,7 @@ def _config(args: argparse.Namespace, section: str) -> Any:
     from semivit.video.train import VideoTrainConfig
 
     values = _recipe(args.recipe, section)
-    for flag in _TRAIN_FLAGS:
+    for flag in (*_TRAIN_FLAGS, *_SEMI_FLAGS):
         if getattr(args, flag, None) is not None:
             values[_FIELD.get(flag, flag)] = getattr(args, flag)
     for flag in ("no_flip", "no_blur"):
@@ -90,6 +91,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
+
     from semivit.video.data import labeled_subset
     from semivit.video.train import finetune
 
@@ -97,7 +100,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     data, train, test = _data(args, cfg)
     labeled = labeled_subset(data, train, args.labels, cfg.seed)
     init = None if args.init in (None, "none", "scratch") else args.init
-    _print(finetune(data, labeled, test, cfg, args.out, init))
+    unlabeled = train[~torch.isin(train, labeled)]  # the training side's other videos (labels unused)
+    _print(finetune(data, labeled, test, cfg, args.out, init, unlabeled))
     return 0
 
 
@@ -171,6 +175,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _train_flags(p)
     p.add_argument("--init", default=None, help="a `video pretrain` run folder; none = from scratch")
     p.add_argument("--labels", default="all", help="all, N-per-class or P%% of the training side")
+    p.add_argument("--semi", default=None, help="none, fixmatch or ema_teacher: also learn from the unlabeled "
+                   "videos of the training side with clip-level weak/strong views")
+    for flag, kind in _SEMI_FLAGS.items():
+        if flag != "semi":
+            p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None)
     p.set_defaults(func=cmd_finetune)
 
     p = vsub.add_parser("probe", help="linear probe and k-NN on frozen clip features of a video run")

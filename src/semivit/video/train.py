@@ -25,12 +25,13 @@ from torch import nn
 
 from semivit.config import OptimConfig
 from semivit.engine.checkpoint import load_checkpoint, save_checkpoint
+from semivit.engine.ema import ModelEMA
 from semivit.engine.evaluate import knn_top1, linear_probe_top1
 from semivit.engine.interrupt import GracefulInterrupt, TrainingInterrupted
 from semivit.engine.logger import RunLogger
 from semivit.engine.optim import build_optimizer, lr_at, set_lr
 from semivit.errors import NonFiniteLossError, SemivitError
-from semivit.video.augment import augment_clips, cvrl_views, finetune_view
+from semivit.video.augment import ClipAugment, augment_clips, cvrl_views, finetune_view
 from semivit.video.cvrl import CVRL
 from semivit.video.data import VideoSet
 from semivit.video.models import VideoClassifier, VideoSpec, channel_stats, export_video_model, load_video_model
@@ -60,6 +61,12 @@ class VideoTrainConfig:
     proj_dim: int = 128
     proj_layers: int = 3
     eval_clips: int = 4
+    # semi-supervised fine-tuning on clip-level views: none | fixmatch | ema_teacher
+    semi: str = "none"
+    threshold: float = 0.95  # confidence τ of a pseudo-label (FixMatch: 0.95)
+    mu: int = 2  # unlabeled videos per labeled video in a step
+    lambda_u: float = 1.0
+    ema: float = 0.99  # the EMA teacher's per-step momentum
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 100
@@ -93,7 +100,7 @@ def _checkpoint_path(run_dir: Path) -> Path:
 
 
 def run_loop(run_dir: Path, net: nn.Module, step_fn: Callable[[int, torch.Generator], tuple[torch.Tensor, dict]],
-             cfg: VideoTrainConfig, desc: str) -> dict[str, float]:
+             cfg: VideoTrainConfig, desc: str, after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """Optimise ``net`` for ``cfg.steps`` steps of ``step_fn(step, generator) -> (loss, metrics)``: AdamW,
     warm-up + cosine LR, gradient clipping, NaN guard, metrics.csv, atomic checkpoints every
     ``ckpt_every`` steps and at the end, exact ``resume``, Ctrl-C → checkpoint and stop."""
@@ -133,6 +140,8 @@ def run_loop(run_dir: Path, net: nn.Module, step_fn: Callable[[int, torch.Genera
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(net.parameters(), optim_cfg.clip_grad or 1.0)
                 optimizer.step()
+                if after_step is not None:  # e.g. the EMA teacher's update
+                    after_step()
                 step += 1
                 for k, v in {"loss": loss, **metrics}.items():
                     sums[k] = sums.get(k, 0.0) + float(torch.as_tensor(v).detach())
@@ -236,13 +245,24 @@ def probe(model: VideoClassifier, data: VideoSet, labeled: torch.Tensor, test: t
 
 
 def finetune(data: VideoSet, labeled: torch.Tensor, test: torch.Tensor, cfg: VideoTrainConfig,
-             run_dir: str | Path, init: str | None = None) -> dict[str, Any]:
+             run_dir: str | Path, init: str | None = None, unlabeled: torch.Tensor | None = None) -> dict[str, Any]:
     """Supervised training of encoder + linear classifier on the labeled videos (one random clip per video
     per step, crop + flip applied per clip), from a CVRL run's encoder (``init``) or from scratch (None);
-    reports test top-1 with predictions averaged over evenly spaced clips."""
+    reports test top-1 with predictions averaged over evenly spaced clips.
+
+    ``cfg.semi`` adds the unlabeled videos with clip-level views: a weak view (crop + flip) gives the
+    pseudo-label, a strong view of the same clip (CVRL's second view: crop, flip, colour jitter, grayscale,
+    solarization — one draw per clip) learns it where the confidence exceeds ``threshold``:
+    L = CE(labeled) + λ_u·mean_u 1[max p ≥ τ]·CE(strong, argmax p) (FixMatch, Sohn et al. 2020, Eq. 4).
+    ``fixmatch``: p from the student itself; ``ema_teacher``: p from an EMA of the student (Semi-ViT's
+    EMA-Teacher, Cai et al. 2022), which is also the evaluated model."""
     run_dir, device = Path(run_dir), _device()
     if len(labeled) == 0:
         raise SemivitError("no labeled videos: use --labels all, N-per-class or P%")
+    if cfg.semi not in ("none", "fixmatch", "ema_teacher"):
+        raise SemivitError(f"unknown --semi '{cfg.semi}': use none, fixmatch or ema_teacher")
+    if cfg.semi != "none" and (unlabeled is None or not len(unlabeled)):
+        raise SemivitError(f"--semi {cfg.semi} needs unlabeled videos: use --labels with fewer than all")
     model = build_model(data, labeled, cfg, num_classes=len(data.classes))
     if init:
         pre = load_video_model(init)
@@ -251,23 +271,55 @@ def finetune(data: VideoSet, labeled: torch.Tensor, test: torch.Tensor, cfg: Vid
                                f"channels: fine-tune with the same --arch and --width on the same data")
         model.encoder.load_state_dict(pre.encoder.state_dict())
         model.set_normalization(pre.mean, pre.std)
-    model.to(device)
-    view = finetune_view(cfg.flip)
+    net = nn.Module()  # what is optimised and checkpointed: the student (and the EMA teacher's copy)
+    net.model = model
+    teacher = ModelEMA(model, cfg.ema) if cfg.semi == "ema_teacher" else None
+    if teacher is not None:
+        net.teacher = teacher
+    net.to(device)
+    weak = finetune_view(cfg.flip)
+    strong = ClipAugment(flip=cfg.flip, p_blur=0.5 if cfg.blur else 0.0, p_solarize=0.2)
     lengths = data.lengths
     batch = min(cfg.batch_size, len(labeled))
 
-    def step_fn(step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
-        vids = batch_indices(labeled, batch, step, cfg.seed)
-        frames = random_clip(lengths[vids], cfg.num_frames, cfg.stride, g)
-        logits = model(augment_clips(to_clips(data, vids, frames, device), g, view, cfg.size))
-        y = data.labels[vids].to(device)
-        return F.cross_entropy(logits, y), {"acc": (logits.argmax(1) == y).float().mean().detach()}
+    def clips_of(pool: torch.Tensor, size: int, step: int, key: int, g: torch.Generator) -> tuple:
+        vids = batch_indices(pool, size, step, cfg.seed * 31 + key)
+        return vids, to_clips(data, vids, random_clip(lengths[vids], cfg.num_frames, cfg.stride, g), device)
 
-    metrics: dict[str, Any] = run_loop(run_dir, model, step_fn, cfg, "finetune")
-    model.eval()
-    logits = video_outputs(model, data, test, cfg.eval_clips, features=False)
-    metrics.update(method="finetune", init=init or "scratch", labeled=len(labeled), test=len(test),
+    def step_fn(step: int, g: torch.Generator) -> tuple[torch.Tensor, dict]:
+        vids, raw = clips_of(labeled, batch, step, 0, g)
+        xl = augment_clips(raw, g, weak, cfg.size)
+        y = data.labels[vids].to(device)
+        if cfg.semi == "none":
+            logits = model(xl)
+            return F.cross_entropy(logits, y), {"acc": (logits.argmax(1) == y).float().mean().detach()}
+        uvids, uraw = clips_of(unlabeled, batch * cfg.mu, step, 1, g)
+        xw, xs = augment_clips(uraw, g, weak, cfg.size), augment_clips(uraw, g, strong, cfg.size)
+        if teacher is None:  # FixMatch: one pass over labeled, weak and strong clips (shared BatchNorm)
+            logits = model(torch.cat([xl, xw, xs]))
+            logits_l, logits_w, logits_s = logits.split([len(xl), len(xw), len(xs)])
+        else:
+            with torch.no_grad():
+                logits_w = teacher(xw)
+            logits_l, logits_s = model(torch.cat([xl, xs])).split([len(xl), len(xs)])
+        conf, pseudo = F.softmax(logits_w.detach().float(), -1).max(-1)
+        mask = (conf >= cfg.threshold).float()
+        loss_u = (F.cross_entropy(logits_s, pseudo, reduction="none") * mask).mean()
+        loss_l = F.cross_entropy(logits_l, y)
+        right = (pseudo == data.labels[uvids].to(device)).float()  # logged only: never trained on
+        return loss_l + cfg.lambda_u * loss_u, {
+            "loss_x": loss_l.detach(), "loss_u": loss_u.detach(), "mask": mask.mean(),
+            "pseudo_acc": (right * mask).sum() / mask.sum().clamp_min(1),
+            "acc": (logits_l.argmax(1) == y).float().mean().detach()}
+
+    metrics: dict[str, Any] = run_loop(run_dir, net, step_fn, cfg, cfg.semi if cfg.semi != "none" else "finetune",
+                                       after_step=(lambda: teacher.update(model)) if teacher is not None else None)
+    final = teacher.module if teacher is not None else model
+    final.eval()
+    logits = video_outputs(final, data, test, cfg.eval_clips, features=False)
+    metrics.update(method=cfg.semi if cfg.semi != "none" else "finetune", init=init or "scratch",
+                   labeled=len(labeled), unlabeled=len(unlabeled) if cfg.semi != "none" else 0, test=len(test),
                    test_top1=float((logits.argmax(1) == data.labels[test]).float().mean()))
-    export_video_model(model, str(run_dir / "model.safetensors"))
+    export_video_model(final, str(run_dir / "model.safetensors"))
     (run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
     return metrics
