@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 METHODS = ["finetune", "replay", "paws", "csl", "nncsl", "joint"]
+NN_METHODS = ("paws", "csl", "nncsl", "joint")  # the soft nearest-neighbour family: `--set-nn` reaches only them
 
 
 def cell(data: str, labels: str, method: str, args: argparse.Namespace) -> dict:
@@ -35,7 +36,8 @@ def cell(data: str, labels: str, method: str, args: argparse.Namespace) -> dict:
     argv = ["continual", "--method", method, "--tasks", str(args.tasks), "--labels", labels, "--data", data,
             "--buffer", str(args.buffer), "--steps", str(args.steps), "--out", args.out, "--name", name,
             "--seed", str(args.seed), "--device", "cpu", "--test-per-class", str(args.test_per_class), "-q",
-            *[x for s in args.set for x in ("--set", s)]]
+            *[x for s in args.set for x in ("--set", s)],
+            *[x for s in (args.set_nn if method in NN_METHODS else []) for x in ("--set", s)]]
     if (Path(args.out) / name / "continual.json").is_file():
         argv.append("--resume")
     rc = main(argv)
@@ -58,7 +60,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-per-class", type=int, default=0)
-    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every method")
+    ap.add_argument("--set-nn", action="append", default=[], help="KEY=VALUE for paws, csl, nncsl and joint only")
     ap.add_argument("--out", default="runs/continual")
     args = ap.parse_args()
     torch.set_num_threads(1)  # a shared 2-core machine: one thread per run
