@@ -252,3 +252,60 @@ def test_cifar10_label_shares_follow_the_paper(shared_data):
     shares = label_shares(data.train.labels, data.split.labeled, make_tasks(10, 5))
     assert [s["labeled"] for s in shares] == [80] * 5  # 0.8% of 5,000 images per class = 40 per class
     assert all(s["share"] == pytest.approx(0.008) for s in shares)
+
+
+# ------------------------------------------------------------------------------------ the method's step
+def _tiny_nncsl(tmp_path, **params):
+    from semivit.engine.checkpoint import export_weights
+    from semivit.methods.nncsl import NNCSL, NNCSLParams
+    from semivit.models.factory import create_model
+
+    def build(p):
+        torch.manual_seed(0)
+        model = create_model("vit_nano", 4, 1, 8, depth=1, embed_dim=24, num_heads=2)
+        return NNCSL(model, NNCSLParams(images_per_class=2, proj_hidden=16, proj_dim=8, **p), 4, 10)
+
+    old = build({})
+    export_weights(old.model, tmp_path / "old.safetensors", old.model.spec.to_dict())
+    return build({"teacher": str(tmp_path / "old.safetensors"), "init": str(tmp_path / "old.safetensors"),
+                  **params}), old
+
+
+def _batch(labels: list[int]):
+    from semivit.data.loaders import Batch
+
+    g = torch.Generator().manual_seed(3)
+    x = {name: torch.rand(len(labels), 1, 8, 8, generator=g) for name in ("large", "large:2")}
+    u = {name: torch.rand(6, 1, 8, 8, generator=g) for name in ("large", "large:2")}
+    return Batch(x=x, y=torch.tensor(labels), u=u, u_true=torch.tensor([0, 1, 0, 1, 0, 1]))
+
+
+@pytest.mark.parametrize("mask,width", [(True, 2), (False, 4)])
+def test_nncsl_step_masks_csl_supports_and_distils_over_the_buffer(tmp_path, monkeypatch, mask, width):
+    import semivit.methods.nncsl as nncsl
+
+    seen = {}
+    real_csl, real_nnd = nncsl.csl_loss, nncsl.nnd_loss
+
+    def spy_csl(anchors, supports, *rest, **kw):
+        seen["csl"] = (len(supports), rest[2].shape[1])  # supports kept, label columns
+        return real_csl(anchors, supports, *rest, **kw)
+
+    def spy_nnd(*args, **kw):
+        seen["nnd"] = (len(args[1]), args[4].shape[1])
+        return real_nnd(*args, **kw)
+
+    monkeypatch.setattr(nncsl, "csl_loss", spy_csl)
+    monkeypatch.setattr(nncsl, "nnd_loss", spy_nnd)
+    method, old = _tiny_nncsl(tmp_path, classes=[0, 1], old_classes=[2, 3], distill_classes=[2, 3], mask=mask)
+    # init loaded the previous task's weights, projector included
+    assert all(torch.equal(a, b) for a, b in zip(method.model.state_dict().values(), old.model.state_dict().values()))
+    batch = _batch([0, 1, 2, 3])  # 2 current-task labels, 2 buffer exemplars; 2 views each
+    out = method.training_step(batch, 0)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and "loss_nnd" in out.metrics
+    # CSL: the current task's supports only (mask) or every seen class; NND: the buffer's exemplars
+    assert seen["csl"] == ((4, 2) if mask else (8, 4)) and seen["csl"][1] == width
+    assert seen["nnd"] == (4, 2)
+    assert all(p.grad is None for p in method.teacher.parameters())  # the old model stays frozen
+    assert method.classifier.weight.grad.abs().sum() > 0  # the linear classifier learns from the labels
