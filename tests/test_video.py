@@ -155,6 +155,10 @@ def test_augmentation_is_consistent_within_a_clip_and_differs_between_clips() ->
     same = clips[:1].expand(4, -1, -1, -1, -1).contiguous()
     out = augment_clips(same, torch.Generator().manual_seed(0), aug, out_size=16)
     assert all(float((out[0] - out[i]).abs().mean()) > 1e-2 for i in range(1, 4))
+    # the per-frame ablation breaks exactly this: frames of one clip now differ
+    per_frame = augment_clips(clips, torch.Generator().manual_seed(0), ClipAugment(per_frame=True), out_size=16)
+    assert per_frame.shape == (4, 6, 3, 16, 16)
+    assert float((per_frame[:, 0] - per_frame[:, 1]).abs().mean()) > 1e-2
 
 
 def test_augmentation_keeps_motion_and_crops_every_frame_alike() -> None:

@@ -52,6 +52,8 @@ def _config(args: argparse.Namespace, section: str) -> Any:
     for flag in ("no_flip", "no_blur"):
         if getattr(args, flag, False):
             values[flag[3:]] = False
+    if getattr(args, "per_frame_aug", False):
+        values["per_frame_aug"] = True
     values.update(resume=args.resume, progress=not args.quiet)
     return build_dataclass(VideoTrainConfig, values, f"video {section}")
 
@@ -144,6 +146,7 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None)
     p.add_argument("--no-flip", action="store_true", help="no horizontal flips (motion that a flip changes)")
     p.add_argument("--no-blur", action="store_true", help="no Gaussian blur (tiny frames)")
+    p.add_argument("--per-frame-aug", action="store_true", help="ablation: augment every frame independently")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

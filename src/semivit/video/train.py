@@ -58,6 +58,7 @@ class VideoTrainConfig:
     power: float = 1.0  # temporal interval sampling: P(t) ∝ 1 − (t/M)^power (1: the paper's linear decrease)
     flip: bool = True
     blur: bool = True
+    per_frame_aug: bool = False  # ablation: independent augmentation per frame instead of per clip
     proj_dim: int = 128
     proj_layers: int = 3
     eval_clips: int = 4
@@ -192,7 +193,7 @@ def pretrain(data: VideoSet, train_idx: torch.Tensor, cfg: VideoTrainConfig, run
         raise SemivitError("CVRL needs at least 2 training videos (the other videos are the negatives)")
     model = build_model(data, train_idx, cfg, num_classes=0)
     net = CVRL(model, cfg.proj_dim, None, cfg.proj_layers, cfg.temperature).to(device)
-    view1, view2 = cvrl_views(cfg.flip, cfg.blur)
+    view1, view2 = cvrl_views(cfg.flip, cfg.blur, cfg.per_frame_aug)
     lengths = data.lengths
     batch = min(cfg.batch_size, len(train_idx))
 
