@@ -424,3 +424,26 @@ def test_csv_missing_files_skip_or_fail(tmp_path):
     with pytest.raises(SemivitError, match=r"names 2 file\(s\) that do not exist.*on_corrupt=skip") as err:
         load_source(str(tmp_path / "m.csv"), on_corrupt="fail")
     assert "\n" not in str(err.value)
+
+
+def test_decode_bytes_matches_pil_resize_and_drafts_large_jpegs():
+    """The loader's faster path (torchvision's resize, JPEG draft mode when shrinking ≥ 2×) stays within a
+    few grey levels of PIL's full decode + bilinear resize."""
+    from semivit.data.sources.common import decode_bytes
+
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    smooth = np.asarray(small.resize((400, 300), Image.BICUBIC))  # photo-like: smooth, 300×400
+    for fmt in ("PNG", "JPEG"):
+        buf = io.BytesIO()
+        Image.fromarray(smooth).save(buf, fmt, quality=95)
+        for size in ((64, 64), (120, 200), (300, 400), (600, 500)):
+            arr, stored = decode_bytes(buf.getvalue(), size, "RGB")
+            ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize(size[::-1], Image.BILINEAR))
+            assert arr.shape == (*size, 3) and arr.dtype == np.uint8 and stored == (400, 300)
+            drafted = fmt == "JPEG" and size[0] * 2 <= 300 and size[1] * 2 <= 400  # DCT-scaled while decoding
+            assert np.abs(arr.astype(int) - ref).mean() < (3 if drafted else 1), (fmt, size)
+    grey, _ = decode_bytes(buf.getvalue(), (32, 32), "L")
+    assert grey.shape == (32, 32, 1)
+    with pytest.raises(OSError):
+        decode_bytes(buf.getvalue()[: len(buf.getvalue()) // 2], (32, 32), "RGB")  # truncated

@@ -155,12 +155,6 @@ class RowDecoder(Decoder):
     def _open(self, i: int) -> Image.Image:
         return Image.open(io.BytesIO(self._bytes(i)))
 
-    def raw_file(self, i: int) -> tuple[bytes, str]:
-        data = self._bytes(i)
-        with Image.open(io.BytesIO(data)) as img:
-            fmt = (img.format or "png").lower()
-        return data, {"jpeg": "jpg", "tiff": "tif"}.get(fmt, fmt)
-
 
 def _labels(d: Any, label: str | None, classes: list[str] | None) -> tuple[list[int], list[str]]:
     """Integer labels of a split and the class names (``classes`` given: map string labels onto them)."""

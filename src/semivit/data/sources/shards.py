@@ -49,7 +49,7 @@ from semivit.data.sources.common import (
     Files,
     Opts,
     Parts,
-    decode_pil,
+    decode_bytes,
     files_to_set,
 )
 from semivit.errors import SemivitError
@@ -207,8 +207,11 @@ class ShardReader(Decoder):
         f.seek(int(self.index.offset[j]))
         return f.read(int(self.index.size[j]))
 
+    def _bytes(self, i: int) -> bytes:
+        return self.raw(int(self.locs[i]))
+
     def _open(self, i: int) -> Image.Image:
-        return Image.open(io.BytesIO(self.raw(int(self.locs[i]))))
+        return Image.open(io.BytesIO(self._bytes(i)))
 
     def raw_file(self, i: int) -> tuple[bytes, str]:
         j = int(self.locs[i])
@@ -217,8 +220,7 @@ class ShardReader(Decoder):
     def decode_raw(self, data: bytes) -> torch.Tensor | None:
         """Encoded bytes at this reader's size and mode, or None when they do not decode."""
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                arr = decode_pil(img, self.size, self.mode)
+            arr, _ = decode_bytes(data, self.size, self.mode)
         except _UNREADABLE:
             return None
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
