@@ -3,6 +3,7 @@ DDP ranks and DataLoader workers (CPU, gloo), on shards the tests write."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -229,3 +230,20 @@ def test_stream_threshold_and_shuffle_buffer_are_settings(shard_dir):
     assert maker.unlabeled.buffer == 7
     with pytest.raises(SemivitError, match="shuffle_buffer"):
         prepare_data(DataConfig(source=source, shuffle_buffer=0), 0)
+
+
+def test_short_side_shrinks_large_images_only(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls, (w, h) in (("a", (120, 90)), ("b", (40, 30))):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / "x.jpg")
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(tmp_path / "imgs" / cls / "y.png")
+    write_shards(str(tmp_path / "imgs"), tmp_path / "sh", shard_size=10, short_side=45)
+    with tarfile.open(tmp_path / "sh" / "train-000000.tar") as tar:
+        images = [tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith((".jpg", ".png"))]
+    sizes = sorted(Image.open(io.BytesIO(data)).size for data in images)
+    assert sizes == [(40, 30), (40, 30), (60, 45), (60, 45)]  # 120×90 → 60×45, aspect kept; 40×30 untouched
+    assert (tmp_path / "imgs" / "b" / "x.jpg").read_bytes() in images  # a small image keeps its bytes
+    assert len(load_source(str(tmp_path / "sh")).train) == 4
+    with pytest.raises(SemivitError, match="short-side"):
+        write_shards(str(tmp_path / "imgs"), tmp_path / "sh2", shard_size=10, short_side=2)
