@@ -3,6 +3,8 @@ m^(K_ref/K) in a stage of K steps, so the average moves as far from its start in
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -100,6 +102,8 @@ def test_evaluation_ema_is_scaled_and_written_to_the_config(tmp_path):
     assert seen["decay"] == pytest.approx(0.99 ** 10)
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["train"]["ema"] == pytest.approx(0.99 ** 10) and saved["train"]["ema_ref_steps"] == 6
+    results = json.loads((result.run_dir / "results.json").read_text())  # and the results say it too
+    assert results["effective"]["train.ema"] == pytest.approx(0.99 ** 10)
     # without a reference length the momentum is used as given and written unchanged
     plain = effective_config(tiny_config(tmp_path, **{"train.ema": 0.99}), {}, 6)
     assert plain.train.ema == 0.99 and plain.train.ema_ref_steps is None

@@ -316,7 +316,7 @@ class Trainer:
                         if is_main:
                             log.info("time limit of %.0f s reached at step %d of %d", t.time_limit, step, total)
                         break
-                metrics = self._finish(eval_net(), step, state, logger)
+                metrics = self._finish(eval_net(), step, state, logger, self._effective(method, total))
                 if is_main:
                     checkpoint(step)
             finally:
@@ -398,7 +398,17 @@ class Trainer:
                   "snn_top1": snn_top1(bank, bank_y, feats, query_y)} if probe else {})
         return knn_top1(bank, bank_y, feats, query_y), extra
 
-    def _finish(self, net: nn.Module, step: int, state: dict, logger: RunLogger) -> dict[str, Any]:
+    def _effective(self, method: Any, total: int) -> dict[str, Any]:
+        """The settings this stage's length changed (EMA momenta scaled to it), for results.json: a row of a
+        benchmark table then says which momentum its teacher really had."""
+        eff = effective_config(self.cfg, method.effective_settings(), total)
+        out = {f"method.{k}": v for k, v in method.effective_settings().items()}
+        if self.cfg.train.ema:
+            out["train.ema"] = eff.train.ema
+        return {"effective": out} if out else {}
+
+    def _finish(self, net: nn.Module, step: int, state: dict, logger: RunLogger,
+                effective: dict[str, Any]) -> dict[str, Any]:
         val = self._validate(net, step, state, logger)
         metrics: dict[str, Any] = {"method": self.cfg.train.method, "steps": step,
                                    # labels training and validation each used (validation may add labels)
@@ -406,7 +416,7 @@ class Trainer:
                                    "best_val_top1": state["best_val"] if state["best_val"] >= 0 else None,
                                    "best_step": state.get("best_step"),
                                    "train_seconds": state["seconds"],
-                                   "images_per_sec": state["images"] / max(state["seconds"], 1e-9)}
+                                   "images_per_sec": state["images"] / max(state["seconds"], 1e-9), **effective}
         if not self.dist.is_main:
             return metrics
         export_weights(net, self.ckpt_dir / "model.safetensors", net.spec.to_dict())
