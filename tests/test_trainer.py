@@ -99,3 +99,20 @@ def test_results_and_summary_count_training_and_validation_labels(tmp_path, caps
     _print_metrics(result.metrics, result.run_dir)
     train_n, val_n, total, _ = counts
     assert f"labels used: {total} = {train_n} training + {val_n} validation (" in capsys.readouterr().out
+
+
+def test_compile_setting_compiles_the_trained_network(tmp_path, monkeypatch):
+    """train.compile compiles the network in place (the eager backend here: inductor takes a minute on a CPU);
+    checkpoints keep the plain module's keys, so a compiled run resumes and exports like any other."""
+    compiled = []
+    real = torch.nn.Module.compile
+
+    def eager_compile(self, **kwargs):
+        compiled.append(self)
+        real(self, backend="eager")
+
+    monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
+    result = train(tiny_config(tmp_path, **{"train.compile": True, "train.steps": 4, "train.eval_every": 0}))
+    assert len(compiled) == 1 and compiled[0]._compiled_call_impl is not None
+    weights, _ = read_weights(result.run_dir / "checkpoints" / "model.safetensors")
+    assert not any("_orig_mod" in k for k in weights)

@@ -111,7 +111,7 @@ class TrainConfig:
     resume: bool = False
     tensorboard: bool = True
     progress: bool = True
-    compile: bool = False  # torch.compile the model (GPU runs)
+    compile: bool = False  # torch.compile the network the method trains (GPU runs: minutes to compile on a CPU)
 
 
 @dataclass

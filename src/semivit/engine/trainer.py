@@ -185,6 +185,8 @@ class Trainer:
         method = method_cls(model, self.params, self.data.train.num_classes, total)
         method.setup(len(self.data.train))
         method.to(self.device)
+        if t.compile:  # in place: state_dict keys, checkpoints and the EMA copy stay those of the plain module
+            method.model.compile()
         self.pretraining = not method.trains_classifier  # judged by k-NN on features, not by its head
         batches = self._batch_maker(method)
         trained: nn.Module = method
