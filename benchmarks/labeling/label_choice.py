@@ -42,7 +42,7 @@ OUT = Path("runs/label-choice")
 SOURCES = {"digits": "digits", "fashion-mnist": "fashion-mnist", "cifar10": "../shared/data/cifar10_jpeg.zip"}
 # (mae, supervised, ema_teacher) steps: digits at the demo recipe's MAE length, shorter later stages (a shared CPU);
 # the 28/32-px sets at what a shared 2-core CPU affords (their absolute accuracies are low: compare columns)
-STEPS = {"digits": (300, 300, 500), "fashion-mnist": (300, 200, 400), "cifar10": (300, 200, 400)}
+STEPS = {"digits": (300, 300, 300), "fashion-mnist": (300, 200, 400), "cifar10": (300, 200, 400)}
 ENCODER = {"digits": "pixels", "fashion-mnist": "pixels", "cifar10": "mae"}
 PER_CLASS = (1, 2, 4)
 ROUND_PER_CLASS = 2  # the further round starts from these cells and adds as many labels again
