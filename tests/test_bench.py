@@ -181,3 +181,15 @@ def test_a_method_limited_to_unknown_data_sets_is_a_clear_error(suite_file):
                                                          "{method: supervised, data: [digitz]}"))
     with pytest.raises(SemivitError, match=r"methods.supervised.data names \['digitz'\]"):
         load_suite(suite_file)
+
+
+def test_last_pseudo_accuracy_reads_the_last_stage_that_logs_it(tmp_path):
+    from semivit.bench import last_pseudo_accuracy
+
+    (tmp_path / "s1").mkdir()
+    (tmp_path / "s1" / "metrics.csv").write_text("step,train/loss\n10,1.0\n")
+    (tmp_path / "s2").mkdir()
+    rows = "".join(f"{10 * k},0.5,{a}\n" for k, a in enumerate([0.1, 0.2, 0.6, 0.6, 0.7, 0.8, 0.8], 1))
+    (tmp_path / "s2" / "metrics.csv").write_text("step,train/loss,train/pseudo_acc\n" + rows + "80,,\n")
+    assert last_pseudo_accuracy([tmp_path / "s1", tmp_path / "s2"]) == pytest.approx(0.7)  # mean of the last 5
+    assert last_pseudo_accuracy([tmp_path / "s1"]) is None

@@ -252,9 +252,24 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
            "labels_per_class": len(split.labeled) / bundle.train.num_classes,
            "test_top1_last": last, "test_top1_best": best, "best_val_top1": metrics.get("best_val_top1"),
            "steps": sum(st["steps"] for st in stages),
-           "images_per_sec": images / max(seconds, 1e-9), "train_seconds": seconds, "wall_seconds": wall}
+           "images_per_sec": images / max(seconds, 1e-9), "train_seconds": seconds, "wall_seconds": wall,
+           "pseudo_acc": last_pseudo_accuracy([cell_dir / f"stage{k}-{c.train.method}"
+                                               for k, c in enumerate(configs, 1)])}
     (cell_dir / "cell.json").write_text(json.dumps(row, indent=2))
     return row
+
+
+def last_pseudo_accuracy(stage_dirs: list[Path], window: int = 5) -> float | None:
+    """Accuracy of the pseudo-labels against the hidden labels of the unlabeled images, averaged over the last
+    ``window`` logged steps of the last stage that logs it (None: no stage pseudo-labels). A collapse shows
+    here as chance level while the labeled-batch accuracy climbs."""
+    from semivit.report.plots import read_metrics
+
+    for stage in reversed(stage_dirs):
+        values = [r["train/pseudo_acc"] for r in read_metrics(stage / "metrics.csv") if "train/pseudo_acc" in r]
+        if values:
+            return statistics.fmean(values[-window:])
+    return None
 
 
 def _trains_classifier(cfg: Config) -> bool:
@@ -380,9 +395,15 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "top1_last_mean": last[0], "top1_last_std": last[1],
                     "top1_best_mean": best[0], "top1_best_std": best[1],
                     "images_per_sec": statistics.fmean(r["images_per_sec"] for r in rs),
+                    "pseudo_acc": _mean_or_none([r.get("pseudo_acc") for r in rs]),
                     "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rs),
                     "steps": rs[0]["steps"]})
     return out
+
+
+def _mean_or_none(values: list[Any]) -> float | None:
+    known = [float(v) for v in values if v not in (None, "")]
+    return statistics.fmean(known) if known else None
 
 
 def _labels_used(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -407,8 +428,8 @@ def _labels_cell(s: dict[str, Any]) -> str:
     return f"{show(s.get('labels_total'))} ({show(s.get('labeled'))} + {show(s.get('val_labeled'))})"
 
 
-_COLUMNS = ["method", "labels (train + val)", "test top-1 (last)", "test top-1 (best val)", "seeds", "steps",
-            "images/s", "wall s"]
+_COLUMNS = ["method", "labels (train + val)", "test top-1 (last)", "test top-1 (best val)",
+            "pseudo-label acc", "seeds", "steps", "images/s", "wall s"]
 
 
 def _intro(suite: Suite) -> list[str]:
@@ -417,7 +438,8 @@ def _intro(suite: Suite) -> list[str]:
             "Labels: every labeled image a cell consumed, training + validation (data.val `auto` validates "
             "on labeled images beyond the row's labels; `20%-of-labels` holds them out of the row's labels). "
             "Test top-1 of the final weights (last) and of the best-validation weights (best), mean ± std "
-            "over seeds; images/s of training (all stages); wall seconds per cell.",
+            "over seeds; pseudo-label accuracy against the hidden labels over the last logged steps (— : the "
+            "method makes none; near chance = collapse); images/s of training (all stages); wall seconds per cell.",
             *(f"Skipped: {dname} ({why})." for dname, why in suite.skipped.items())]
 
 
@@ -433,7 +455,9 @@ def _tables(suite: Suite, summary: list[dict[str, Any]]) -> list[tuple[str, list
         ss.sort(key=lambda s: order.index(s["method"]) if s["method"] in order else len(order))
         top = max(range(len(ss)), key=lambda i: ss[i]["top1_last_mean"])
         rows = [[s["method"], _labels_cell(s), f"{s['top1_last_mean']:.4f} ± {s['top1_last_std']:.4f}",
-                 f"{s['top1_best_mean']:.4f} ± {s['top1_best_std']:.4f}", str(s["seeds"]), str(s["steps"]),
+                 f"{s['top1_best_mean']:.4f} ± {s['top1_best_std']:.4f}",
+                 "—" if s.get("pseudo_acc") in (None, "") else f"{float(s['pseudo_acc']):.3f}",
+                 str(s["seeds"]), str(s["steps"]),
                  f"{s['images_per_sec']:.0f}", f"{s['wall_seconds']:.0f}"] for s in ss]
         out.append((f"{dname}, {labels} labels", rows, top))
     return out
