@@ -116,3 +116,16 @@ def test_compile_setting_compiles_the_trained_network(tmp_path, monkeypatch):
     assert len(compiled) == 1 and compiled[0]._compiled_call_impl is not None
     weights, _ = read_weights(result.run_dir / "checkpoints" / "model.safetensors")
     assert not any("_orig_mod" in k for k in weights)
+
+
+@pytest.mark.parametrize("method,pool,per_step", [("supervised", "labeled", 16), ("fixmatch", "unlabeled", 16 * 3),
+                                                 ("mae", "unlabeled", 16)])
+def test_epochs_count_the_pool_the_method_learns_from(tmp_path, method, pool, per_step):
+    from semivit.engine.trainer import Trainer
+    from semivit.methods import method_class
+
+    cfg = tiny_config(tmp_path, **{"train.method": method, "train.steps": None, "train.epochs": 2.0,
+                                   "method": {"mu": 3} if method == "fixmatch" else {}})
+    trainer = Trainer(cfg)
+    n = len(getattr(trainer.data.split, pool))
+    assert trainer._total_steps(method_class(method)) == -(-2 * n // per_step)  # ceil(2 n / per_step)

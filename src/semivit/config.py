@@ -89,7 +89,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     method: str = "supervised"
-    steps: int | None = None  # optimizer steps; or give epochs (over the labeled set)
+    # optimizer steps; or epochs: passes over the labeled set (supervised) or the unlabeled pool (semi-supervised
+    # methods, at μ unlabeled images a step, and pre-training)
+    steps: int | None = None
     epochs: float | None = None
     # wall-clock limit in seconds (0 = none): training stops at the first step past it, then evaluates and
     # exports as at the end (the schedule is cut, not compressed: for "accuracy at a time budget")

@@ -143,10 +143,22 @@ class Trainer:
                 raise SemivitError(f"train.steps must be positive, got {t.steps}")
             return t.steps
         epochs = 100.0 if t.epochs is None else t.epochs
-        # epochs count labeled images for methods driven by labels, unlabeled ones for (semi-)pre-training
-        by_labels = method_cls.labeled_views and method_cls.trains_classifier
-        pool = self.data.split.labeled if by_labels else self.data.split.unlabeled
-        return steps_for_epochs(epochs, len(pool), t.batch_size * t.accum_steps)
+        if epochs <= 0:
+            raise SemivitError(f"train.epochs must be positive, got {epochs}")
+        # An epoch is a pass over the images a method learns most from: the labeled set for supervised
+        # training, the unlabeled pool for semi-supervised methods (at μ unlabeled images per labeled one: with
+        # 40 labels an epoch of labels is ~1 step) and for pre-training.
+        split, batch = self.data.split, t.batch_size * t.accum_steps
+        if method_cls.labeled_views and method_cls.trains_classifier and not method_cls.unlabeled_views:
+            what, pool = "labeled", split.labeled
+        else:
+            what, pool = "unlabeled", split.unlabeled
+            if method_cls.labeled_views and method_cls.unlabeled_views:  # μ unlabeled per labeled image
+                batch = max(1, round(batch * getattr(self.params, "mu", 1)))
+        steps = steps_for_epochs(epochs, len(pool), batch)
+        if self.dist.is_main:
+            log.info("train.epochs %g over %d %s images, %d a step: %d steps", epochs, len(pool), what, batch, steps)
+        return steps
 
     def _batch_maker(self, method: Any) -> BatchMaker:
         t, d, world = self.cfg.train, self.cfg.data, self.dist.world
