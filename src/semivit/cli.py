@@ -443,13 +443,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     for module in COMMAND_MODULES:  # capabilities that bring their own sub-commands
-        try:
-            commands = importlib.import_module(module)
-        except ModuleNotFoundError as e:  # TEMPORARY while the package is being written
-            if not module.startswith(str(e.name)):
-                raise
-            continue
-        commands.add_parser(sub)
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
