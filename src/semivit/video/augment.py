@@ -2,8 +2,8 @@
 
 One random draw per *clip* — crop box, flip, colour jitter, grayscale, blur, solarization — applied
 identically to every frame of that clip: drawing per frame would make the crop jump and the colours
-flicker, motion the network would then have to learn to ignore (the paper's Table 3 shows per-frame
-augmentation losing ~11 points of linear accuracy on Kinetics-400). The pieces are the image pipeline's
+flicker, motion the network would then have to learn to ignore (the paper's ablation finds per-frame
+augmentation clearly worse on Kinetics-400). The pieces are the image pipeline's
 own (:mod:`semivit.data.augment`): the parameters are drawn for a B-clip batch and repeated over the T
 frames, so one ``grid_sample`` crops every frame, one batched matrix product colours them, and the blur is
 one grouped convolution whose per-clip kernel covers all T·C channels of the clip.

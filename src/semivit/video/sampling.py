@@ -1,7 +1,7 @@
 """Where clips start: CVRL's temporal interval sampling for the two pre-training clips, a random clip for
 fine-tuning and evenly spaced clips for evaluation.
 
-Temporal interval sampling (Qian et al. 2021, Sec. 3.2, Fig. 3): draw the gap t between the two clips'
+Temporal interval sampling (Qian et al. 2021, Sec. 3.2): draw the gap t between the two clips'
 start frames from a monotonically decreasing distribution over [0, M], then the first start uniformly in
 [0, M − t] and the second t later (which clip is the first view is random). The paper compares
 decreasing, uniform and increasing distributions and keeps the decreasing one, P(t) ∝ −t + c. With
