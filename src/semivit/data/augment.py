@@ -41,7 +41,7 @@ def _check(x: torch.Tensor) -> None:
         raise ValueError(f"expected a float B×C×H×W batch in [0, 1], got {x.dtype} {tuple(x.shape)}")
 
 
-def _rand(generator: torch.Generator | None, x: torch.Tensor, *shape: int, high: int = 0) -> torch.Tensor:
+def uniform(generator: torch.Generator | None, x: torch.Tensor, *shape: int, high: int = 0) -> torch.Tensor:
     """Uniform [0, 1) float32 (or, with ``high``, integers in [0, high)) drawn on the generator's device and
     moved to ``x``'s."""
     device = generator.device if generator is not None else x.device
@@ -70,7 +70,7 @@ def _where_samples(fn: Callable[..., torch.Tensor], x: torch.Tensor, mask: torch
     return torch.where(mask.view(-1, 1, 1, 1), fn(x, *params), x)
 
 
-def _warp(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], fill: float = 0.0) -> torch.Tensor:
+def warp(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], fill: float = 0.0) -> torch.Tensor:
     """Bilinear resampling by per-sample affines ``theta`` (B×2×3, output→input, [-1, 1] coordinates), one
     ``grid_sample`` for the batch. Outside pixels get ``fill``: sampling ``x - fill`` with zero padding and
     adding ``fill`` back does that without a mask."""
@@ -106,8 +106,8 @@ def _shift_crop(x: torch.Tensor, generator: torch.Generator | None, pad_frac: fl
     """
     b, c, h, w = x.shape
     ph, pw = round(pad_frac * h), round(pad_frac * w)
-    dy, dx = _rand(generator, x, b, high=2 * ph + 1), _rand(generator, x, b, high=2 * pw + 1)
-    flip = _rand(generator, x, b) < p_flip
+    dy, dx = uniform(generator, x, b, high=2 * ph + 1), uniform(generator, x, b, high=2 * pw + 1)
+    flip = uniform(generator, x, b) < p_flip
     fill = {"value": -1.0} if mode == "constant" else {}
     source = lambda n, p: F.pad(torch.arange(n, device=x.device, dtype=torch.float32).view(1, 1, n), (p, p),
                                 mode=mode, **fill).view(-1).long()
@@ -144,7 +144,7 @@ def random_erase(x: torch.Tensor, generator: torch.Generator | None, max_frac: f
     if None, with uniform noise as in Random Erasing (Zhong et al. 2020)."""
     _check(x)
     b, c, h, w = x.shape
-    u = _rand(generator, x, b, 3)
+    u = uniform(generator, x, b, 3)
     half = u[:, 0] * max_frac / 2
 
     def inside(centre: torch.Tensor, n: int) -> torch.Tensor:  # (B, n): pixel centres inside the span
@@ -152,7 +152,7 @@ def random_erase(x: torch.Tensor, generator: torch.Generator | None, max_frac: f
         return (pos - centre[:, None]).abs() < half[:, None]
 
     mask = inside(u[:, 1], h)[:, None, :, None] & inside(u[:, 2], w)[:, None, None, :]
-    fill = x.new_tensor(value) if value is not None else _rand(generator, x, b, c, h, w).to(x.dtype)
+    fill = x.new_tensor(value) if value is not None else uniform(generator, x, b, c, h, w).to(x.dtype)
     return torch.where(mask, fill, x)
 
 
@@ -222,8 +222,8 @@ def _geometric(x: torch.Tensor, ops: torch.Tensor, v: torch.Tensor) -> torch.Ten
         m = m @ slot
     to_unit = torch.tensor([2 / w, 2 / h, 1.0], device=x.device)
     theta = (to_unit[:, None] * m / to_unit)[:, :2]  # diag(to_unit) @ m @ diag(to_unit)⁻¹
-    warp = lambda y, t: _warp(y, t, (h, w), fill=0.5)  # FixMatch fills with grey (128)
-    return _where_samples(warp, x, (ops >= _FIRST_GEOMETRIC).any(1), theta)
+    grey_fill = lambda y, t: warp(y, t, (h, w), fill=0.5)  # FixMatch fills with grey (128)
+    return _where_samples(grey_fill, x, (ops >= _FIRST_GEOMETRIC).any(1), theta)
 
 
 # Colour ops as f(x, strength, signed strength); each maps a sub-batch to its result.
@@ -253,9 +253,9 @@ def randaugment(x: torch.Tensor, generator: torch.Generator | None, num_ops: int
     if not 0 <= magnitude <= 10:
         raise ValueError(f"magnitude is on a 0–10 scale, got {magnitude}")
     b = x.shape[0]
-    ops = _rand(generator, x, b, num_ops, high=len(RANDAUGMENT_OPS))
-    strength = _rand(generator, x, b, num_ops) * (magnitude / 10)
-    v = torch.where(_rand(generator, x, b, num_ops) < 0.5, -strength, strength)
+    ops = uniform(generator, x, b, num_ops, high=len(RANDAUGMENT_OPS))
+    strength = uniform(generator, x, b, num_ops) * (magnitude / 10)
+    v = torch.where(uniform(generator, x, b, num_ops) < 0.5, -strength, strength)
     x = x.clone()  # ops write their samples into x in place (see _where_samples)
     for k in range(num_ops):
         for name, fn in _COLOUR_OPS.items():
@@ -271,25 +271,25 @@ def strong(x: torch.Tensor, generator: torch.Generator | None, flip: bool = True
     return random_erase(x, generator) if erase else x
 
 
-def _pair(size: Size | None, x: torch.Tensor) -> tuple[int, int]:
+def size_pair(size: Size | None, x: torch.Tensor) -> tuple[int, int]:
     size = x.shape[-2:] if size is None else size
     return (size, size) if isinstance(size, int) else (size[0], size[1])
 
 
-def _crop_theta(x: torch.Tensor, generator: torch.Generator | None, scale: tuple[float, float],
+def crop_theta(x: torch.Tensor, generator: torch.Generator | None, scale: tuple[float, float],
                 ratio: tuple[float, float], trials: int = 10) -> torch.Tensor:
     """Affines (B×2×3) of torchvision's RandomResizedCrop boxes, with its 10 tries done side by side."""
     b, _, h, w = x.shape
-    area = scale[0] + (scale[1] - scale[0]) * _rand(generator, x, b, trials)
+    area = scale[0] + (scale[1] - scale[0]) * uniform(generator, x, b, trials)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * _rand(generator, x, b, trials))
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * uniform(generator, x, b, trials))
     # Box sides as fractions of the image's width and height (aspect is in pixels, hence h/w).
     fw, fh = torch.sqrt(area * aspect * h / w), torch.sqrt(area / aspect * w / h)
     fits = (fw <= 1) & (fh <= 1)
     first = fits.int().argmax(1, keepdim=True)  # first try that fits; none fits → whole image below
     fw = torch.where(fits.any(1), fw.gather(1, first).squeeze(1), 1.0)
     fh = torch.where(fits.any(1), fh.gather(1, first).squeeze(1), 1.0)
-    centre = (2 * _rand(generator, x, b, 2) - 1) * (1 - torch.stack([fw, fh], 1))  # keeps the box inside
+    centre = (2 * uniform(generator, x, b, 2) - 1) * (1 - torch.stack([fw, fh], 1))  # keeps the box inside
     zero = torch.zeros_like(fw)
     return torch.stack([fw, zero, centre[:, 0], zero, fh, centre[:, 1]], 1).view(b, 2, 3)
 
@@ -301,10 +301,10 @@ def random_resized_crop(x: torch.Tensor, generator: torch.Generator | None, out_
     ``scale`` of the area and ``ratio`` aspect, resized bilinearly to ``out_size`` (default: input size).
     Multi-crop (SwAV, Caron et al. 2020; PAWS, Assran et al. 2021) uses a small ``out_size`` and scale."""
     _check(x)
-    return _warp(x, _crop_theta(x, generator, scale, ratio), _pair(out_size, x)).clamp_(0, 1)
+    return warp(x, crop_theta(x, generator, scale, ratio), size_pair(out_size, x)).clamp_(0, 1)
 
 
-def _jitter_matrix(x: torch.Tensor, generator: torch.Generator | None, s: float, p_jitter: float,
+def jitter_matrix(x: torch.Tensor, generator: torch.Generator | None, s: float, p_jitter: float,
                    p_gray: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample colour transform ``out = M·pixel + t`` (M: B×C×C, t: B): SimCLR's jitter, then grayscale.
 
@@ -314,7 +314,7 @@ def _jitter_matrix(x: torch.Tensor, generator: torch.Generator | None, s: float,
     nothing is clipped between the jitter ops, and their order is fixed.
     """
     b, c = x.shape[:2]
-    u = _rand(generator, x, b, 6)
+    u = uniform(generator, x, b, 6)
     f_bright, f_contrast, f_sat = ((1 + 0.8 * s * (2 * u[:, i] - 1)).clamp(min=0) for i in range(3))
     angle = 2 * math.pi * 0.2 * s * (2 * u[:, 3] - 1)
     luma = _luma(c).to(x.device)
@@ -335,12 +335,12 @@ def _jitter_matrix(x: torch.Tensor, generator: torch.Generator | None, s: float,
     return m, t
 
 
-def _gaussian_blur(x: torch.Tensor, generator: torch.Generator | None, p: float,
+def gaussian_blur(x: torch.Tensor, generator: torch.Generator | None, p: float,
                    sigma: tuple[float, float] = (0.1, 2.0)) -> torch.Tensor:
     """Per-sample Gaussian blur with prob. ``p``, σ ~ U(sigma) px, kernel ~10% of the side (SimCLR)."""
     b, c, h, w = x.shape
     size = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)
-    u = _rand(generator, x, b, 2)
+    u = uniform(generator, x, b, 2)
     # A tiny σ gives the kernel [0, …, 1, …, 0], i.e. an exact no-op for samples that are not blurred.
     sig = torch.where(u[:, 1] < p, sigma[0] + (sigma[1] - sigma[0]) * u[:, 0], 1e-3)
     d = torch.arange(size, device=x.device) - size // 2
@@ -359,16 +359,16 @@ def contrastive(x: torch.Tensor, generator: torch.Generator | None, out_size: Si
     ``s = jitter_strength`` (brightness/contrast/saturation 0.8s, hue 0.2s) with prob. ``p_jitter``,
     grayscale with prob. ``p_gray``, and optional Gaussian blur (σ ∈ [0.1, 2] px, prob. ``p_blur``; meant
     for large images, it wipes out 32×32 ones). Crop and flip are one affine and one ``grid_sample``;
-    jitter and grayscale are one per-sample colour matrix (see :func:`_jitter_matrix`)."""
+    jitter and grayscale are one per-sample colour matrix (see :func:`jitter_matrix`)."""
     _check(x)
     b, c = x.shape[:2]
-    theta = _crop_theta(x, generator, scale, ratio)
-    flipped = _rand(generator, x, b) < (0.5 if flip else 0.0)
+    theta = crop_theta(x, generator, scale, ratio)
+    flipped = uniform(generator, x, b) < (0.5 if flip else 0.0)
     theta[:, 0, 0] = torch.where(flipped, -theta[:, 0, 0], theta[:, 0, 0])  # mirror the sampling grid
-    x = _warp(x, theta, _pair(out_size, x))
-    m, t = _jitter_matrix(x, generator, jitter_strength, p_jitter, p_gray)
+    x = warp(x, theta, size_pair(out_size, x))
+    m, t = jitter_matrix(x, generator, jitter_strength, p_jitter, p_gray)
     x = torch.baddbmm(t.to(x.dtype).view(b, 1, 1), m.to(x.dtype), x.flatten(2)).view_as(x).clamp_(0, 1)
-    return _gaussian_blur(x, generator, p_blur).clamp_(0, 1) if blur else x
+    return gaussian_blur(x, generator, p_blur).clamp_(0, 1) if blur else x
 
 
 def multicrop_large(x: torch.Tensor, generator: torch.Generator | None, flip: bool = True,

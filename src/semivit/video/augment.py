@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from semivit.data.augment import _crop_theta, _gaussian_blur, _jitter_matrix, _pair, _rand, _warp
+from semivit.data.augment import crop_theta, gaussian_blur, jitter_matrix, size_pair, uniform, warp
 
 
 @dataclass
@@ -63,19 +63,19 @@ def augment_clips(clips: torch.Tensor, generator: torch.Generator | None, aug: C
         out = augment_clips(clips.reshape(b * t, 1, c, *clips.shape[-2:]), generator, one, out_size)
         return out.view(b, t, *out.shape[2:])
     mean_frame = clips.mean(1)  # a B×C×H×W stand-in: draws depend on the batch shape only
-    theta = _crop_theta(mean_frame, generator, aug.scale, aug.ratio)
-    flipped = _rand(generator, mean_frame, b) < (0.5 if aug.flip else 0.0)
+    theta = crop_theta(mean_frame, generator, aug.scale, aug.ratio)
+    flipped = uniform(generator, mean_frame, b) < (0.5 if aug.flip else 0.0)
     theta[:, 0, 0] = torch.where(flipped, -theta[:, 0, 0], theta[:, 0, 0])  # mirror the sampling grid
-    h, w = _pair(out_size, mean_frame)
-    frames = _warp(clips.reshape(b * t, c, *clips.shape[-2:]), theta.repeat_interleave(t, 0), (h, w))
+    h, w = size_pair(out_size, mean_frame)
+    frames = warp(clips.reshape(b * t, c, *clips.shape[-2:]), theta.repeat_interleave(t, 0), (h, w))
     x = frames.view(b, t, c, h, w)
     # contrast blends towards the clip's mean grey (over all its frames), so it too is one per clip
-    m, offset = _jitter_matrix(x.mean(1), generator, aug.jitter_strength, aug.p_jitter, aug.p_gray)
+    m, offset = jitter_matrix(x.mean(1), generator, aug.jitter_strength, aug.p_jitter, aug.p_gray)
     x = torch.baddbmm(offset.to(x.dtype).view(b, 1, 1), m.to(x.dtype), x.transpose(1, 2).reshape(b, c, -1))
     x = x.view(b, c, t, h, w).transpose(1, 2).clamp_(0, 1)
     if aug.p_blur > 0:  # the clip's T·C channels as one sample: one σ per clip
-        x = _gaussian_blur(x.reshape(b, t * c, h, w), generator, aug.p_blur).view(b, t, c, h, w).clamp_(0, 1)
+        x = gaussian_blur(x.reshape(b, t * c, h, w), generator, aug.p_blur).view(b, t, c, h, w).clamp_(0, 1)
     if aug.p_solarize > 0:
-        sol = (_rand(generator, x, b) < aug.p_solarize).view(b, 1, 1, 1, 1)
+        sol = (uniform(generator, x, b) < aug.p_solarize).view(b, 1, 1, 1, 1)
         x = torch.where(sol & (x >= 0.5), 1 - x, x)
     return x.contiguous()
