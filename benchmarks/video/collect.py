@@ -1,4 +1,4 @@
-"""Print the markdown tables of benchmarks/video/RESULTS.md from the run folders the scripts wrote.
+"""Print the markdown tables of the CVRL section of benchmarks/RESULTS.md from the run folders the scripts wrote.
 
     .venv/bin/python benchmarks/video/collect.py runs/video-sprites runs/video-weizmann
 """
