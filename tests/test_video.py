@@ -271,3 +271,13 @@ def test_cli_sprites_pretrain_finetune_probe(tmp_path: Path, capsys: pytest.Capt
     assert main(["video", "finetune", *small, "--out", str(tmp_path / "bad"), "--width", "8",
                  "--init", str(tmp_path / "pre")]) == 2  # a SemivitError: one line, exit status 2
     assert "width" in capsys.readouterr().err
+
+
+def test_the_shipped_cvrl_recipe_is_found_and_complete():
+    from semivit.video.commands import _recipe
+
+    for section in ("pretrain", "finetune"):
+        values = _recipe("cvrl", section)
+        assert values["arch"] == "r3d_18" and values["steps"] > 0
+    with pytest.raises(SemivitError, match="not found"):
+        _recipe("no-such-recipe", "pretrain")

@@ -21,7 +21,7 @@ from semivit.errors import SemivitError
 log = logging.getLogger("semivit")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and run (each is a shortcut for a --set key)")
     g.add_argument("--data", help="digits (default), cifar10, ..., an image folder, .zip, .csv or .npz")
     g.add_argument("--test", help="a separate test part (when --data has no test/ folder)")
@@ -57,7 +57,7 @@ _SHORTCUTS = {"data": "data.source", "test": "data.test", "unlabeled": "data.unl
               "device": "train.device", "out": "train.out", "name": "train.name"}
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {key: getattr(args, attr) for attr, key in _SHORTCUTS.items()
                            if getattr(args, attr, None) is not None}
     if getattr(args, "resume", False):
@@ -72,7 +72,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> Config:
     base: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
-    return apply_overrides(apply_overrides(Config(), base), _overrides(args))
+    return apply_overrides(apply_overrides(Config(), base), overrides_from_args(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from semivit.planning import parse_budget
 
         budget = parse_budget(args.budget)
-    result = run_recipe(args.recipe, _overrides(args), budget=budget)
+    result = run_recipe(args.recipe, overrides_from_args(args), budget=budget)
     print(stage_table(result.run_dir.parent))
     _print_metrics(result.metrics, result.run_dir)
     _write_report(result.run_dir)  # the recipe's folder: one section per stage
@@ -322,12 +322,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one method")
     p.add_argument("--method", help="supervised, mae, fixmatch, ema_teacher, ... (default supervised)")
     p.add_argument("--config", help="a YAML file with data/model/optim/train/method sections")
-    _add_common(p)
+    add_common_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run a multi-stage recipe (e.g. semivit: mae → supervised → ema_teacher)")
     p.add_argument("recipe", help="a recipe YAML or a shipped name: semivit, fixmatch, supervised")
-    _add_common(p)
+    add_common_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="run a benchmark suite: method × data × labels × seed under one budget")
@@ -363,7 +363,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", help="a run folder or hub folder to probe (default: --model's pretrained "
                                           "weights)")
     p.add_argument("--json", help="also write the metrics here")
-    _add_common(p)
+    add_common_arguments(p)
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("export", help="the trained classifier as a hub folder (timm), ONNX or TorchScript")

@@ -10,3 +10,17 @@ seen so far after each task.
 
 The method itself is :mod:`semivit.methods.nncsl`.
 """
+
+from typing import Any
+
+#: --method → the recipe its tasks run, settings laid over the recipe's stage, whether it replays the buffer
+#: and whether each task distils from the previous one
+METHODS: dict[str, dict[str, Any]] = {
+    "nncsl": {"recipe": "nncsl", "params": {}, "buffer": True},
+    "csl": {"recipe": "nncsl", "params": {"w_dist": 0.0}, "buffer": True},
+    "paws": {"recipe": "nncsl", "params": {"w_dist": 0.0, "mask": False}, "buffer": True},
+    "finetune": {"recipe": "nncsl-baseline", "params": {}, "buffer": False},
+    "replay": {"recipe": "nncsl-baseline", "params": {}, "buffer": True},
+    "joint": {"recipe": "nncsl", "params": {"w_dist": 0.0}, "buffer": False, "joint": True},
+}
+STATE, RESULTS, TABLE = "continual.json", "results.json", "results.md"

@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from semivit.cli import _add_common, _overrides
-from semivit.continual.loop import METHODS, TABLE, run_continual
+from semivit.cli import add_common_arguments, overrides_from_args
+from semivit.continual import METHODS, TABLE
 from semivit.errors import SemivitError
 
 
@@ -29,14 +29,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="replay buffer size in labeled images (default 500, the paper's; 0 = none)")
     p.add_argument("--test-per-class", type=int, default=0, metavar="N",
                    help="evaluate on N test images per class (seeded; default 0 = the whole test part)")
-    _add_common(p)  # --data, --labels, --model, --steps (per task), --out, --name, --resume, --set, ...
+    add_common_arguments(p)  # --data, --labels, --model, --steps (per task), --out, --name, --resume, --set, ...
     p.set_defaults(func=cmd_continual)
 
 
 def cmd_continual(args: argparse.Namespace) -> int:
     if args.budget or args.epochs is not None:
         raise SemivitError("continual runs take --steps per task (not --budget or --epochs)")
-    overrides = _overrides(args)
+    from semivit.continual.loop import run_continual  # torch and the Trainer: only when the command runs
+
+    overrides = overrides_from_args(args)
     overrides.pop("train.method", None)  # --method names the continual method, not a Trainer method
     overrides.pop("train.resume", None)  # the loop resumes tasks itself
     results = run_continual(args.method, args.tasks, args.buffer, overrides, resume=args.resume,

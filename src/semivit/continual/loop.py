@@ -35,27 +35,17 @@ from typing import Any
 import torch
 
 from semivit.config import Config, load_yaml
+from semivit.continual import METHODS, RESULTS, STATE, TABLE
 from semivit.continual.buffer import ReplayBuffer
 from semivit.continual.metrics import format_table, seen_class_accuracy, summary
 from semivit.continual.tasks import in_classes, label_shares, make_tasks, task_split
 from semivit.data import PreparedData, prepare_data
-from semivit.engine.checkpoint import _atomic_write
+from semivit.engine.checkpoint import atomic_write
 from semivit.errors import SemivitError
 from semivit.pipeline import find_recipe, stage_configs
 
 log = logging.getLogger("semivit")
 
-#: --method → the recipe its tasks run, settings laid over the recipe's stage, whether it replays the buffer
-#: and whether each task distils from the previous one
-METHODS: dict[str, dict[str, Any]] = {
-    "nncsl": {"recipe": "nncsl", "params": {}, "buffer": True},
-    "csl": {"recipe": "nncsl", "params": {"w_dist": 0.0}, "buffer": True},
-    "paws": {"recipe": "nncsl", "params": {"w_dist": 0.0, "mask": False}, "buffer": True},
-    "finetune": {"recipe": "nncsl-baseline", "params": {}, "buffer": False},
-    "replay": {"recipe": "nncsl-baseline", "params": {}, "buffer": True},
-    "joint": {"recipe": "nncsl", "params": {"w_dist": 0.0}, "buffer": False, "joint": True},
-}
-STATE, RESULTS, TABLE = "continual.json", "results.json", "results.md"
 #: settings a resumed run must share with the run it continues
 _SAME = ("method", "tasks", "buffer", "source", "labels", "seed", "steps", "model", "test_per_class")
 
@@ -86,7 +76,7 @@ def _test_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tenso
 
 
 def _write_json(path: Path, value: Any) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2)))
 
 
 def _check_same(saved: dict[str, Any], settings: dict[str, Any], root: Path) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from semivit.errors import SemivitError
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through a temp file in the same folder, fsync, rename: a full disk, a read-only folder or a
     crash leaves the previous file intact and loadable, and raises one line that says so."""
     tmp = None
@@ -48,7 +48,7 @@ def _atomic_write(path: Path, write: Any) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def export_weights(model: nn.Module, path: str | Path, spec: dict[str, Any], ext
     """Save ``model``'s weights as safetensors with ``spec`` (to rebuild it) in the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"semivit_spec": json.dumps(spec), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

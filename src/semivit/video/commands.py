@@ -1,7 +1,7 @@
 """``semivit video``: sprites | pretrain | finetune | probe (see docs/video.md).
 
 Settings come from dataclass defaults (:class:`~semivit.video.train.VideoTrainConfig`), then a recipe's
-section (``--recipe cvrl`` reads ``recipes/cvrl.yaml``: its ``pretrain:`` or ``finetune:`` keys), then the
+section (``--recipe cvrl`` reads ``video/recipes/cvrl.yaml``: its ``pretrain:`` or ``finetune:`` keys), then the
 flags given on the command line.
 """
 
@@ -32,9 +32,10 @@ def _recipe(name: str | None, section: str) -> dict[str, Any]:
 
     path = Path(name)
     if not path.is_file():
-        path = Path(__file__).resolve().parent.parent / "recipes" / f"{name.removesuffix('.yaml')}.yaml"
+        # video recipes live beside this module: their pretrain/finetune sections are not image-stage recipes
+        path = Path(__file__).resolve().parent / "recipes" / f"{name.removesuffix('.yaml')}.yaml"
     if not path.is_file():
-        raise SemivitError(f"recipe '{name}' not found: pass a YAML file or a name in semivit/recipes (cvrl)")
+        raise SemivitError(f"recipe '{name}' not found: pass a YAML file or a name in semivit/video/recipes (cvrl)")
     values = load_yaml(path).get(section) or {}
     if not isinstance(values, dict):
         raise SemivitError(f"recipe '{path}': '{section}' must be a mapping of settings")
