@@ -200,6 +200,9 @@ class Trainer:
         if t.compile:  # in place: state_dict keys, checkpoints and the EMA copy stay those of the plain module
             method.model.compile()
         self.pretraining = not method.trains_classifier  # judged by k-NN on features, not by its head
+        # the settings as this stage's length makes them (EMA momenta): config.yaml and results.json
+        method_settings = method.effective_settings()
+        effective = effective_config(cfg, method_settings, total)
         batches = self._batch_maker(method)
         trained: nn.Module = method
         if self.dist.enabled:
@@ -232,7 +235,7 @@ class Trainer:
         elif is_main:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
-                save_config(effective_config(cfg, method.effective_settings(), total), self.run_dir / "config.yaml")
+                save_config(effective, self.run_dir / "config.yaml")
                 save_split(self.data.split, self.data.train, self.run_dir / "split.json",
                            {"source": cfg.data.source, "labels": cfg.data.labels, "val_spec": cfg.data.val,
                             "seed": t.seed})
@@ -330,7 +333,8 @@ class Trainer:
                         if is_main:
                             log.info("time limit of %.0f s reached at step %d of %d", t.time_limit, step, total)
                         break
-                metrics = self._finish(eval_net(), step, state, logger, self._effective(method, total))
+                metrics = self._finish(eval_net(), step, state, logger,
+                                       self._changed_by_length(method_settings, effective))
                 if is_main:
                     checkpoint(step)
             finally:
@@ -412,13 +416,12 @@ class Trainer:
                   "snn_top1": snn_top1(bank, bank_y, feats, query_y)} if probe else {})
         return knn_top1(bank, bank_y, feats, query_y), extra
 
-    def _effective(self, method: Any, total: int) -> dict[str, Any]:
+    def _changed_by_length(self, method_settings: dict[str, Any], effective: Config) -> dict[str, Any]:
         """The settings this stage's length changed (EMA momenta scaled to it), for results.json: a row of a
         benchmark table then says which momentum its teacher really had."""
-        eff = effective_config(self.cfg, method.effective_settings(), total)
-        out = {f"method.{k}": v for k, v in method.effective_settings().items()}
+        out = {f"method.{k}": v for k, v in method_settings.items()}
         if self.cfg.train.ema:
-            out["train.ema"] = eff.train.ema
+            out["train.ema"] = effective.train.ema
         return {"effective": out} if out else {}
 
     def _finish(self, net: nn.Module, step: int, state: dict, logger: RunLogger,
