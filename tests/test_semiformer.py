@@ -203,7 +203,10 @@ def test_auto_model_is_the_methods_default_for_the_image_size(tmp_path):
     cfg = tiny_config(tmp_path, **{"model.name": "auto", "train.method": "semiformer"})
     assert Trainer(cfg).cfg.model.name == "semiformer_tiny"  # digits: no --model needed
     cfg = tiny_config(tmp_path, **{"model.name": "auto", "train.method": "fixmatch"})
-    assert Trainer(cfg).cfg.model.name == "vit_tiny"
+    assert Trainer(cfg).cfg.model.name == "vit_nano"  # 8 px: the width the small-image recipes use
+    from semivit.methods.base import Method
+
+    assert [Method.default_model(s) for s in (28, 64, 224)] == ["vit_nano", "vit_tiny", "vit_small"]
 
 
 def test_train_reports_each_stream_and_cli_evaluate_predict(tmp_path, capsys):

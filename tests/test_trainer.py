@@ -129,3 +129,54 @@ def test_epochs_count_the_pool_the_method_learns_from(tmp_path, method, pool, pe
     trainer = Trainer(cfg)
     n = len(getattr(trainer.data.split, pool))
     assert trainer._total_steps(method_class(method)) == -(-2 * n // per_step)  # ceil(2 n / per_step)
+
+
+def test_imprint_classifier_is_the_nearest_normalised_class_mean():
+    from semivit.models.heads import imprint_classifier
+
+    torch.manual_seed(0)
+    centres = torch.randn(3, 8) * 4
+    labels = torch.arange(3).repeat_interleave(5)
+    feats = centres[labels] + torch.randn(15, 8)
+    head = torch.nn.Linear(8, 4)
+    untouched = head.weight[3].clone()
+    assert imprint_classifier(head, feats, labels, temperature=0.1) == 3
+    unit = torch.nn.functional.normalize(feats, dim=1)
+    for c in range(3):  # each row points along its class's mean unit feature
+        mean = torch.nn.functional.normalize(unit[labels == c].mean(0), dim=0)
+        assert torch.allclose(torch.nn.functional.normalize(head.weight[c], dim=0), mean, atol=1e-6)
+    assert torch.equal(head.weight[3], untouched) and torch.all(head.bias == 0)
+    # a typical image's logit is its cosine / temperature
+    assert head.weight[0].norm().item() == pytest.approx(1 / (0.1 * feats.norm(dim=1).median().item()), rel=1e-5)
+
+
+def test_head_init_imprint_starts_fine_tuning_at_the_nearest_class_mean(tmp_path):
+    """model.head_init=imprint: with the learning rate at 0 the fine-tuned model *is* its starting point, and its
+    test top-1 equals a nearest-class-mean classifier computed by hand on the pre-trained features; a random
+    head is at chance."""
+    from semivit.data import prepare_data
+    from semivit.engine.checkpoint import load_model
+
+    first = train(tiny_config(tmp_path, **{"train.name": "pre", "train.steps": 30, "data.labels": "20-per-class"}))
+    weights = str(first.run_dir / "checkpoints" / "model.safetensors")
+    scores = {}
+    for init in ("imprint", "random"):
+        cfg = tiny_config(tmp_path, **{"train.name": f"ft-{init}", "model.pretrained": weights, "train.steps": 1,
+                                       "optim.lr": 0.0, "model.head_init": init, "data.labels": "3-per-class",
+                                       "model.drop_path": 0.0})
+        scores[init] = train(cfg).metrics["test_top1"]
+    pre, _ = load_model(weights)
+    pre.eval()
+    data = prepare_data(cfg.data, cfg.train.seed)
+    labeled = torch.as_tensor(data.split.labeled)
+    with torch.no_grad():
+        unit = torch.nn.functional.normalize(pre.classifier_input(data.train.get(labeled).float() / 255), dim=1)
+        test = torch.nn.functional.normalize(pre.classifier_input(data.test.get(torch.arange(len(data.test)))
+                                                                  .float() / 255), dim=1)
+    y = data.train.labels[labeled]
+    means = torch.stack([unit[y == c].mean(0) for c in range(10)])
+    ncm = ((test @ torch.nn.functional.normalize(means, dim=1).T).argmax(1) == data.test.labels).float().mean()
+    assert scores["imprint"] == pytest.approx(float(ncm), abs=1e-6)
+    assert scores["imprint"] > scores["random"] + 0.2
+    with pytest.raises(Exception, match="head_init"):
+        train(tiny_config(tmp_path, **{"train.name": "bad", "model.head_init": "zeros"}))

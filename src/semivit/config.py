@@ -54,7 +54,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # a semivit name (vit_nano, vit_tiny, vit_small, resnet18, ...) or any timm name; "auto" = the method's
-    # default for the image size (vit_tiny; Semiformer's dual-stream model for semiformer)
+    # default for the image size (vit_nano up to 32 px, vit_tiny up to 96, vit_small above; Semiformer's
+    # dual-stream model for semiformer)
     name: str = "auto"
     patch_size: int | None = None  # None = chosen from the image size
     embed_dim: int | None = None
@@ -69,6 +70,10 @@ class ModelConfig:
     cache_dir: str | None = None  # hub cache for downloaded weights (default HF_HUB_CACHE, i.e. HF_HOME/hub)
     resolution: str = "auto"  # pretrained backbones: auto | native | data | a size in px (models/hub.py)
     head_layers: int | None = None  # projection-head layers before the classifier; None = as in `pretrained`
+    # the classifier's starting weights: "random", or "imprint" = each class's normalised mean feature over the
+    # labeled images (weight imprinting; from pre-trained weights the head starts as a nearest-class-mean
+    # classifier instead of at chance: the `paws` recipe's fine-tuning, models/heads.py imprint_classifier)
+    head_init: str = "random"
 
 
 @dataclass

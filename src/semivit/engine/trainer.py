@@ -33,6 +33,7 @@ from semivit.engine.checkpoint import (
 from semivit.engine.distributed import DistInfo, barrier, init_distributed
 from semivit.engine.ema import ModelEMA, effective_config, scaled_momentum
 from semivit.engine.evaluate import (
+    _batched,
     classification_report,
     extract_features,
     knn_top1,
@@ -48,6 +49,7 @@ from semivit.engine.optim import build_optimizer, lr_at, set_lr
 from semivit.errors import NonFiniteLossError, SemivitError
 from semivit.methods import method_class, method_params
 from semivit.models.factory import ImageClassifier, create_model
+from semivit.models.heads import imprint_classifier
 from semivit.models.pretrained import load_pretrained, pretrained_source
 
 log = logging.getLogger("semivit")
@@ -132,7 +134,26 @@ class Trainer:
             model.set_normalization(*channel_stats(train, seed=self.cfg.train.seed))
         if local:
             load_pretrained(model, local, verbose=self.dist.is_main)
+        if m.head_init == "imprint":
+            self._imprint(model)
+        elif m.head_init != "random":
+            raise SemivitError(f"unknown model.head_init '{m.head_init}': use random or imprint")
         return model
+
+    def _imprint(self, model: ImageClassifier) -> None:
+        """Imprint the classifier from the labeled images' features (model.head_init=imprint); every rank
+        computes the same rows from the same images, so DDP starts from one model."""
+        labeled = torch.as_tensor(self.data.split.labeled, dtype=torch.long)
+        if len(labeled) == 0:
+            raise SemivitError("model.head_init=imprint needs labeled images: use --labels")
+        classifier = model.classifier()
+        model.to(self.device)
+        feats = torch.cat(_batched(lambda x: model.classifier_input(x).float(), model, self.data.train, labeled,
+                                   self.device, 256))
+        n = imprint_classifier(classifier, feats, self.data.train.labels[labeled].to(feats.device))
+        if self.dist.is_main:
+            log.info("model.head_init=imprint: the classifier starts as the nearest class mean of %d labeled "
+                     "images (%d of %d classes)", len(labeled), n, classifier.out_features)
 
     def _total_steps(self, method_cls: type) -> int:
         t = self.cfg.train

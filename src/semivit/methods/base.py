@@ -48,8 +48,14 @@ class Method(nn.Module):
 
     @classmethod
     def default_model(cls, image_size: int) -> str:
-        """The model ``model.name: auto`` means for this method at images of ``image_size`` pixels."""
-        return "vit_tiny"
+        """The model ``model.name: auto`` means for this method at images of ``image_size`` pixels: width
+        grows with the image. Up to 32 px (digits, MNIST-like sets, CIFAR) ``vit_nano``, the width every
+        small-image recipe is measured with on a CPU (benchmarks/RESULTS.md); up to 96 px ``vit_tiny``;
+        larger images ``vit_small`` (the Semi-ViT paper's smallest ViT). The patch size follows the image
+        size too (``models.factory.default_patch_size``)."""
+        if image_size <= 32:
+            return "vit_nano"
+        return "vit_tiny" if image_size <= 96 else "vit_small"
 
     def __init__(self, model: ImageClassifier, params: Any, num_classes: int, total_steps: int) -> None:
         super().__init__()

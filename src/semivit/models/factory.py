@@ -120,15 +120,28 @@ class ImageClassifier(nn.Module):
         self.spec.kwargs["embedding"] = dict(desc)
         return module
 
+    def classifier_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the final linear classifier reads: the pooled features after the kept head layers."""
+        h = self.features(x)
+        for layer in self.head_layers():
+            h = layer(h)
+        return h
+
+    def classifier(self) -> nn.Linear:
+        """The final linear classifier (the last layer of the backbone's head)."""
+        head = getattr(self.backbone, self.classifier_attr, None)
+        last = head[-1] if isinstance(head, nn.Sequential) else head
+        if not isinstance(last, nn.Linear):
+            raise SemivitError(f"model '{self.spec.name}' has no single linear classifier "
+                               f"({type(last).__name__}): model.head_init=imprint needs one")
+        return last
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The representation to evaluate (k-NN, linear probe, soft nearest neighbours): the pooled
         features, or with an ``embedding`` the output of features → kept head layers → embedding."""
-        h = self.features(x)
         if self.embedding is None:
-            return h
-        for layer in self.head_layers():
-            h = layer(h)
-        return self.embedding(h)
+            return self.features(x)
+        return self.embedding(self.classifier_input(x))
 
     @property
     def is_vit(self) -> bool:

@@ -59,3 +59,30 @@ class MLPHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+@torch.no_grad()
+def imprint_classifier(classifier: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
+                       temperature: float = 0.1) -> int:
+    """Weight imprinting (Qi, Brown & Lowe 2018, "Low-Shot Learning with Imprinted Weights", Eq. 2–4):
+    each class's weight row is the normalised mean of its labeled images' normalised features,
+    w_c = normalize(Σ_{i: y_i = c} h_i / ‖h_i‖), and the bias is 0, so the untrained classifier is the
+    nearest class mean by cosine — on a pre-trained embedding close to the soft nearest-neighbour classifier
+    PAWS trains (benchmarks/RESULTS.md). The rows are scaled by 1 / (temperature · median ‖h‖): the logits
+    of a typical image are its cosines / temperature, a softmax neither flat nor saturated. Classes without
+    a labeled image keep their rows. Returns the number of classes imprinted."""
+    if features.ndim != 2 or len(features) != len(labels) or features.shape[1] != classifier.in_features:
+        raise ValueError(f"features {tuple(features.shape)} and {len(labels)} labels do not fit a "
+                         f"{classifier.in_features}-input classifier")
+    unit = nn.functional.normalize(features.float(), dim=1)
+    scale = 1.0 / (temperature * features.float().norm(dim=1).median().clamp_min(1e-6))
+    imprinted = 0
+    for c in range(classifier.out_features):
+        mine = labels == c
+        if mine.any():
+            row = nn.functional.normalize(unit[mine].mean(0), dim=0) * scale
+            classifier.weight[c].copy_(row.to(classifier.weight))
+            imprinted += 1
+    if classifier.bias is not None:
+        classifier.bias.zero_()
+    return imprinted
