@@ -3,7 +3,7 @@
 Each cell is one data set and seed, trained as a user would type it, 10 labels per class:
 
     semivit run semivit --data D --labels 10-per-class --budget 15m --seed S
-    semivit train --method supervised --model vit_nano --steps 1000 --data D --labels 10-per-class \
+    semivit train --method supervised --model vit_nano --steps 1000 --batch-size 32 --data D --labels 10-per-class \
         --budget 15m --seed S --set method.label_smoothing=0.1 --set optim.lr=1e-2 --set optim.layer_decay=0.75 \
         --set optim.warmup=0.1
 
@@ -33,8 +33,9 @@ from typing import Any
 
 OUT = Path("runs/budget")
 SOURCES = {"digits": "digits", "fashion-mnist": "fashion-mnist", "cifar10": "../shared/data/cifar10_jpeg.zip"}
-SUPERVISED = ["--method", "supervised", "--model", "vit_nano", "--steps", "1000", "--set", "method.label_smoothing=0.1",
-              "--set", "optim.lr=1e-2", "--set", "optim.layer_decay=0.75", "--set", "optim.warmup=0.1"]
+SUPERVISED = ["--method", "supervised", "--model", "vit_nano", "--steps", "1000", "--batch-size", "32",
+              "--set", "method.label_smoothing=0.1", "--set", "optim.lr=1e-2", "--set", "optim.layer_decay=0.75",
+              "--set", "optim.warmup=0.1"]
 
 
 def commands(data: str, seed: int, budget: str, out: Path) -> dict[str, list[str]]:
