@@ -164,8 +164,9 @@ def further_round(data: str, seed: int, root: Path, results: Path, mae: Path, cl
 def _ms(values: list[float]) -> str:
     if not values:
         return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+    if len(values) == 1:  # one seed: no spread to show
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def table() -> str:
