@@ -153,12 +153,14 @@ def test_imprint_classifier_is_the_nearest_normalised_class_mean():
 def test_head_init_imprint_starts_fine_tuning_at_the_nearest_class_mean(tmp_path):
     """model.head_init=imprint: with the learning rate at 0 the fine-tuned model *is* its starting point, and its
     test top-1 equals a nearest-class-mean classifier computed by hand on the pre-trained features; a random
-    head is at chance."""
+    head is at chance. A classifier that arrives trained is kept."""
     from semivit.data import prepare_data
-    from semivit.engine.checkpoint import load_model
+    from semivit.engine.checkpoint import load_model, read_export_meta
 
-    first = train(tiny_config(tmp_path, **{"train.name": "pre", "train.steps": 30, "data.labels": "20-per-class"}))
+    first = train(tiny_config(tmp_path, **{"train.name": "pre", "train.steps": 30, "train.method": "mae",
+                                           "train.batch_size": 64}))
     weights = str(first.run_dir / "checkpoints" / "model.safetensors")
+    assert read_export_meta(weights)["classifier_trained"] is False
     scores = {}
     for init in ("imprint", "random"):
         cfg = tiny_config(tmp_path, **{"train.name": f"ft-{init}", "model.pretrained": weights, "train.steps": 1,
@@ -178,5 +180,12 @@ def test_head_init_imprint_starts_fine_tuning_at_the_nearest_class_mean(tmp_path
     ncm = ((test @ torch.nn.functional.normalize(means, dim=1).T).argmax(1) == data.test.labels).float().mean()
     assert scores["imprint"] == pytest.approx(float(ncm), abs=1e-6)
     assert scores["imprint"] > scores["random"] + 0.2
+    # from a run that trained its classifier (the imprinted one, lr 0), imprint again over other labels: kept
+    trained = str(tmp_path / "ft-imprint" / "checkpoints" / "model.safetensors")
+    assert read_export_meta(trained)["classifier_trained"] is True
+    again = train(tiny_config(tmp_path, **{"train.name": "again", "model.pretrained": trained, "train.steps": 1,
+                                           "optim.lr": 0.0, "model.head_init": "imprint", "data.labels": "1-per-class",
+                                           "model.drop_path": 0.0}))
+    assert again.metrics["test_top1"] == pytest.approx(scores["imprint"], abs=1e-6)
     with pytest.raises(Exception, match="head_init"):
         train(tiny_config(tmp_path, **{"train.name": "bad", "model.head_init": "zeros"}))

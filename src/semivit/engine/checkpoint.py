@@ -94,8 +94,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return tensors, {k: json.loads(v) for k, v in meta.items()}
 
 
-def read_spec(path: str | Path) -> dict[str, Any] | None:
-    """The model spec stored in a semivit ``.safetensors`` file, or None for other files."""
+def read_export_meta(path: str | Path) -> dict[str, Any] | None:
+    """The JSON-decoded metadata of a semivit ``.safetensors`` file (``semivit_spec``, and from training runs
+    ``method`` and ``classifier_trained``), or None for other files."""
     from safetensors import safe_open
 
     if not str(path).endswith(".safetensors") or not Path(path).is_file():
@@ -103,9 +104,15 @@ def read_spec(path: str | Path) -> dict[str, Any] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        return {k: json.loads(v) for k, v in meta.items()} if "semivit_spec" in meta else None
     except Exception:
         return None
-    return json.loads(meta["semivit_spec"]) if "semivit_spec" in meta else None
+
+
+def read_spec(path: str | Path) -> dict[str, Any] | None:
+    """The model spec stored in a semivit ``.safetensors`` file, or None for other files."""
+    meta = read_export_meta(path)
+    return meta["semivit_spec"] if meta else None
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -26,6 +26,7 @@ from semivit.engine.checkpoint import (
     capture_rng,
     export_weights,
     load_checkpoint,
+    read_export_meta,
     read_spec,
     restore_rng,
     save_checkpoint,
@@ -140,9 +141,23 @@ class Trainer:
             raise SemivitError(f"unknown model.head_init '{m.head_init}': use random or imprint")
         return model
 
+    def _export_meta(self) -> dict[str, Any]:
+        """What the exported weights say of their training: the method, and whether its classifier was trained
+        (a later stage's model.head_init=imprint leaves a trained classifier alone)."""
+        return {"method": self.cfg.train.method, "classifier_trained": not self.pretraining}
+
     def _imprint(self, model: ImageClassifier) -> None:
         """Imprint the classifier from the labeled images' features (model.head_init=imprint); every rank
-        computes the same rows from the same images, so DDP starts from one model."""
+        computes the same rows from the same images, so DDP starts from one model. A classifier that arrived
+        trained (weights exported by a stage that trained it, e.g. `--set model.head_init=imprint` over a whole
+        recipe reaching its EMA-Teacher stage) is kept."""
+        _, local = pretrained_source(self.cfg.model.name, self.cfg.model.pretrained)
+        meta = (read_export_meta(local) if local else None) or {}
+        if meta.get("classifier_trained"):
+            if self.dist.is_main:
+                log.info("model.head_init=imprint: kept the classifier the weights came with (trained by %s)",
+                         meta.get("method", "an earlier stage"))
+            return
         labeled = torch.as_tensor(self.data.split.labeled, dtype=torch.long)
         if len(labeled) == 0:
             raise SemivitError("model.head_init=imprint needs labeled images: use --labels")
@@ -407,7 +422,7 @@ class Trainer:
         if acc > state["best_val"]:
             state["best_val"] = acc
             state["best_step"] = step
-            export_weights(net, self.ckpt_dir / "best.safetensors", net.spec.to_dict())
+            export_weights(net, self.ckpt_dir / "best.safetensors", net.spec.to_dict(), self._export_meta())
         barrier()
         return acc
 
@@ -457,7 +472,7 @@ class Trainer:
                                    "images_per_sec": state["images"] / max(state["seconds"], 1e-9), **effective}
         if not self.dist.is_main:
             return metrics
-        export_weights(net, self.ckpt_dir / "model.safetensors", net.spec.to_dict())
+        export_weights(net, self.ckpt_dir / "model.safetensors", net.spec.to_dict(), self._export_meta())
         test = self.data.test
         streams = hasattr(net, "stream_logits")  # a dual-stream model (Semiformer): each head alone, and fused
         test_streams: dict[str, torch.Tensor] = {}
