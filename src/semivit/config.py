@@ -72,7 +72,8 @@ class ModelConfig:
     head_layers: int | None = None  # projection-head layers before the classifier; None = as in `pretrained`
     # the classifier's starting weights: "random", or "imprint" = each class's normalised mean feature over the
     # labeled images (weight imprinting; from pre-trained weights the head starts as a nearest-class-mean
-    # classifier instead of at chance: the `paws` recipe's fine-tuning, models/heads.py imprint_classifier)
+    # classifier instead of at chance: the `paws` recipe's fine-tuning, models/heads.py imprint_classifier);
+    # weights whose classifier a previous stage trained keep it
     head_init: str = "random"
 
 
