@@ -454,13 +454,17 @@ def _tables(suite: Suite, summary: list[dict[str, Any]]) -> list[tuple[str, list
     for (dname, labels), ss in by_data.items():
         ss.sort(key=lambda s: order.index(s["method"]) if s["method"] in order else len(order))
         top = max(range(len(ss)), key=lambda i: ss[i]["top1_last_mean"])
-        rows = [[s["method"], _labels_cell(s), f"{s['top1_last_mean']:.4f} ± {s['top1_last_std']:.4f}",
-                 f"{s['top1_best_mean']:.4f} ± {s['top1_best_std']:.4f}",
+        rows = [[s["method"], _labels_cell(s), _spread_cell(s["top1_last_mean"], s["top1_last_std"], s["seeds"]),
+                 _spread_cell(s["top1_best_mean"], s["top1_best_std"], s["seeds"]),
                  "—" if s.get("pseudo_acc") in (None, "") else f"{float(s['pseudo_acc']):.3f}",
                  str(s["seeds"]), str(s["steps"]),
                  f"{s['images_per_sec']:.0f}", f"{s['wall_seconds']:.0f}"] for s in ss]
         out.append((f"{dname}, {labels} labels", rows, top))
     return out
+
+
+def _spread_cell(mean: float, std: float, seeds: int) -> str:
+    return f"{mean:.4f} ± {std:.4f}" if int(seeds) > 1 else f"{mean:.4f}"  # one seed: no spread to show
 
 
 def markdown_table(suite: Suite, summary: list[dict[str, Any]]) -> str:
