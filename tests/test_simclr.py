@@ -104,3 +104,28 @@ def test_finetuning_keeps_the_first_projection_layer(tmp_path):
 
     again, _ = load_model(fine.run_dir / "checkpoints" / "model.safetensors")  # rebuilt from the spec
     assert isinstance(again.backbone.head, torch.nn.Sequential)
+
+
+def test_distill_student_can_start_from_its_teacher(tmp_path):
+    """model.pretrained=teacher: the student starts as a copy of its teacher (kept projection-head layers
+    included), so at lr 0 it classifies exactly as the teacher; without a teacher it is a clear error."""
+    from semivit.config import Config, apply_overrides
+    from semivit.engine.trainer import train
+    from semivit.errors import SemivitError
+
+    base = {"data.labels": "5-per-class", "model.name": "vit_nano", "model.depth": 1, "train.batch_size": 16,
+            "train.eval_every": 0, "train.out": str(tmp_path), "train.progress": False,
+            "train.tensorboard": False, "model.drop_path": 0.0}
+    pre = train(apply_overrides(Config(), {**base, "train.method": "simclr", "train.name": "pre", "train.steps": 2,
+                                           "method.finetune_layer": 1}))
+    fine = train(apply_overrides(Config(), {**base, "train.name": "fine", "train.steps": 20,
+                                            "model.pretrained": str(pre.run_dir)}))
+    teacher = str(fine.run_dir / "checkpoints" / "model.safetensors")
+    student = train(apply_overrides(Config(), {**base, "train.method": "distill", "train.name": "student",
+                                               "train.steps": 1, "optim.lr": 0.0, "method.teacher": teacher,
+                                               "model.pretrained": "teacher"}))
+    # a run folder as model.pretrained keeps the projection-head layer, as its model.safetensors does
+    assert fine.model.spec.kwargs["head_layers"] == 1 and student.model.spec.kwargs["head_layers"] == 1
+    assert student.metrics["test_top1"] == pytest.approx(fine.metrics["test_top1"], abs=1e-9)
+    with pytest.raises(SemivitError, match="model.pretrained=teacher"):
+        train(apply_overrides(Config(), {**base, "train.name": "bad", "train.steps": 1, "model.pretrained": "teacher"}))

@@ -99,7 +99,11 @@ def read_export_meta(path: str | Path) -> dict[str, Any] | None:
     ``method`` and ``classifier_trained``), or None for other files."""
     from safetensors import safe_open
 
-    if not str(path).endswith(".safetensors") or not Path(path).is_file():
+    path = Path(path)
+    if path.is_dir():  # a run folder (or its checkpoints folder): its exported model, as read_weights reads it
+        path = next((c for c in (path / "checkpoints" / "model.safetensors", path / "model.safetensors")
+                     if c.is_file()), path)
+    if path.suffix != ".safetensors" or not path.is_file():
         return None
     try:
         with safe_open(str(path), framework="pt") as f:

@@ -106,6 +106,12 @@ class Trainer:
             if self.dist.is_main:
                 log.info("model: %s (the default for %s; --model to choose another)", cfg.model.name,
                          cfg.train.method)
+        if cfg.model.pretrained.strip().lower() == "teacher":  # a distillation student starts as its teacher
+            teacher = getattr(self.params, "teacher", "")
+            if not teacher:
+                raise SemivitError("model.pretrained=teacher starts a student from its teacher's weights: it needs "
+                                   "a method with a teacher (distill, noisy_student) and method.teacher set")
+            cfg.model.pretrained = str(teacher)
         self.run_dir = Path(run_dir or Path(cfg.train.out) / run_name(cfg))
         self.ckpt_dir = self.run_dir / "checkpoints"
 
