@@ -1,7 +1,7 @@
 """Multi-stage recipes: each stage is one method run by the Trainer, started from the previous stage's
 exported weights (an EMA teacher's when the stage has one) — or, for a teacher-student stage (``distill``,
 ``noisy_student``, ``feature_distill``), with the previous stage as its teacher and a student trained from
-scratch.
+scratch (or from the teacher's weights: the stage sets ``model: {pretrained: teacher}``).
 
 A recipe is YAML: shared ``data / model / optim / train`` sections and a list of ``stages``, each with a
 ``method``, its ``params`` and any section overrides. Stages are written to ``OUT/NAME/stageK-METHOD/``;
