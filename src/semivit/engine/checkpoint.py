@@ -69,16 +69,19 @@ def export_weights(model: nn.Module, path: str | Path, spec: dict[str, Any], ext
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+def exported_file(path: str | Path) -> Path:
+    """``path``, or for a run folder (or its checkpoints folder) the model.safetensors it exported."""
+    p = Path(path)
+    if p.is_dir():
+        return next((c for c in (p / "checkpoints" / "model.safetensors", p / "model.safetensors") if c.is_file()), p)
+    return p
+
+
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Weights and metadata (JSON-decoded) of a file written by :func:`export_weights`."""
     from safetensors import safe_open
 
-    p = Path(path)
-    if p.is_dir():  # a run folder or its checkpoints folder
-        for candidate in (p / "checkpoints" / "model.safetensors", p / "model.safetensors"):
-            if candidate.is_file():
-                p = candidate
-                break
+    p = exported_file(path)
     if not p.is_file():
         raise SemivitError(f"model file '{path}' not found: pass a run folder or its model.safetensors")
     try:
@@ -99,10 +102,7 @@ def read_export_meta(path: str | Path) -> dict[str, Any] | None:
     ``method`` and ``classifier_trained``), or None for other files."""
     from safetensors import safe_open
 
-    path = Path(path)
-    if path.is_dir():  # a run folder (or its checkpoints folder): its exported model, as read_weights reads it
-        path = next((c for c in (path / "checkpoints" / "model.safetensors", path / "model.safetensors")
-                     if c.is_file()), path)
+    path = exported_file(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     try:

@@ -142,7 +142,7 @@ class Trainer:
         if local:
             load_pretrained(model, local, verbose=self.dist.is_main)
         if m.head_init == "imprint":
-            self._imprint(model)
+            self._imprint(model, local)
         elif m.head_init != "random":
             raise SemivitError(f"unknown model.head_init '{m.head_init}': use random or imprint")
         return model
@@ -152,12 +152,11 @@ class Trainer:
         (a later stage's model.head_init=imprint leaves a trained classifier alone)."""
         return {"method": self.cfg.train.method, "classifier_trained": not self.pretraining}
 
-    def _imprint(self, model: ImageClassifier) -> None:
+    def _imprint(self, model: ImageClassifier, local: str | None) -> None:
         """Imprint the classifier from the labeled images' features (model.head_init=imprint); every rank
         computes the same rows from the same images, so DDP starts from one model. A classifier that arrived
         trained (weights exported by a stage that trained it, e.g. `--set model.head_init=imprint` over a whole
-        recipe reaching its EMA-Teacher stage) is kept."""
-        _, local = pretrained_source(self.cfg.model.name, self.cfg.model.pretrained)
+        recipe reaching its EMA-Teacher stage) is kept. ``local``: the weights file the model was loaded from."""
         meta = (read_export_meta(local) if local else None) or {}
         if meta.get("classifier_trained"):
             if self.dist.is_main:
