@@ -129,3 +129,15 @@ def test_distill_student_can_start_from_its_teacher(tmp_path):
     assert student.metrics["test_top1"] == pytest.approx(fine.metrics["test_top1"], abs=1e-9)
     with pytest.raises(SemivitError, match="model.pretrained=teacher"):
         train(apply_overrides(Config(), {**base, "train.name": "bad", "train.steps": 1, "model.pretrained": "teacher"}))
+    # method.teacher_init_below: a stage shorter than it starts from the teacher (config.yaml says so) …
+    short = train(apply_overrides(Config(), {**base, "train.method": "distill", "train.name": "short",
+                                             "train.steps": 1, "optim.lr": 0.0, "method.teacher": teacher,
+                                             "method.teacher_init_below": 2}))
+    assert short.metrics["test_top1"] == pytest.approx(fine.metrics["test_top1"], abs=1e-9)
+    assert (short.run_dir / "config.yaml").read_text().count(f"pretrained: {teacher}") == 1
+    # … and one at least that long starts from random weights, as the paper's student does
+    long = train(apply_overrides(Config(), {**base, "train.method": "distill", "train.name": "long",
+                                            "train.steps": 1, "optim.lr": 0.0, "method.teacher": teacher,
+                                            "method.teacher_init_below": 1}))
+    assert "pretrained: auto" in (long.run_dir / "config.yaml").read_text()
+    assert long.metrics["test_top1"] != pytest.approx(fine.metrics["test_top1"], abs=1e-9)

@@ -175,6 +175,19 @@ class Trainer:
             log.info("model.head_init=imprint: the classifier starts as the nearest class mean of %d labeled "
                      "images (%d of %d classes)", len(labeled), n, classifier.out_features)
 
+    def _short_student_from_teacher(self, total: int) -> None:
+        """A distillation stage shorter than ``method.teacher_init_below`` steps starts its student from the
+        teacher's weights when it would otherwise start from random ones: a short stage cannot train a
+        student from scratch up to its teacher (written into config.yaml as the stage's model.pretrained)."""
+        below = getattr(self.params, "teacher_init_below", 0)
+        m = self.cfg.model
+        if not below or total >= below or pretrained_source(m.name, m.pretrained) != (False, None):
+            return
+        m.pretrained = str(self.params.teacher)
+        if self.dist.is_main:
+            log.info("the student starts from its teacher's weights: %d steps are fewer than "
+                     "method.teacher_init_below=%d (set it to 0 to train the student from scratch)", total, below)
+
     def _total_steps(self, method_cls: type) -> int:
         t = self.cfg.train
         if t.steps is not None and t.epochs is not None:
@@ -234,6 +247,7 @@ class Trainer:
         is_main = self.dist.is_main
         method_cls = method_class(t.method)
         total = self._total_steps(method_cls)
+        self._short_student_from_teacher(total)
         model = self._build_model()
         method = method_cls(model, self.params, self.data.train.num_classes, total)
         method.setup(len(self.data.train))
