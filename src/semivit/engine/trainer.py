@@ -106,12 +106,6 @@ class Trainer:
             if self.dist.is_main:
                 log.info("model: %s (the default for %s; --model to choose another)", cfg.model.name,
                          cfg.train.method)
-        if cfg.model.pretrained.strip().lower() == "teacher":  # a distillation student starts as its teacher
-            teacher = getattr(self.params, "teacher", "")
-            if not teacher:
-                raise SemivitError("model.pretrained=teacher starts a student from its teacher's weights: it needs "
-                                   "a method with a teacher (distill, noisy_student) and method.teacher set")
-            cfg.model.pretrained = str(teacher)
         self.run_dir = Path(run_dir or Path(cfg.train.out) / run_name(cfg))
         self.ckpt_dir = self.run_dir / "checkpoints"
 
@@ -175,18 +169,25 @@ class Trainer:
             log.info("model.head_init=imprint: the classifier starts as the nearest class mean of %d labeled "
                      "images (%d of %d classes)", len(labeled), n, classifier.out_features)
 
-    def _short_student_from_teacher(self, total: int) -> None:
-        """A distillation stage shorter than ``method.teacher_init_below`` steps starts its student from the
-        teacher's weights when it would otherwise start from random ones: a short stage cannot train a
-        student from scratch up to its teacher (written into config.yaml as the stage's model.pretrained)."""
-        below = getattr(self.params, "teacher_init_below", 0)
+    def _student_start(self, total: int) -> None:
+        """Start a distillation student from its teacher's weights (model.pretrained becomes the teacher's file,
+        so config.yaml records it) when ``model.pretrained: teacher`` says so, or when the stage is shorter than
+        ``method.teacher_init_below`` steps and the student would otherwise start from random weights: a short
+        stage cannot train a student from scratch up to its teacher."""
         m = self.cfg.model
-        if not below or total >= below or pretrained_source(m.name, m.pretrained) != (False, None):
-            return
-        m.pretrained = str(self.params.teacher)
-        if self.dist.is_main:
-            log.info("the student starts from its teacher's weights: %d steps are fewer than "
-                     "method.teacher_init_below=%d (set it to 0 to train the student from scratch)", total, below)
+        teacher = getattr(self.params, "teacher", "")
+        if m.pretrained.strip().lower() == "teacher":
+            if not teacher:
+                raise SemivitError("model.pretrained=teacher starts a student from its teacher's weights: it needs "
+                                   "a method with a teacher (distill, noisy_student) and method.teacher set")
+        else:
+            below = getattr(self.params, "teacher_init_below", 0)
+            if not below or total >= below or pretrained_source(m.name, m.pretrained) != (False, None):
+                return
+            if self.dist.is_main:
+                log.info("the student starts from its teacher's weights: %d steps are fewer than "
+                         "method.teacher_init_below=%d (set it to 0 to train the student from scratch)", total, below)
+        m.pretrained = str(teacher)
 
     def _total_steps(self, method_cls: type) -> int:
         t = self.cfg.train
@@ -247,7 +248,7 @@ class Trainer:
         is_main = self.dist.is_main
         method_cls = method_class(t.method)
         total = self._total_steps(method_cls)
-        self._short_student_from_teacher(total)
+        self._student_start(total)
         model = self._build_model()
         method = method_cls(model, self.params, self.data.train.num_classes, total)
         method.setup(len(self.data.train))
