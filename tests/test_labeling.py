@@ -131,6 +131,20 @@ def test_cold_start_on_data_is_seeded_and_beats_random_at_class_coverage():
     assert covered >= 7 and covered >= np.mean(random)  # typical images of 10 clusters cover most digits
 
 
+def test_a_precomputed_embedding_gives_the_same_choice_as_the_encoder():
+    """A loop that asks one pool many times embeds it once: the same images as embedding each time."""
+    from semivit.errors import SemivitError
+    from semivit.labeling.pool import embed
+
+    pool = pool_from_data(apply_overrides(Config(), {"data.source": "digits"}), labels="0")
+    emb = embed(None, pool.train, seed=3)
+    for strategy in ("typiclust", "probcover"):
+        assert np.array_equal(suggest(pool, 12, strategy=strategy, encoder="pixels", seed=3).indices,
+                              suggest(pool, 12, strategy=strategy, embedding=emb, seed=3).indices)
+    with pytest.raises(SemivitError, match="rows for"):
+        suggest(pool, 12, strategy="typiclust", embedding=emb[:-1])
+
+
 def test_cold_start_embeds_with_a_pretrained_backbone_by_name(run_dir, tmp_path):
     """A backbone named like a hub model (local-dir:, offline) embeds the pool the same as its folder."""
     from semivit.export import export_run

@@ -6,6 +6,14 @@ recipe; plus the pseudo-label review deciles (issue 18).
     OMP_NUM_THREADS=1 python benchmarks/labeling/label_choice.py --data fashion-mnist --seeds 0 1 2
     OMP_NUM_THREADS=1 python benchmarks/labeling/label_choice.py --data cifar10 --seeds 0 1 2
     python benchmarks/labeling/label_choice.py --table    # the markdown tables of every finished cell
+    OMP_NUM_THREADS=1 python benchmarks/labeling/label_choice.py --data cifar10 --linear --seeds 0 1 2
+
+``--linear``: TypiClust's second framework (Hacohen et al. 2022, Sec. 4: "linear evaluation on a
+self-supervised embedding"): the same selections (random vs TypiClust, same seeds and budgets), each scored
+by a logistic regression on the frozen embedding that chose them (raw pixels, and the MAE stage below),
+against the test part; plus the same classifier on every training label as the embedding's ceiling. No
+network is trained per cell, so three seeds on CIFAR-10 take minutes instead of CPU-hours. Results go to
+``runs/label-choice/DATA/linear.jsonl``.
 
 Protocol (the same for both selections): the pool is the data set's whole training part with its labels
 hidden (``--labels 0``); a selection of N images (1, 2 or 4 per class in total: 10, 20, 40) gets its true
@@ -161,6 +169,106 @@ def further_round(data: str, seed: int, root: Path, results: Path, mae: Path, cl
         log.info("label-choice %s %s: %s", data, name, accs)
 
 
+LINEAR_ENCODERS = ("pixels", "mae")
+
+
+def frozen_features(data: str, encoder: str, bundle: Any) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised features of the training and test parts: raw pixels standardised and reduced by a PCA
+    fitted on the training part (≤ 50 dimensions, as ``suggest --encoder pixels``), or the MAE stage's
+    embedding."""
+    from semivit.engine.checkpoint import load_model
+    from semivit.engine.evaluate import extract_features
+    from semivit.labeling.select import normalize
+
+    if encoder == "mae":
+        model, _ = load_model(mae_stage(data).parent.parent)
+        return tuple(normalize(extract_features(model.eval(), part).numpy())  # type: ignore[return-value]
+                     for part in (bundle.train, bundle.test))
+    from sklearn.decomposition import PCA
+
+    train_x, test_x = (p.get(torch.arange(len(p))).reshape(len(p), -1).float().numpy()
+                       for p in (bundle.train, bundle.test))
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    pca = PCA(n_components=min(50, train_x.shape[1]), random_state=0).fit((train_x - mean) / std)
+    return normalize(pca.transform((train_x - mean) / std)), normalize(pca.transform((test_x - mean) / std))
+
+
+#: the linear evaluator's one setting, chosen on a digits validation split (benchmarks/labeling/linear_setting.py:
+#: 360 training images held out of the pool; Fashion-MNIST and CIFAR-10 untouched): logistic regression on the
+#: L2-normalised embedding, nearly unregularised (C 1,000; standardising the features was worse on both encoders)
+LINEAR_C = 1000.0
+
+
+def linear_top1(train_f: np.ndarray, train_y: np.ndarray, test_f: np.ndarray, test_y: np.ndarray,
+                c: float = LINEAR_C, standardise: bool = False) -> float:
+    """Top-1 on ``test_f`` of a logistic regression fitted on the labeled features ``train_f``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    if standardise:  # with the labeled images' statistics only
+        scaler = StandardScaler().fit(train_f)
+        train_f, test_f = scaler.transform(train_f), scaler.transform(test_f)
+    clf = LogisticRegression(C=c, max_iter=5000).fit(train_f, train_y)
+    return float(clf.score(test_f, test_y))
+
+
+def run_linear(data: str, seeds: list[int]) -> None:
+    """The ``--linear`` framework: every selection of ``run`` scored by a linear classifier on the frozen
+    embedding that chose it."""
+    root = OUT / data
+    root.mkdir(parents=True, exist_ok=True)
+    results = root / "linear.jsonl"
+    base_cfg = configs(data, 0)[1]
+    pool = pool_from_data(base_cfg, labels="0")
+    bundle = prepare_data(base_cfg.data, 0).bundle
+    classes = pool.train.num_classes
+    train_y, test_y = pool.train.labels.numpy(), bundle.test.labels.numpy()
+    for encoder in LINEAR_ENCODERS:
+        train_f, test_f = frozen_features(data, encoder, bundle)
+        name = f"{encoder}/all"
+        if name not in done_cells(results):
+            record(results, {"cell": name, "encoder": encoder, "labels": len(train_y),
+                             "linear": linear_top1(train_f, train_y, test_f, test_y)})
+        for seed in seeds:
+            for per_class in PER_CLASS:
+                for strategy in ("random", "typiclust"):
+                    name = f"{encoder}/{strategy}/{per_class}/seed{seed}"
+                    if name in done_cells(results):
+                        continue
+                    chosen = suggest(pool, per_class * classes, strategy=strategy, embedding=train_f, seed=seed)
+                    idx = chosen.indices
+                    record(results, {"cell": name, "encoder": encoder, "strategy": strategy, "seed": seed,
+                                     "per_class": per_class, "labels": len(idx),
+                                     "classes_covered": hidden_coverage(pool, chosen)[0],
+                                     "linear": linear_top1(train_f[idx], train_y[idx], test_f, test_y)})
+                    log.info("label-choice linear %s %s", data, name)
+
+
+def linear_table() -> str:
+    lines = []
+    for data in SOURCES:
+        rows = list(done_cells(OUT / data / "linear.jsonl").values())
+        if not rows:
+            continue
+        seeds = sorted({r["seed"] for r in rows if "seed" in r})
+        lines += [f"### {data}, linear evaluation (seeds {', '.join(map(str, seeds))})", "",
+                  "| labels | selection | " + " | ".join(f"{e}: classes covered | {e}: linear top-1"
+                                                          for e in LINEAR_ENCODERS) + " |",
+                  "|---|---|" + "---|---|" * len(LINEAR_ENCODERS)]
+        for per_class in PER_CLASS:
+            for strategy in ("random", "typiclust"):
+                cells = []
+                for e in LINEAR_ENCODERS:
+                    rs = [r for r in rows if r.get("encoder") == e and r.get("strategy") == strategy
+                          and r.get("per_class") == per_class]
+                    cov = f"{statistics.fmean(r['classes_covered'] for r in rs):.1f}" if rs else "—"
+                    cells += [cov, _ms([r["linear"] for r in rs])]
+                lines.append(f"| {per_class * 10} | {strategy} | " + " | ".join(cells) + " |")
+        ceiling = [next((f"{r['linear']:.3f}" for r in rows if r["cell"] == f"{e}/all"), "—") for e in LINEAR_ENCODERS]
+        lines += ["| all | every training label | — | " + " | — | ".join(ceiling) + " |", ""]
+    return "\n".join(lines)
+
+
 def _ms(values: list[float]) -> str:
     if not values:
         return "—"
@@ -204,6 +312,8 @@ def main() -> int:
     parser.add_argument("--data", choices=list(SOURCES))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--linear", action="store_true", help="score the selections with a linear classifier "
+                        "on the frozen embedding (TypiClust's linear-evaluation framework)")
     parser.add_argument("--scale", type=float, default=1.0, help="steps × this (a smoke test of the script)")
     parser.add_argument("--out", default="runs/label-choice")
     args = parser.parse_args()
@@ -213,7 +323,11 @@ def main() -> int:
     torch.set_num_threads(1)
     np.seterr(all="ignore")
     if args.table:
-        print(table())
+        print(linear_table() if args.linear else table())
+        return 0
+    if args.linear:
+        run_linear(args.data, args.seeds)
+        print(linear_table())
         return 0
     run(args.data, args.seeds)
     print(table())

@@ -59,9 +59,14 @@ def teacher_of(pool: Pool) -> Any:
 
 def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | None = None,
             uncertainty: str = "margin", diversity: str = "kmeans++", seed: int = 0, device: str = "cpu",
-            min_distance: float | None = None) -> Suggestion:
+            min_distance: float | None = None, embedding: np.ndarray | None = None) -> Suggestion:
     """Choose ``budget`` images of ``pool.candidates`` to label next (distinct, unlabeled, no near-duplicate
-    of a labeled image; the same seed gives the same images)."""
+    of a labeled image; the same seed gives the same images). ``embedding``: the pool's training images
+    already embedded (one L2-normalised row per image of ``pool.train``, as :func:`embed` gives), so that a
+    loop asking one pool many times embeds it once."""
+    if embedding is not None and len(embedding) != len(pool.train):
+        raise SemivitError(f"the embedding has {len(embedding)} rows for {len(pool.train)} images: embed "
+                           "the pool's own training images")
     if budget < 1:
         raise SemivitError(f"--budget is {budget}: ask for at least 1 image")
     for value, allowed, what in ((strategy, STRATEGIES, "--strategy"), (uncertainty, UNCERTAINTIES, "--uncertainty"),
@@ -83,8 +88,10 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
     if strategy == "random":
         chosen, scores, clusters = select.random_choice(labeled, pool.candidates, budget, seed)
     else:
-        model = teacher if strategy == "uncertainty" and encoder is None else load_encoder(pool, encoder)
-        emb = embed(model, pool.train, device, seed)
+        if embedding is None:
+            model = teacher if strategy == "uncertainty" and encoder is None else load_encoder(pool, encoder)
+            embedding = embed(model, pool.train, device, seed)
+        emb = embedding
         radius = select.duplicate_radius(emb, seed) if min_distance is None else float(min_distance)
         log.info("suggest: %s over %d unlabeled images (%d labeled); near-duplicates: closer than %.4g",
                  strategy, len(pool.candidates), len(labeled), radius)
