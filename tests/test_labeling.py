@@ -145,6 +145,20 @@ def test_a_precomputed_embedding_gives_the_same_choice_as_the_encoder():
         suggest(pool, 12, strategy="typiclust", embedding=emb[:-1])
 
 
+def test_raw_pixels_on_colour_images_warn_to_use_an_encoder(tmp_path, caplog):
+    """Measured on CIFAR-10 (benchmarks/RESULTS.md): pixels group colour images by colour, not class."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "colour.npz", x_train=rng.integers(0, 255, (60, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(60) % 3)
+    digits = pool_from_data(apply_overrides(Config(), {"data.source": "digits"}), labels="0")
+    colour = pool_from_data(apply_overrides(Config(), {"data.source": str(tmp_path / "colour.npz")}), labels="0")
+    with caplog.at_level("WARNING", logger="semivit"):
+        suggest(digits, 5, encoder="pixels")
+        assert "raw pixels" not in caplog.text
+        suggest(colour, 5, encoder="pixels")
+    assert "32x32 colour" in caplog.text and "--encoder" in caplog.text
+
+
 def test_cold_start_embeds_with_a_pretrained_backbone_by_name(run_dir, tmp_path):
     """A backbone named like a hub model (local-dir:, offline) embeds the pool the same as its folder."""
     from semivit.export import export_run
