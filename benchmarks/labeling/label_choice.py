@@ -22,7 +22,9 @@ of the last weights. The Semi-ViT rows start every cell from one MAE stage per d
 labels), then the recipe's supervised and EMA-Teacher stages; supervised-only trains the recipe's
 supervised stage from scratch for as many steps as those two stages together. The cold-start encoder is
 raw pixels for digits and Fashion-MNIST, and that MAE stage for CIFAR-10 (say so in the table).
-Results go to ``runs/label-choice/DATA/results.jsonl`` (one line per cell; finished cells are skipped).
+Results go to ``runs/label-choice/DATA/results.jsonl`` (one line per cell; finished cells are skipped). Two
+processes (one per core) may work on one data set at once, e.g. ``--seeds 1 2`` and ``--seeds 2 1``: each
+cell goes to the first that claims it.
 """
 
 from __future__ import annotations
@@ -112,6 +114,32 @@ def done_cells(path: Path) -> dict[str, dict[str, Any]]:
     return {r["cell"]: r for r in rows}
 
 
+def claim(cell: Path) -> bool:
+    """Whether this process may train ``cell``: several processes (one per core) share one results file,
+    and each cell goes to the first that claims it. A claim whose process has died is taken over."""
+    import os
+
+    cell.mkdir(parents=True, exist_ok=True)
+    mark = cell / ".claim"
+    for _ in range(2):
+        try:
+            fd = os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(mark.read_text() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                mark.unlink(missing_ok=True)  # its process is gone
+                continue
+            except PermissionError:
+                pass
+            return pid == os.getpid()
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
 def record(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -132,7 +160,7 @@ def run(data: str, seeds: list[int]) -> None:
         for per_class in PER_CLASS:
             for strategy in ("random", "typiclust"):
                 name = f"{strategy}/{per_class}/seed{seed}"
-                if name in done_cells(results):
+                if name in done_cells(results) or not claim(root / name):
                     continue
                 chosen = suggest(pool, per_class * classes, strategy=strategy, encoder=encoder, seed=seed)
                 covered = hidden_coverage(pool, chosen)
@@ -141,7 +169,8 @@ def run(data: str, seeds: list[int]) -> None:
                 record(results, {"cell": name, "round": 0, "strategy": strategy, "per_class": per_class,
                                  "seed": seed, "labels": len(chosen), "classes_covered": covered[0], **accs})
                 log.info("label-choice %s %s: %s", data, name, accs)
-        further_round(data, seed, root, results, mae, classes, bundle)
+        if f"typiclust/{ROUND_PER_CLASS}/seed{seed}" in done_cells(results):  # else another process trains it
+            further_round(data, seed, root, results, mae, classes, bundle)
 
 
 def further_round(data: str, seed: int, root: Path, results: Path, mae: Path, classes: int, bundle: Any) -> None:
@@ -157,7 +186,7 @@ def further_round(data: str, seed: int, root: Path, results: Path, mae: Path, cl
         record(results, {"cell": name, "seed": seed, **review})
     for strategy in ("random", "uncertainty"):
         name = f"round1-{strategy}/{ROUND_PER_CLASS}+{ROUND_PER_CLASS}/seed{seed}"
-        if name in done_cells(results):
+        if name in done_cells(results) or not claim(root / name):
             continue
         chosen = suggest(pool, ROUND_PER_CLASS * classes, strategy=strategy, seed=seed)
         labeled = [ids[i] for i in pool.labeled] + [ids[i] for i in chosen.indices]
