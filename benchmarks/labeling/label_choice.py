@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -117,8 +118,6 @@ def done_cells(path: Path) -> dict[str, dict[str, Any]]:
 def claim(cell: Path) -> bool:
     """Whether this process may train ``cell``: several processes (one per core) share one results file,
     and each cell goes to the first that claims it. A claim whose process has died is taken over."""
-    import os
-
     cell.mkdir(parents=True, exist_ok=True)
     mark = cell / ".claim"
     for _ in range(2):
@@ -138,6 +137,11 @@ def claim(cell: Path) -> bool:
         os.close(fd)
         return True
     return False
+
+
+def to_train(results: Path, cell: Path, name: str) -> bool:
+    """Whether this process trains cell ``name``: not finished yet, and claimed by no other process."""
+    return name not in done_cells(results) and claim(cell)
 
 
 def record(path: Path, row: dict[str, Any]) -> None:
@@ -160,7 +164,7 @@ def run(data: str, seeds: list[int]) -> None:
         for per_class in PER_CLASS:
             for strategy in ("random", "typiclust"):
                 name = f"{strategy}/{per_class}/seed{seed}"
-                if name in done_cells(results) or not claim(root / name):
+                if not to_train(results, root / name, name):
                     continue
                 chosen = suggest(pool, per_class * classes, strategy=strategy, encoder=encoder, seed=seed)
                 covered = hidden_coverage(pool, chosen)
@@ -186,7 +190,7 @@ def further_round(data: str, seed: int, root: Path, results: Path, mae: Path, cl
         record(results, {"cell": name, "seed": seed, **review})
     for strategy in ("random", "uncertainty"):
         name = f"round1-{strategy}/{ROUND_PER_CLASS}+{ROUND_PER_CLASS}/seed{seed}"
-        if name in done_cells(results) or not claim(root / name):
+        if not to_train(results, root / name, name):
             continue
         chosen = suggest(pool, ROUND_PER_CLASS * classes, strategy=strategy, seed=seed)
         labeled = [ids[i] for i in pool.labeled] + [ids[i] for i in chosen.indices]
@@ -202,24 +206,19 @@ LINEAR_ENCODERS = ("pixels", "mae")
 
 
 def frozen_features(data: str, encoder: str, bundle: Any) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalised features of the training and test parts: raw pixels standardised and reduced by a PCA
-    fitted on the training part (≤ 50 dimensions, as ``suggest --encoder pixels``), or the MAE stage's
-    embedding."""
+    """L2-normalised features of the training and test parts: raw pixels as ``suggest --encoder pixels``
+    embeds them (the PCA fitted on the training part), or the MAE stage's embedding."""
     from semivit.engine.checkpoint import load_model
     from semivit.engine.evaluate import extract_features
+    from semivit.labeling.pool import pixel_embedding
     from semivit.labeling.select import normalize
 
     if encoder == "mae":
         model, _ = load_model(mae_stage(data).parent.parent)
         return tuple(normalize(extract_features(model.eval(), part).numpy())  # type: ignore[return-value]
                      for part in (bundle.train, bundle.test))
-    from sklearn.decomposition import PCA
-
-    train_x, test_x = (p.get(torch.arange(len(p))).reshape(len(p), -1).float().numpy()
-                       for p in (bundle.train, bundle.test))
-    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    pca = PCA(n_components=min(50, train_x.shape[1]), random_state=0).fit((train_x - mean) / std)
-    return normalize(pca.transform((train_x - mean) / std)), normalize(pca.transform((test_x - mean) / std))
+    train_f, test_f = pixel_embedding(bundle.train, bundle.test)
+    return train_f, test_f
 
 
 #: the linear evaluator's one setting, chosen on a digits validation split (benchmarks/labeling/linear_setting.py:
@@ -252,17 +251,18 @@ def run_linear(data: str, seeds: list[int]) -> None:
     bundle = prepare_data(base_cfg.data, 0).bundle
     classes = pool.train.num_classes
     train_y, test_y = pool.train.labels.numpy(), bundle.test.labels.numpy()
+    done = done_cells(results)
     for encoder in LINEAR_ENCODERS:
         train_f, test_f = frozen_features(data, encoder, bundle)
         name = f"{encoder}/all"
-        if name not in done_cells(results):
+        if name not in done:
             record(results, {"cell": name, "encoder": encoder, "labels": len(train_y),
                              "linear": linear_top1(train_f, train_y, test_f, test_y)})
         for seed in seeds:
             for per_class in PER_CLASS:
                 for strategy in ("random", "typiclust"):
                     name = f"{encoder}/{strategy}/{per_class}/seed{seed}"
-                    if name in done_cells(results):
+                    if name in done:
                         continue
                     chosen = suggest(pool, per_class * classes, strategy=strategy, embedding=train_f, seed=seed)
                     idx = chosen.indices

@@ -152,12 +152,23 @@ def embed(model: Any, images: ImageSet, device: str = "cpu", seed: int = 0) -> n
         from semivit.engine.evaluate import extract_features
 
         return normalize(extract_features(model, images, device=device, embedding=True).numpy())
+    return pixel_embedding(images, seed=seed)[0]
+
+
+def pixel_embedding(images: ImageSet, *others: ImageSet, seed: int = 0) -> list[np.ndarray]:
+    """Raw pixels standardised and reduced by PCA to ≤ 50 dimensions, L2-normalised: fitted on ``images``,
+    then applied to them and to ``others`` (e.g. a test part, for a classifier on the same features)."""
     from sklearn.decomposition import PCA
 
-    x = images.get(torch.arange(len(images))).reshape(len(images), -1).float().numpy()
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    k = min(50, x.shape[1], len(x))
-    return normalize(PCA(n_components=k, random_state=seed).fit_transform(x))
+    from semivit.labeling.select import normalize
+
+    def flat(part: ImageSet) -> np.ndarray:
+        return part.get(torch.arange(len(part))).reshape(len(part), -1).float().numpy()
+
+    x = flat(images)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    pca = PCA(n_components=min(50, x.shape[1], len(x)), random_state=seed).fit((x - mean) / std)
+    return [normalize(pca.transform((flat(p) - mean) / std)) for p in (images, *others)]
 
 
 def teacher_probs(model: Any, images: ImageSet, device: str = "cpu") -> np.ndarray:

@@ -88,12 +88,12 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
     if strategy == "random":
         chosen, scores, clusters = select.random_choice(labeled, pool.candidates, budget, seed)
     else:
-        if embedding is None:
+        emb = embedding
+        if emb is None:
             if encoder == "pixels":
                 _warn_pixels(pool)
             model = teacher if strategy == "uncertainty" and encoder is None else load_encoder(pool, encoder)
-            embedding = embed(model, pool.train, device, seed)
-        emb = embedding
+            emb = embed(model, pool.train, device, seed)
         radius = select.duplicate_radius(emb, seed) if min_distance is None else float(min_distance)
         log.info("suggest: %s over %d unlabeled images (%d labeled); near-duplicates: closer than %.4g",
                  strategy, len(pool.candidates), len(labeled), radius)
