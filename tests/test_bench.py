@@ -163,6 +163,29 @@ def test_reports_cover_cells_run_by_earlier_commands(tmp_path, suite_file):
     assert sorted(r["labels"] for r in rows) == ["2-per-class", "4-per-class", "4-per-class"]
 
 
+def test_cell_results_are_never_written_in_place(tmp_path, suite_file, monkeypatch):
+    # with --jobs the parent reads every cell.json while workers write theirs: a reader must never see half a file
+    from pathlib import Path
+    write_text = Path.write_text
+
+    def guarded(self, *args, **kwargs):
+        assert self.name != "cell.json", "cell.json written in place"
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", guarded)
+    root = run_suite(suite_file, out=str(tmp_path / "out"), only="2-per-class/supervised/seed0")
+    cell = root / "digits" / "2-per-class" / "supervised" / "seed0"
+    assert json.loads((cell / "cell.json").read_text())["method"] == "supervised"
+    assert [p.name for p in cell.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_a_cut_short_cell_file_is_a_clear_error(tmp_path, suite_file):
+    root = run_suite(suite_file, out=str(tmp_path / "out"), only="2-per-class/supervised/seed0")
+    (root / "digits" / "2-per-class" / "supervised" / "seed0" / "cell.json").write_text("")
+    with pytest.raises(SemivitError, match=r"cell\.json' is not a finished cell's results .* delete it"):
+        run_suite(suite_file, out=str(tmp_path / "out"), only="2-per-class/supervised/seed0")
+
+
 def test_jobs_run_cells_in_worker_processes_and_report_failures(tmp_path, suite_file):
     text = suite_file.read_text().replace(
         "  two-stage:", "  broken: {method: supervised, data: [digits], set: {optim.lr: -1.0}}\n  two-stage:")

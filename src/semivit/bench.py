@@ -255,7 +255,10 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
            "images_per_sec": images / max(seconds, 1e-9), "train_seconds": seconds, "wall_seconds": wall,
            "pseudo_acc": last_pseudo_accuracy([cell_dir / f"stage{k}-{c.train.method}"
                                                for k, c in enumerate(configs, 1)])}
-    (cell_dir / "cell.json").write_text(json.dumps(row, indent=2))
+    # cell.json marks the cell finished, and with --jobs the parent reads it while workers write theirs:
+    # written in place, a half-written file could be read (or left by a crash) as a finished cell
+    from semivit.engine.checkpoint import atomic_write
+    atomic_write(cell_dir / "cell.json", lambda tmp: Path(tmp).write_text(json.dumps(row, indent=2)))
     return row
 
 
@@ -372,7 +375,15 @@ def _cell_dir(root: Path, cell: Cell) -> Path:
 def _finished_rows(suite: Suite, root: Path) -> list[dict[str, Any]]:
     """Every finished cell of the suite (whichever command ran it: reports cover the whole suite)."""
     files = (_cell_dir(root, c) / "cell.json" for c in suite.cells())
-    return [json.loads(f.read_text()) for f in files if f.is_file()]
+    return [_read_cell(f) for f in files if f.is_file()]
+
+
+def _read_cell(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SemivitError(f"'{path}' is not a finished cell's results (empty or cut short, e.g. by a crash while "
+                           f"it was written): delete it and run the same command to re-run that cell") from None
 
 
 # ------------------------------------------------------------------------------------------------ reports
