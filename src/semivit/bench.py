@@ -215,7 +215,7 @@ def apply_budget(configs: list[Config], budget: dict[str, float]) -> None:
 def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict[str, Any]:
     """Train one cell (resuming a stopped one) and evaluate its last and best weights on the test split."""
     from semivit.data import prepare_data
-    from semivit.engine.checkpoint import load_model
+    from semivit.engine.checkpoint import atomic_write_json, load_model
     from semivit.engine.evaluate import predict_logits, top1
     from semivit.engine.trainer import resolve_device
     from semivit.pipeline import run_stages
@@ -257,8 +257,8 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
                                                for k, c in enumerate(configs, 1)])}
     # cell.json marks the cell finished, and with --jobs the parent reads it while workers write theirs:
     # written in place, a half-written file could be read (or left by a crash) as a finished cell
-    from semivit.engine.checkpoint import atomic_write
-    atomic_write(cell_dir / "cell.json", lambda tmp: Path(tmp).write_text(json.dumps(row, indent=2)))
+    # cell.json marks the cell finished, and with --jobs the parent reads it while workers write theirs
+    atomic_write_json(cell_dir / "cell.json", row)
     return row
 
 

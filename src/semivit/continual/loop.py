@@ -40,7 +40,7 @@ from semivit.continual.buffer import ReplayBuffer
 from semivit.continual.metrics import format_table, seen_class_accuracy, summary
 from semivit.continual.tasks import in_classes, label_shares, make_tasks, task_split
 from semivit.data import PreparedData, prepare_data
-from semivit.engine.checkpoint import atomic_write
+from semivit.engine.checkpoint import atomic_write_json
 from semivit.errors import SemivitError
 from semivit.pipeline import find_recipe, stage_configs
 
@@ -73,10 +73,6 @@ def _test_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tenso
         members = torch.nonzero(labels == c).flatten()
         picks.append(members[torch.randperm(len(members), generator=g)[:per_class]])
     return torch.sort(torch.cat(picks)).values
-
-
-def _write_json(path: Path, value: Any) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2)))
 
 
 def _check_same(saved: dict[str, Any], settings: dict[str, Any], root: Path) -> None:
@@ -133,7 +129,7 @@ def run_continual(method: str, num_tasks: int, buffer_size: int, overrides: dict
     else:
         state = {"settings": settings, "tasks": tasks, "label_shares": label_shares(labels, labeled, tasks),
                  "rows": []}
-        _write_json(state_path, state)
+        atomic_write_json(state_path, state)
 
     family = cfg.train.method == "nncsl"  # the soft nearest-neighbour methods (nncsl, csl, paws, joint)
     for t, classes in enumerate(run_tasks):
@@ -167,9 +163,9 @@ def run_continual(method: str, num_tasks: int, buffer_size: int, overrides: dict
                               "labeled_pool": len(split.labeled), "buffer_after": len(buffer),
                               "train_seconds": result.metrics.get("train_seconds"),
                               "buffer": buffer.state_dict()})
-        _write_json(state_path, state)
+        atomic_write_json(state_path, state)
         results = _results(state, tasks)
-        _write_json(root / RESULTS, results)
+        atomic_write_json(root / RESULTS, results)
         (root / TABLE).write_text(format_table(results["matrix"], results["seen_accuracy"], tasks,
                                                _title(settings)))
         log.info("continual: after task %d: seen-class accuracy %.4f", t + 1, overall)

@@ -47,6 +47,11 @@ def atomic_write(path: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
+def atomic_write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON, written with :func:`atomic_write`: a reader sees the old file or the new one."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2)))
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 

@@ -15,6 +15,7 @@ import torch
 from semivit.config import Config, apply_overrides
 from semivit.data.imageset import ImageSet
 from semivit.errors import SemivitError
+from semivit.labeling.select import normalize
 from semivit.report.runs import check_model_fits, run_config, run_folder
 
 log = logging.getLogger("semivit")
@@ -146,8 +147,6 @@ def embed(model: Any, images: ImageSet, device: str = "cpu", seed: int = 0) -> n
     """L2-normalised embeddings of every image: the model's own embedding or pooled features
     (:func:`~semivit.engine.evaluate.extract_features`), or, with no model, standardised raw pixels
     reduced by PCA to ≤ 50 dimensions (a baseline that only suits tiny images such as 8×8 digits)."""
-    from semivit.labeling.select import normalize
-
     if model is not None:
         from semivit.engine.evaluate import extract_features
 
@@ -159,8 +158,6 @@ def pixel_embedding(images: ImageSet, *others: ImageSet, seed: int = 0) -> list[
     """Raw pixels standardised and reduced by PCA to ≤ 50 dimensions, L2-normalised: fitted on ``images``,
     then applied to them and to ``others`` (e.g. a test part, for a classifier on the same features)."""
     from sklearn.decomposition import PCA
-
-    from semivit.labeling.select import normalize
 
     def flat(part: ImageSet) -> np.ndarray:
         return part.get(torch.arange(len(part))).reshape(len(part), -1).float().numpy()
