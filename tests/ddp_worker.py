@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from semivit.engine.distributed import cleanup
+from semivit.core.distributed import cleanup
 from semivit.engine.trainer import Trainer
 from tests.conftest import tiny_config
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from semivit.core.distributed import cleanup
 from semivit.data.loaders import IndexStream
-from semivit.engine.distributed import cleanup
 from semivit.engine.trainer import Trainer
 from tests.conftest import tiny_config
 

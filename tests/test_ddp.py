@@ -16,14 +16,15 @@ def _cpu_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def torchrun_two_gloo_ranks(script: str, out, port: int) -> list[dict[str, torch.Tensor]]:
-    """Run ``tests/SCRIPT OUT`` as two CPU processes through torchrun (never a home-made launcher); returns
-    what each rank saved as ``OUT/rank{r}.safetensors``."""
+def torchrun_two_gloo_ranks(script: str, out, port: int, *args: str,
+                            expect: str | None = "rank{r}.safetensors") -> list[dict[str, torch.Tensor]]:
+    """Run ``tests/SCRIPT OUT ARGS`` as two CPU processes through torchrun (never a home-made launcher);
+    returns what each rank saved as ``OUT/rank{r}.safetensors`` (``expect``; None: nothing to read)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(REPO / "tests" / script), str(out)]
-    proc = subprocess.run(cmd, env=_cpu_env(), capture_output=True, text=True, timeout=300)
+           str(REPO / "tests" / script), str(out), *args]
+    proc = subprocess.run(cmd, env=_cpu_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [load_file(str(out / f"rank{r}.safetensors")) for r in range(2)]
+    return [load_file(str(out / expect.format(r=r))) for r in range(2)] if expect else []
 
 
 @pytest.mark.slow
@@ -77,3 +78,38 @@ def test_two_nodes_over_c10d_rendezvous_agree_and_draw_disjoint_shards(tmp_path)
         assert torch.equal(a[key], b[key]), key
     assert not set(drawn_a.tolist()) & set(drawn_b.tolist())  # each node reads its own shard of the pool
     assert len(set(drawn_a.tolist())) == len(drawn_a) and len(drawn_a) == len(drawn_b) > 0
+
+
+@pytest.mark.slow
+def test_every_registered_method_trains_under_two_gloo_ranks_and_the_ranks_agree(tmp_path):
+    """Each method a few steps under torchrun (MAE, PAWS and SimCLR used to stop at step 2: their unused
+    classifier head and DDP's find_unused_parameters=False); weights and buffers end the same on both ranks."""
+    from semivit.methods import METHODS
+
+    torchrun_two_gloo_ranks("ddp_methods_worker.py", tmp_path, 29520, expect=None)
+    for name in sorted(METHODS):
+        a, b = (load_file(str(tmp_path / name / f"rank{r}.safetensors")) for r in range(2))
+        assert a.keys() == b.keys() and a, name
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs between the ranks"
+    # SSMAE's pseudo-label memory holds every rank's acceptances (DDP broadcasts rank 0's buffers before each
+    # forward: a memory written from one rank's acceptances lost the other's a step later)
+    memory = load_file(str(tmp_path / "ssmae" / "rank0.safetensors"))["method.memory"]
+    taken = [load_file(str(tmp_path / "ssmae" / f"accepted{r}.safetensors"))["accepted"] for r in range(2)]
+    union = {int(i): int(y) for i, y in torch.cat(taken).tolist()}
+    assert set(taken[1][:, 0].tolist()) - set(taken[0][:, 0].tolist())  # rank 1 accepted images of its own
+    assert {i: int(memory[i]) for i in torch.nonzero(memory >= 0).flatten().tolist()} == union
+
+
+@pytest.mark.slow
+def test_first_steps_of_every_shipped_recipe_under_two_gloo_ranks(tmp_path):
+    """Every stage of every recipe for 2 steps under torchrun (half the recipes used to stop at their first
+    pre-training stage); both ranks end each recipe with the same weights."""
+    from semivit.pipeline import RECIPES
+
+    torchrun_two_gloo_ranks("ddp_recipes_worker.py", tmp_path, 29521, expect=None)
+    for path in sorted(RECIPES.glob("*.yaml")):
+        a, b = (load_file(str(tmp_path / path.stem / f"rank{r}.safetensors")) for r in range(2))
+        assert a.keys() == b.keys() and a, path.stem
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{path.stem}: {key} differs between the ranks"

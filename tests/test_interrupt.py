@@ -4,7 +4,9 @@ output folder is one line and the last good checkpoint stays loadable."""
 from __future__ import annotations
 
 import errno
+import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +30,7 @@ def test_ctrl_c_checkpoints_the_whole_step_and_resumes_exactly(tmp_path, monkeyp
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(Supervised, "on_step_end", press_ctrl_c)
-    with pytest.raises(TrainingInterrupted, match=r"interrupted at step 4 of 12.*--resume"):
+    with pytest.raises(TrainingInterrupted, match=r"interrupted \(SIGINT\) at step 4 of 12.*--resume"):
         train(tiny_config(tmp_path / "b", **{"train.ema": 0.9}))
     assert load_checkpoint(tmp_path / "b" / "run" / "checkpoints" / "last.pt")["step"] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
@@ -51,7 +53,82 @@ def test_cli_reports_ctrl_c_in_one_line_with_exit_130(tmp_path, monkeypatch, cap
     code = main(["train", "--data", "digits", "--labels", "2-per-class", "--model", "vit_nano", "--set",
                  "model.depth=1", "--steps", "5", "--batch-size", "8", "--out", str(tmp_path), "-q"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 130 and err[-1].startswith("semivit: interrupted at step 1 of 5") and "--resume" in err[-1]
+    assert code == 130 and err[-1].startswith("semivit: interrupted (SIGINT) at step 1 of 5") and "--resume" in err[-1]
+
+
+def _cli(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "semivit.cli", *args]
+
+
+def _wait_for_step(run: Path, proc, step: int = 2, timeout: float = 120.0) -> None:
+    """Until the run's metrics.csv shows ``step`` logged rows: training is under way."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        metrics = run / "metrics.csv"
+        if metrics.is_file() and len(metrics.read_text().splitlines()) > step:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    raise AssertionError("training did not start")
+
+
+TRAIN = ("train", "--data", "digits", "--labels", "2-per-class", "--model", "vit_nano", "--set", "model.depth=1",
+         "--set", "train.log_every=1", "--set", "train.ckpt_every=100000", "--batch-size", "8", "-q")
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_says_how_to_resume_and_exits_143(tmp_path) -> None:
+    """A real SIGTERM (what timeout, Kubernetes and SLURM send) to a running ``semivit train``: it acts as
+    Ctrl-C: one line, exit 128+15, a checkpoint at a whole step, and --resume finishes the run."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = _cli(*TRAIN, "--steps", "100000", "--out", str(tmp_path), "--name", "run")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(tmp_path / "run", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 143, err[-2000:]
+    assert re.match(r"semivit: interrupted \(SIGTERM\) at step (\d+) of 100000; saved .*--resume", lines[-1])
+    step = int(re.search(r"at step (\d+)", lines[-1]).group(1))
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == step > 0
+    done = subprocess.run(_cli(*TRAIN, "--steps", str(step + 2), "--out", str(tmp_path), "--name", "run",
+                               "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from step {step}" in done.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_stops_every_rank_with_one_checkpoint(tmp_path) -> None:
+    """torchrun passes SIGTERM on to its workers; the ranks agree at a log step and rank 0 writes one
+    checkpoint for all of them, from which a resumed 2-rank run continues."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    run = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541", "-m", "semivit.cli"]
+    cmd = [sys.executable, *run, *TRAIN, "--steps", "100000", "--out", str(tmp_path), "--name", "run",
+           "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(tmp_path / "run", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    said = re.findall(r"interrupted \(SIGTERM\) at step (\d+)", err)
+    assert said, err[-3000:]
+    step = int(said[0])
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == step > 0
+    done = subprocess.run([sys.executable, *run, *TRAIN, "--steps", str(step + 2), "--out", str(tmp_path),
+                           "--name", "run", "--device", "cpu", "--resume"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from step {step}" in done.stderr
 
 
 def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:

@@ -160,6 +160,20 @@ def test_no_unlabeled_loss_before_the_warm_up_ends():
                                                      rel=1e-5)
 
 
+@pytest.mark.parametrize("smoothing", [0.1, 0.0])
+def test_labeled_loss_of_both_heads_is_smoothed_as_the_reference(smoothing):
+    """The reference trains both heads on the labels with label smoothing 0.1 (DeiT's --smoothing)."""
+    assert SemiformerParams().label_smoothing == 0.1
+    method = Semiformer(tiny(), SemiformerParams(mu=2, warmup_u=100, label_smoothing=smoothing), 3, 10)
+    b = batch()
+    method.eval()  # no drop-path; BatchNorm on running statistics, the same in both passes
+    out = method.training_step(b, 0)
+    logits = method.model.stream_logits(torch.cat([b.x["weak"], b.u["strong"]]))
+    for s in ("conv", "transformer"):
+        want = F.cross_entropy(logits[s][:4], b.y, label_smoothing=smoothing)
+        assert float(out.metrics[f"loss_x_{s}"]) == pytest.approx(float(want), rel=1e-4)
+
+
 def test_unlabeled_streams_and_threshold():
     method = Semiformer(tiny(), SemiformerParams(threshold=0.0, mu=2, warmup_u=0, unlabeled_streams="transformer"),
                         3, 10)

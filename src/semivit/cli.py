@@ -456,9 +456,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except TrainingInterrupted as e:  # Ctrl-C in training: a checkpoint was written at a whole step
+    except TrainingInterrupted as e:  # Ctrl-C or SIGTERM in training: a checkpoint was written at a whole step
         print(f"semivit: {e}", file=sys.stderr)
-        return 130
+        return e.exit_code
     except SemivitError as e:
         print(f"semivit: error: {e}", file=sys.stderr)
         return 2

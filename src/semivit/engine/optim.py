@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from semivit.config import OptimConfig
+from semivit.core.schedule import stage_steps
 from semivit.errors import SemivitError
 
 _NO_DECAY_NAMES = ("pos_embed", "cls_token", "dist_token", "mask_token", "reg_token")
@@ -65,7 +66,7 @@ def build_optimizer(method: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
 
 def lr_at(step: int, total_steps: int, base_lr: float, warmup: float, min_lr_ratio: float) -> float:
     """Linear warm-up to ``base_lr``, then cosine decay to ``base_lr·min_lr_ratio`` at ``total_steps``."""
-    warmup_steps = int(warmup * total_steps) if warmup < 1 else int(warmup)
+    warmup_steps = stage_steps(warmup, total_steps)
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)

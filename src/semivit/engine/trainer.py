@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from semivit.config import Config, save_config
+from semivit.core.distributed import DistInfo, barrier, broadcast_buffers, init_distributed
 from semivit.data import ImageSet, PreparedData, channel_stats, prepare_data
 from semivit.data.loaders import BatchMaker
 from semivit.data.splits import save_split, steps_for_epochs
@@ -31,7 +33,6 @@ from semivit.engine.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from semivit.engine.distributed import DistInfo, barrier, init_distributed
 from semivit.engine.ema import ModelEMA, effective_config, scaled_momentum
 from semivit.engine.evaluate import (
     _batched,
@@ -49,6 +50,7 @@ from semivit.engine.logger import RunLogger
 from semivit.engine.optim import build_optimizer, lr_at, set_lr
 from semivit.errors import NonFiniteLossError, SemivitError
 from semivit.methods import method_class, method_params
+from semivit.methods.base import schedule_points
 from semivit.models.factory import ImageClassifier, create_model
 from semivit.models.heads import imprint_classifier
 from semivit.models.pretrained import load_pretrained, pretrained_source
@@ -253,10 +255,14 @@ class Trainer:
         method = method_cls(model, self.params, self.data.train.num_classes, total)
         method.setup(len(self.data.train))
         method.to(self.device)
+        self.method = method  # what a caller inspects after fit (buffers such as a pseudo-label memory)
         if t.compile:  # in place: state_dict keys, checkpoints and the EMA copy stay those of the plain module
             method.model.compile()
         self.pretraining = not method.trains_classifier  # judged by k-NN on features, not by its head
         # the settings as this stage's length makes them (EMA momenta): config.yaml and results.json
+        if self.dist.is_main:  # what this stage's length made of each schedule point (a share or a momentum)
+            log.info("schedule over %d steps: %s", total, ", ".join(
+                f"{k} {v:.0f}" for k, v in schedule_points(cfg, total).items()))
         method_settings = method.effective_settings()
         effective = effective_config(cfg, method_settings, total)
         batches = self._batch_maker(method)
@@ -264,7 +270,7 @@ class Trainer:
         if self.dist.enabled:
             trained = nn.parallel.DistributedDataParallel(
                 method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=getattr(method, "find_unused_parameters", False))
+                find_unused_parameters=method.find_unused_parameters)
         optimizer = build_optimizer(method, o)
         dtype = amp_dtype(t.amp, self.device)
         scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -377,18 +383,24 @@ class Trainer:
                         window_start = time.perf_counter()
                     if step % t.ckpt_every == 0 and is_main:
                         checkpoint(step)
-                    if self._interrupt_requested(stop, at_log):
+                    signum = self._interrupt_requested(stop, at_log)
+                    if signum:
                         if is_main:
                             checkpoint(step)
                         barrier()
-                        raise TrainingInterrupted(f"interrupted at step {step} of {total}; saved {last}: continue with "
-                                                  f"the same command and --resume")
+                        name = signal.Signals(signum).name
+                        raise TrainingInterrupted(f"interrupted ({name}) at step {step} of {total}; saved {last}: "
+                                                  f"continue with the same command and --resume", signum)
                     # one process checks every step; DDP ranks agree at log steps (a broadcast is a host sync)
                     if t.time_limit and (at_log or not self.dist.enabled) \
                             and self._past_time_limit(state, window_start):
                         if is_main:
                             log.info("time limit of %.0f s reached at step %d of %d", t.time_limit, step, total)
                         break
+                if self.dist.enabled:
+                    broadcast_buffers(method)  # every rank ends with rank 0's model (BatchNorm statistics)
+                    if ema is not None:
+                        broadcast_buffers(ema)
                 metrics = self._finish(eval_net(), step, state, logger,
                                        self._changed_by_length(method_settings, effective))
                 if is_main:
@@ -400,16 +412,17 @@ class Trainer:
         assert isinstance(final_model, ImageClassifier)
         return TrainResult(self.run_dir, metrics, final_model)
 
-    def _interrupt_requested(self, stop: GracefulInterrupt, at_log: bool) -> bool:
-        """Whether to stop for Ctrl-C after this step: one process decides every step; DDP ranks (each gets
-        the SIGINT at a slightly different moment) agree at log steps, so no rank leaves a collective alone."""
+    def _interrupt_requested(self, stop: GracefulInterrupt, at_log: bool) -> int:
+        """The stop signal to act on after this step (0: none): one process decides every step; DDP ranks
+        (each gets the signal at a slightly different moment, or only some get it) agree at log steps, so no
+        rank leaves a collective alone; all then stop on the highest signal number any rank received."""
         if not self.dist.enabled:
-            return stop.requested
+            return stop.signum if stop.requested else 0
         if not at_log:
-            return False
-        flag = torch.tensor(float(stop.requested), device=self.device)
+            return 0
+        flag = torch.tensor(float(stop.signum if stop.requested else 0), device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag)
+        return int(flag)
 
     def _past_time_limit(self, state: dict, window_start: float) -> bool:
         """Training seconds so far (earlier runs of a resumed job included) past ``train.time_limit``; one

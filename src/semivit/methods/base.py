@@ -8,16 +8,21 @@ its loss in :meth:`Method.training_step`, and updates any extra state (an EMA te
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from semivit.config import build_dataclass
+from semivit.config import Config, build_dataclass
+from semivit.core.schedule import stage_steps
 from semivit.data.loaders import Batch
+from semivit.engine.ema import half_life, scaled_momentum
 from semivit.errors import SemivitError
 from semivit.models.factory import ImageClassifier
+
+log = logging.getLogger("semivit")
 
 
 @dataclass
@@ -45,6 +50,10 @@ class Method(nn.Module):
     unlabeled_ratio: float = 0.0
     #: False for pre-training methods whose classifier head stays untrained: they are validated by k-NN
     trains_classifier: bool = True
+    #: True when some of the method's parameters get no gradient in a step (a pre-training method's unused
+    #: classifier head): DDP must then look for them every step, or it stops at step 2 waiting for their
+    #: gradients. tests/test_ddp.py trains every registered method under 2 ranks to keep this honest.
+    find_unused_parameters: ClassVar[bool] = False
 
     @classmethod
     def default_model(cls, image_size: int) -> str:
@@ -70,6 +79,15 @@ class Method(nn.Module):
 
     #: steps between calls of :meth:`on_validation` (0 = never): methods that decide on validation results
     validation_every: int = 0
+
+    @classmethod
+    def schedule(cls, params: Any, total_steps: int) -> dict[str, float]:
+        """The method's schedule points in a stage of ``total_steps`` steps, in steps: when a loss switches on,
+        how often a gate is checked, an EMA's half-life. Each must move with the stage's length (a share of
+        the stage, or a momentum scaled to it), so a run shortened by ``--budget`` or ``bench`` keeps the
+        proportions it was tuned at; tests/test_schedules.py halves and doubles every shipped recipe's stages
+        and checks that they do. The method's own code computes them through the same functions."""
+        return {}
 
     def setup(self, num_train: int) -> None:
         """Called once after construction, before a checkpoint is restored: size per-image state (a
@@ -134,6 +152,29 @@ def method_class(name: str) -> type[Method]:
 
 
 def method_params(name: str, values: dict[str, Any]) -> Any:
-    """The validated settings of method ``name`` (unknown keys are errors that suggest the nearest)."""
-    return build_dataclass(method_class(name).Params, values, "method")
+    """The validated settings of method ``name`` (unknown keys are errors that suggest the nearest).
 
+    A momentum given without the stage length it was chosen for (``method.ema`` without
+    ``method.ema_ref_steps``; the pairs are the Params' ``MOMENTUM_REFERENCES``) is a per-step value: the
+    default reference length belongs to the default momentum, and the paper's 0.9999 scaled from it would
+    leave a long run's teacher almost frozen."""
+    params = build_dataclass(method_class(name).Params, values, "method")
+    for momentum, reference in getattr(params, "MOMENTUM_REFERENCES", {}).items():
+        if momentum in values and reference not in values and getattr(params, reference) is not None:
+            setattr(params, reference, None)
+            log.info("method.%s=%s is used per step as given (set method.%s to declare the stage length it "
+                     "was chosen for, and scale it to this stage)", momentum, values[momentum], reference)
+    return params
+
+
+def schedule_points(cfg: Config, steps: int) -> dict[str, float]:
+    """Every schedule point of a stage of ``steps`` steps, in steps: the LR warm-up, the evaluation EMA's
+    half-life, and the method's own (:meth:`~semivit.methods.base.Method.schedule`: a loss's start, a gate's
+    interval, a teacher's half-life). Each moves with the stage's length, so scaling a stage by s scales them
+    all by s: what tests/test_schedules.py checks for every shipped recipe."""
+    points = {"optim.warmup": float(stage_steps(cfg.optim.warmup, steps))}
+    if cfg.train.ema:
+        points["train.ema_half_life"] = half_life(scaled_momentum(cfg.train.ema, cfg.train.ema_ref_steps, steps))
+    params = method_params(cfg.train.method, cfg.method)
+    points.update({f"method.{k}": float(v) for k, v in method_class(cfg.train.method).schedule(params, steps).items()})
+    return points

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from semivit.data.loaders import Batch
-from semivit.engine.ema import ModelEMA, scaled_momentum
+from semivit.engine.ema import ModelEMA, half_life, scaled_momentum
 from semivit.errors import SemivitError
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.losses import byol_loss
@@ -39,6 +39,7 @@ class BYOLParams:
     proj_dim: int = 128  # output of the projector and the predictor (paper: 256)
     proj_hidden: int | None = None  # hidden width of both MLPs; None = 4 × the backbone's width (paper: 4096)
     view: str = "contrastive"  # augmentation of the two views (SimCLR's crop + flip + colour distortion)
+    MOMENTUM_REFERENCES: ClassVar[dict[str, str]] = {"base_momentum": "momentum_ref_steps"}
 
 
 def target_momentum(step: int, total_steps: int, base: float) -> float:
@@ -68,6 +69,11 @@ class BYOL(Method):
     labeled_views = ()
     trains_classifier = False  # judged by k-NN on features until fine-tuned
     find_unused_parameters = True  # the classifier head gets no gradient (DDP)
+
+    @classmethod
+    def schedule(cls, params: Any, total_steps: int) -> dict[str, float]:
+        start = scaled_momentum(params.base_momentum, params.momentum_ref_steps, total_steps)
+        return {"target_half_life_at_start": half_life(start)}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

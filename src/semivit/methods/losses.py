@@ -8,15 +8,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-
-def _world() -> int:
-    """The number of DDP processes (1 without torch.distributed)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from semivit.core.distributed import all_gather_cat, world_size
 
 
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All ranks' ``x`` concatenated (gradients flow back to every rank), and this rank's offset."""
-    if _world() == 1:
+    if world_size() == 1:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
@@ -86,10 +83,10 @@ def mean_entropy(probs: torch.Tensor, reduce_ranks: bool = True) -> torch.Tensor
     the means, as one process holding the joined batch would compute it).
     """
     mean = probs.float().mean(0)
-    if reduce_ranks and _world() > 1:
+    if reduce_ranks and world_size() > 1:
         from torch.distributed.nn.functional import all_reduce
 
-        mean = all_reduce(mean) / _world()
+        mean = all_reduce(mean) / world_size()
     return -(mean * mean.clamp_min(1e-12).log()).sum()
 
 
@@ -109,12 +106,10 @@ def paws_loss(anchor_probs: torch.Tensor, targets: torch.Tensor, me_max: bool = 
 
 def gather_supports(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's support embeddings (with gradient) and labels, concatenated (PAWS gathers supports)."""
-    if _world() == 1:
+    if world_size() == 1:
         return z, labels
     joined, _ = gather_with_grad(z)
-    parts = [torch.empty_like(labels) for _ in range(_world())]
-    dist.all_gather(parts, labels.contiguous())
-    return joined, torch.cat(parts)
+    return joined, all_gather_cat(labels)
 
 
 def byol_loss(online_prediction: torch.Tensor, target_projection: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ class MAE(Method):
     Params = MAEParams
     labeled_views = ()
     trains_classifier = False
+    find_unused_parameters = True  # the classifier head gets no gradient (DDP)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

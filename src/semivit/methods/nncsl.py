@@ -111,6 +111,7 @@ class NNCSL(PAWS):
     name = "nncsl"
     Params = NNCSLParams
     trains_classifier = True  # evaluated by its linear classifier over the seen classes, as the reference
+    find_unused_parameters = False  # the classifier learns from the supports every step
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

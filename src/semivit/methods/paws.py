@@ -71,6 +71,7 @@ class PAWS(Method):
     Params = PAWSParams
     labeled_views = ("large",)
     trains_classifier = False  # judged by k-NN / soft nearest neighbours on its embedding until fine-tuned
+    find_unused_parameters = True  # the classifier head gets no gradient (DDP)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

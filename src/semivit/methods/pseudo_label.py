@@ -15,14 +15,14 @@ m scaled to the stage's length (:mod:`semivit.engine.ema`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from semivit.data.loaders import Batch
-from semivit.engine.ema import ModelEMA, scaled_momentum
+from semivit.engine.ema import ModelEMA, half_life, scaled_momentum
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.mixing import mix, soft_cross_entropy, soft_targets
 
@@ -38,9 +38,11 @@ class PseudoLabelParams:
     # EMA-Teacher momentum m (ema_teacher only), declared for a stage of `ema_ref_steps` steps: a stage of K
     # steps uses m^(ema_ref_steps/K), so the teacher moves as far whatever the stage's length; None = per-step
     # m as given. 0.99 for 2,000 steps was chosen on digits' validation split (the semivit recipe)
+    # (an `ema` given without `ema_ref_steps` is per step: methods.base.method_params)
     ema: float = 0.99
     ema_ref_steps: int | None = 2000
     eval_with: str = "teacher"  # ema_teacher: evaluate the teacher or the student
+    MOMENTUM_REFERENCES: ClassVar[dict[str, str]] = {"ema": "ema_ref_steps"}
 
 
 @dataclass
@@ -172,6 +174,10 @@ class EMATeacher(PseudoLabelMethod):
     """
 
     name = "ema_teacher"
+
+    @classmethod
+    def schedule(cls, params: Any, total_steps: int) -> dict[str, float]:
+        return {"teacher_half_life": half_life(scaled_momentum(params.ema, params.ema_ref_steps, total_steps))}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -30,6 +30,7 @@ class SimCLR(Method):
     Params = SimCLRParams
     labeled_views = ()
     trains_classifier = False
+    find_unused_parameters = True  # the classifier head gets no gradient (DDP)
     unlabeled_views = ("contrastive", "contrastive:2")
 
     def __init__(self, *args, **kwargs) -> None:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from semivit.core.distributed import all_gather_cat
+from semivit.core.schedule import stage_steps
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
 from semivit.methods.base import StepOutput, register_method
@@ -43,8 +45,11 @@ class SSMAEParams(MAEParams):  # MAE's settings (mask ratio, decoder, view to re
     mu: float = 2.0  # unlabeled images per labeled image (the reference: 32 unlabeled + 16 labeled, main.py L190–206)
     threshold: float = 0.95  # acceptance: both views' confidence above this, and the same class
     gate: str = "val"  # val (the validation rule) | open (from step 0) | closed (never)
-    gate_every: int = 100  # steps between gate checks
-    gate_start: float = 0.1  # no pseudo-labels before this: a share of the steps (< 1) or a number of steps
+    # between gate checks, and no pseudo-labels before gate_start: each a share of the stage's steps (< 1) or a
+    # number of steps (>= 1). 0.0357: the ssmae recipe's 100 of 2,800 steps, the proportion it was tuned at (the
+    # reference checks once per epoch of 100, from epoch 10)
+    gate_every: float = 0.0357
+    gate_start: float = 0.1
     gate_confidence: float = 0.95  # validation images counted by the rule: confidence above this
     gate_accuracy: float = 0.70  # the rule: accuracy of those confident validation images ≥ this
     gate_min_confident: int = 10  # and at least this many of them (at most half the validation split)
@@ -57,24 +62,31 @@ class SSMAE(MAE):
     Params = SSMAEParams  # type: ignore[assignment]
     labeled_views = ("weak",)  # the labeled images are reconstructed from their weak view
     trains_classifier = True
+    find_unused_parameters = False  # the classifier and the decoder both take part in every loss
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
         if p.gate not in ("val", "open", "closed"):
             raise SemivitError(f"method.gate is '{p.gate}': use val, open or closed")
-        if p.gate_every < 1:
-            raise SemivitError(f"method.gate_every must be ≥ 1, got {p.gate_every}")
+        if p.gate_every <= 0:
+            raise SemivitError(f"method.gate_every must be positive (a share of the steps below 1, or a number "
+                               f"of steps), got {p.gate_every}")
         if p.gate_start < 0:
             raise SemivitError(f"method.gate_start must be ≥ 0, got {p.gate_start}")
         self.unlabeled_views = tuple(dict.fromkeys((p.view, "weak", "strong")))
         self.unlabeled_ratio = p.mu
-        self.validation_every = p.gate_every if p.gate == "val" else 0
-        # the first step at which a check may open the gate (as optim.warmup: a share below 1, else steps)
-        self.gate_start_step = round(p.gate_start * self.total_steps) if p.gate_start < 1 else int(p.gate_start)
+        points = self.schedule(p, self.total_steps)
+        self.validation_every = int(points["gate_every"]) if p.gate == "val" else 0
+        self.gate_start_step = int(points["gate_start"])  # the first step at which a check may open the gate
         self.register_buffer("gate_open", torch.tensor(p.gate == "open"))
         self.register_buffer("memory", torch.zeros(0, dtype=torch.long))
         self.register_buffer("memory_true", torch.zeros(0, dtype=torch.long))  # diagnostics only
+
+    @classmethod
+    def schedule(cls, params: SSMAEParams, total_steps: int) -> dict[str, float]:
+        return {"gate_every": max(1, stage_steps(params.gate_every, total_steps)),
+                "gate_start": stage_steps(params.gate_start, total_steps)}
 
     def setup(self, num_train: int) -> None:
         # -1 = no pseudo-label yet. memory_true keeps the hidden label seen at acceptance (-1 when unknown)
@@ -123,6 +135,18 @@ class SSMAE(MAE):
         per_image = F.cross_entropy(logits.float(), targets, reduction="none")
         return (per_image * weights).sum() / (num_labeled + use.sum())
 
+    @torch.no_grad()
+    def _remember(self, index: torch.Tensor, accepted: torch.Tensor, label: torch.Tensor,
+                  truth: torch.Tensor | None) -> None:
+        """Write this step's acceptances into the memory, gathered from every DDP rank first: each rank then
+        holds the union of all ranks' pseudo-labels (the memory is a buffer, and DDP broadcasts rank 0's buffers
+        before every forward: written from one rank's acceptances only, the others' would be lost a step
+        later). Fixed shapes, no host sync: a rejected image rewrites its own stored value."""
+        truth = torch.full_like(index, -1) if truth is None else truth
+        index, accepted, label, truth = (all_gather_cat(t) for t in (index, accepted, label, truth))
+        self.memory[index] = torch.where(accepted, label, self.memory[index])
+        self.memory_true[index] = torch.where(accepted, truth, self.memory_true[index])
+
     # --------------------------------------------------------------------------------------------- the step
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         p = self.params
@@ -139,10 +163,8 @@ class SSMAE(MAE):
             logits_s = self.model(u_strong)
             accepted, agreed = self.accept(logits_w.detach(), logits_s, p.threshold)
             accepted &= self.gate_open & (self.memory[u_idx] < 0)  # a stored label is kept (main.py L291)
-            self.memory[u_idx] = torch.where(accepted, agreed, self.memory[u_idx])
-            if batch.u_true is not None:
-                self.memory_true[u_idx] = torch.where(accepted, batch.u_true, self.memory_true[u_idx])
-            targets = self.memory[u_idx]
+            targets = torch.where(accepted, agreed, self.memory[u_idx])
+            self._remember(u_idx, accepted, agreed, batch.u_true)
             use = targets >= 0  # stored labels are used whether or not the gate is open now (main.py L291–294)
         loss_cls = self.classification_loss(logits, torch.cat([y, targets.clamp_min(0)]), len(x), use, p.lambda_u)
         loss = p.rec_weight * loss_rec + loss_cls

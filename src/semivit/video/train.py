@@ -160,8 +160,8 @@ def run_loop(run_dir: Path, net: nn.Module, step_fn: Callable[[int, torch.Genera
                     checkpoint()
                 if stop.requested:
                     checkpoint()
-                    raise TrainingInterrupted(f"interrupted at step {step} of {cfg.steps}; saved {last}: continue "
-                                              f"with the same command and --resume")
+                    raise TrainingInterrupted(f"interrupted ({stop.signal_name}) at step {step} of {cfg.steps}; saved "
+                                              f"{last}: continue with the same command and --resume", stop.signum)
                 if cfg.time_limit and seconds + time.perf_counter() - t0 > cfg.time_limit:
                     log.info("time limit of %.0f s reached at step %d", cfg.time_limit, step)
                     break

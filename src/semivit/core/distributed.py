@@ -42,6 +42,32 @@ def init_distributed(device_kind: str) -> DistInfo:
     return DistInfo(rank, world, local_rank)
 
 
+def world_size() -> int:
+    """The number of DDP processes (1 without an initialised process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` (the same shape on each rank) concatenated along dim 0 in rank order, without
+    gradient; ``x`` itself in a single process. A collective, not a host sync: per-rank state that must be the
+    same everywhere (SSMAE's pseudo-label memory) is written from the gathered values on every rank."""
+    world = world_size()
+    if world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers to every rank. DDP does this before each forward, so after the last step each rank
+    still holds the BatchNorm statistics of its own last batch: called once at the end of training, every
+    rank then returns the model rank 0 saved."""
+    if world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -1,0 +1,65 @@
+"""Run under ``torchrun --nproc_per_node 2``: trains every registered method for a few steps with gloo DDP
+(one process group, one run folder per method) and saves what each rank ended with:
+``OUT/METHOD/rank{r}.safetensors`` holds the exported weights and the method's buffers (e.g. SSMAE's
+pseudo-label memory), so the test can check that both ranks agree on everything."""
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from semivit.core.distributed import cleanup
+from semivit.engine.trainer import Trainer
+from semivit.methods import METHODS
+from tests.conftest import tiny_config
+
+# settings a method needs to run at all on the tiny set (a teacher, PAWS's small support set, a gate
+# that opens so its memory fills); everything else is the method's default
+NEEDS: dict[str, dict] = {
+    "distill": {"method.teacher": "TEACHER"},
+    "noisy_student": {"method.teacher": "TEACHER", "method.balance": True},
+    "feature_distill": {"method.teacher": "TEACHER"},
+    "paws": {"train.batch_size": 8, "method.multicrop": 2, "method.images_per_class": 1},
+    "nncsl": {"train.batch_size": 8, "method.multicrop": 2, "method.images_per_class": 1},
+    "ssmae": {"method.gate": "open", "method.threshold": 0.0},
+    "semiformer": {"model.name": "semiformer_tiny", "model.embed_dim": 32, "method.warmup_u": 0,
+                   "method.threshold": 0.0},
+}
+
+def spy_on_ssmae_acceptances() -> list[torch.Tensor]:
+    """Record the (index, label) pairs this rank accepts into SSMAE's memory, before any gathering."""
+    from semivit.methods.ssmae import SSMAE
+
+    seen: list[torch.Tensor] = []
+    remember = SSMAE._remember
+
+    def spy(self, index, accepted, label, truth):
+        seen.append(torch.stack([index[accepted], label[accepted]], 1))
+        return remember(self, index, accepted, label, truth)
+
+    SSMAE._remember = spy
+    return seen
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    accepted = spy_on_ssmae_acceptances()
+    names = sys.argv[2].split(",") if len(sys.argv) > 2 else sorted(METHODS)
+    common = {"train.steps": 3, "train.eval_every": 0, "train.log_every": 1, "train.device": "cpu",
+              "data.val": "2-per-class", "train.batch_size": 16}
+    teacher = Trainer(tiny_config(out, **common, **{"train.name": "teacher", "train.method": "supervised"})).fit()
+    rank = torch.distributed.get_rank()
+    assert torch.distributed.get_world_size() == 2
+    for name in names:
+        settings = {k: (str(teacher.run_dir) if v == "TEACHER" else v) for k, v in NEEDS.get(name, {}).items()}
+        trainer = Trainer(tiny_config(out, **{**common, "train.method": name, "train.name": name, **settings}))
+        result = trainer.fit()
+        state = {f"model.{k}": v for k, v in result.model.state_dict().items()}
+        state.update({f"method.{k}": v for k, v in trainer.method.named_buffers()})
+        (out / name).mkdir(exist_ok=True)
+        save_file({k: v.detach().contiguous().clone() for k, v in state.items()},
+                  str(out / name / f"rank{rank}.safetensors"))
+    if accepted:
+        save_file({"accepted": torch.cat(accepted)}, str(out / "ssmae" / f"accepted{rank}.safetensors"))
+    cleanup()

@@ -1,0 +1,35 @@
+"""Run under ``torchrun --nproc_per_node 2``: the first steps of every shipped recipe with gloo DDP, each stage
+cut to 2 steps on a tiny model (hub backbones swapped for vit_nano: no downloads in tests); saves each rank's
+final weights as ``OUT/RECIPE/rank{r}.safetensors``."""
+
+import os
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from semivit.config import load_yaml
+from semivit.core.distributed import cleanup
+from semivit.pipeline import RECIPES, run_stages, stage_configs
+
+TINY = {"data.source": "digits", "data.labels": "5-per-class", "model.depth": 2, "model.embed_dim": 48,
+        "model.num_heads": 2, "train.batch_size": 16, "train.eval_every": 0, "train.log_every": 1,
+        "train.device": "cpu", "train.progress": False, "train.tensorboard": False}
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1])
+    rank = int(os.environ["RANK"])  # set by torchrun; the process group is joined by the first stage
+    for path in sorted(RECIPES.glob("*.yaml")):
+        recipe = load_yaml(path)
+        overrides = dict(TINY, **{"train.out": str(out)})
+        if "pretrained" in str(recipe.get("model", {})):  # a hub backbone: no download here
+            overrides.update({"model.name": "vit_nano", "model.pretrained": ""})
+        _, configs = stage_configs(recipe, overrides)
+        for cfg in configs:  # every stage cut to its first 2 steps
+            cfg.train.steps, cfg.train.epochs = 2, None
+            if cfg.data.val == "0":
+                cfg.data.val = "1-per-class"
+        result = run_stages(configs, out / path.stem)
+        state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
+        save_file(state, str(out / path.stem / f"rank{rank}.safetensors"))
+    cleanup()
