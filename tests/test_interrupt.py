@@ -4,6 +4,7 @@ output folder is one line and the last good checkpoint stays loadable."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import signal
 from pathlib import Path
@@ -84,7 +85,7 @@ TRAIN = ("train", "--data", "digits", "--labels", "2-per-class", "--model", "vit
 def test_sigterm_checkpoints_says_how_to_resume_and_exits_143(tmp_path) -> None:
     """A real SIGTERM (what timeout, Kubernetes and SLURM send) to a running ``semivit train``: it acts as
     Ctrl-C: one line, exit 128+15, a checkpoint at a whole step, and --resume finishes the run."""
-    import os
+
     import subprocess
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -108,7 +109,7 @@ def test_sigterm_checkpoints_says_how_to_resume_and_exits_143(tmp_path) -> None:
 def test_sigterm_under_torchrun_stops_every_rank_with_one_checkpoint(tmp_path) -> None:
     """torchrun passes SIGTERM on to its workers; the ranks agree at a log step and rank 0 writes one
     checkpoint for all of them, from which a resumed 2-rank run continues."""
-    import os
+
     import subprocess
     import sys
 
@@ -156,3 +157,68 @@ def test_unwritable_output_folder_is_one_line(tmp_path) -> None:
     blocker.write_text("a file where the run folder should go")
     with pytest.raises(SemivitError, match="cannot write to the run folder .*writable --out"):
         train(tiny_config(blocker))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 8 MB filesystem (tmpfs, mounted as root), so a full disk is a full disk, not a mocked error."""
+    import subprocess
+
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()[:200]}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Fill ``folder``'s filesystem to the last byte (unbuffered writes: nothing left to flush on close)."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT)
+    for size in (65536, 1):
+        try:
+            while True:
+                os.write(fd, b"\0" * size)
+        except OSError:
+            pass
+    os.close(fd)
+
+
+def test_a_really_full_filesystem_keeps_the_last_good_checkpoint(small_tmpfs, monkeypatch) -> None:
+    """torch's zip writer on a full tmpfs raises RuntimeError('[enforce fail at inline_container.cc] ...
+    unexpected pos'), which used to pass through as a traceback."""
+    original = Supervised.on_step_end
+
+    def fill_after_the_first_checkpoint(self, step):
+        original(self, step)
+        if step == 7:
+            _fill(small_tmpfs)
+
+    monkeypatch.setattr(Supervised, "on_step_end", fill_after_the_first_checkpoint)
+    cfg = {"train.steps": 20, "train.ckpt_every": 6, "train.log_every": 20, "train.eval_every": 0}
+    with pytest.raises(SemivitError, match=r"cannot write .*last\.pt.*the previous last\.pt is intact.*--resume") as e:
+        train(tiny_config(small_tmpfs, **cfg))
+    assert "\n" not in str(e.value)
+    assert load_checkpoint(small_tmpfs / "run" / "checkpoints" / "last.pt")["step"] == 6
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_is_one_line_not_a_traceback(tmp_path) -> None:
+    """``ulimit -f``: a write past the limit fails with EFBIG (Python ignores SIGXFSZ); one line, exit 2."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    cmd = [sys.executable, "-m", "semivit.cli", "train", "--data", "digits", "--labels", "2-per-class", "--model",
+           "vit_nano", "--steps", "2", "--out", str(tmp_path), "-q", "--set", "train.tensorboard=false"]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert lines[-1].startswith("semivit: error: cannot write") and "Traceback" not in done.stderr

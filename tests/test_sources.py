@@ -87,6 +87,36 @@ def test_cifar10_offline_from_torchvision_files(tmp_path):
     assert b.test.labels.tolist() == batches["test_batch"]["labels"]
 
 
+class _RunsCode:
+    """What a crafted "CIFAR batch" holds: unpickling it calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_cifar_batch_is_refused_and_runs_no_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    good = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1]}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(good, protocol=2))  # the original files' protocol
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR_NAMES}))
+    assert len(load_source("cifar10", root=str(tmp_path)).train) == 10
+    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": _RunsCode(marker), "labels": [0]}))
+    with pytest.raises(SemivitError, match=r"refused to read '.*data_batch_3': it asks to run posix\.system"):
+        load_source("cifar10", root=str(tmp_path))
+    assert not marker.exists()  # pickle.load would have run it
+    (folder / "data_batch_3").write_bytes(pickle.dumps(good)[:40])
+    with pytest.raises(SemivitError, match="truncated"):
+        load_source("cifar10", root=str(tmp_path))
+
+
 def test_builtin_missing_files_says_how_to_download(tmp_path):
     with pytest.raises(SemivitError, match="data.download=true"):
         load_source("cifar10", root=str(tmp_path))

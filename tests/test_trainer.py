@@ -8,7 +8,7 @@ from semivit.cli import _print_metrics
 from semivit.engine.checkpoint import load_checkpoint, read_weights
 from semivit.engine.trainer import train
 from semivit.errors import NonFiniteLossError
-from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.base import METHODS, Method, StepOutput, register_method
 from semivit.methods.supervised import Supervised
 from tests.conftest import tiny_config
 
@@ -48,7 +48,6 @@ class _NoParams:
     nan_at: int = 7
 
 
-@register_method
 class _NanAfter(Supervised):
     """A supervised method whose loss turns NaN at a chosen step (to test the guard)."""
 
@@ -67,7 +66,16 @@ class _NanAfter(Supervised):
         return StepOutput(loss)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.fixture
+def nan_method():
+    """Register the NaN method for one test only (a registration at import leaked into every later test's
+    METHODS, e.g. the 2-rank test over every registered method)."""
+    register_method(_NanAfter)
+    yield _NanAfter
+    METHODS.pop(_NanAfter.name)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, nan_method):
     # on CPU the loss is checked every step (a GPU checks at log and checkpoint steps, to avoid host syncs)
     cfg = tiny_config(tmp_path, **{"train.method": "_test_nan", "train.ckpt_every": 5, "train.device": "cpu"})
     with pytest.raises(NonFiniteLossError, match="NaN or infinite by step 8"):

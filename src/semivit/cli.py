@@ -45,6 +45,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", help="folder for runs (default: runs)")
     g.add_argument("--name", help="run name (folder under --out)")
     g.add_argument("--resume", action="store_true", help="continue the run in its folder where it stopped")
+    g.add_argument("--overwrite", action="store_true", help="replace a run of the same --name (else: refused)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any setting, e.g. --set optim.lr=1e-3 --set method.threshold=0.7")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -62,6 +63,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
                            if getattr(args, attr, None) is not None}
     if getattr(args, "resume", False):
         out["train.resume"] = True
+    if getattr(args, "overwrite", False):
+        out["train.overwrite"] = True
     if getattr(args, "quiet", False):
         out["train.progress"] = False
     if getattr(args, "method", None):
@@ -79,6 +82,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from semivit.engine.trainer import train
 
     cfg = build_config(args)
+    if cfg.train.resume:
+        from semivit.engine.trainer import run_name
+        from semivit.pipeline import require_resumable
+
+        folder = Path(cfg.train.out) / run_name(cfg)
+        require_resumable(folder, [folder])
     if args.budget:  # one stage, planned like a recipe's (semivit/planning.py)
         import time
 

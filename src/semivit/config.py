@@ -117,6 +117,7 @@ class TrainConfig:
     out: str = "runs"
     name: str | None = None  # run folder name under out (default: method-data-labels)
     resume: bool = False
+    overwrite: bool = False  # replace a finished or interrupted run in the same folder (else: refuse)
     tensorboard: bool = True
     progress: bool = True
     compile: bool = False  # torch.compile the network the method trains (GPU runs: minutes to compile on a CPU)

@@ -11,11 +11,13 @@ with ``--resume`` finished stages are skipped and an interrupted one continues a
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from semivit.config import Config, apply_overrides, load_yaml
+from semivit.core.runlock import RunLock
 from semivit.data import prepare_data
 from semivit.engine.trainer import TrainResult, train
 from semivit.errors import SemivitError
@@ -72,7 +74,17 @@ def run_recipe(recipe_name: str | Path | dict[str, Any], overrides: dict[str, An
     name, configs = stage_configs(recipe, overrides or {})
     first = configs[0]
     root = Path(first.train.out) / (run_name or first.train.name or name)
+    if first.train.resume:
+        require_resumable(root, [root / f"stage{k}-{c.train.method}" for k, c in enumerate(configs, 1)])
     return run_stages(configs, root, budget=budget, start=start)
+
+
+def require_resumable(root: Path, run_dirs: list[Path]) -> None:
+    """``--resume`` needs something to resume: a checkpoint or a finished result in one of ``run_dirs`` (a
+    run's folder, or a recipe's stage folders). Without one it would silently start a new run."""
+    if not any((d / "checkpoints" / "last.pt").is_file() or (d / "results.json").is_file() for d in run_dirs):
+        raise SemivitError(f"--resume: there is no run to continue in '{root}' (no checkpoint there): check --out "
+                           f"and --name, or drop --resume to start a new run")
 
 
 def stage_table(root: Path) -> str:
@@ -105,6 +117,17 @@ def run_stages(configs: list[Config], root: Path, data: Any = None, budget: floa
     """Run resolved stage configs in ``root/stageK-METHOD`` (``data``: already prepared, to share it;
     ``budget``: seconds for all stages together, counted from ``start``)."""
     start = time.perf_counter() if start is None else start
+    if int(os.environ.get("RANK", "0")) == 0:  # one run per folder: the recipe's, besides each stage's
+        try:
+            with RunLock(root):
+                return _run_stages(configs, root, data, budget, start)
+        except OSError as e:
+            raise SemivitError(f"cannot write to the run folder '{root}' ({e.strerror or e}): choose a writable "
+                               f"--out") from None
+    return _run_stages(configs, root, data, budget, start)
+
+
+def _run_stages(configs: list[Config], root: Path, data: Any, budget: float | None, start: float) -> TrainResult:
     data = data if data is not None else prepare_data(configs[0].data, configs[0].train.seed)
     if budget:
         from semivit.planning import plan_run

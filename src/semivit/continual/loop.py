@@ -39,8 +39,8 @@ from semivit.continual import METHODS, RESULTS, STATE, TABLE
 from semivit.continual.buffer import ReplayBuffer
 from semivit.continual.metrics import format_table, seen_class_accuracy, summary
 from semivit.continual.tasks import in_classes, label_shares, make_tasks, task_split
+from semivit.core.io import atomic_write_json
 from semivit.data import PreparedData, prepare_data
-from semivit.engine.checkpoint import atomic_write_json
 from semivit.errors import SemivitError
 from semivit.pipeline import find_recipe, stage_configs
 

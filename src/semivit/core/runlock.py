@@ -3,7 +3,8 @@ refuses at start instead of interleaving its files with the first's.
 
 The lock is an advisory ``flock`` on ``FOLDER/.lock``: the operating system releases it when its process
 ends in any way (a crash, SIGKILL, a lost node), so a dead run's lock is taken over without a stale-file
-check. The file says who holds it (pid, host, start time, command), which the refusal names.
+check. The file says who holds it (pid, host, start time, command), which the refusal names; a run that
+ends removes it.
 """
 
 from __future__ import annotations
@@ -45,14 +46,21 @@ class RunLock:
         if fcntl is None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise SemivitError(f"the run folder '{self.path.parent}' is in use by another run ({holder}): "
+                                   f"wait for it to end, or choose another --name or --out") from None
+            try:  # the holder removes the file before it unlocks: locked a removed file? take the new one
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise SemivitError(f"the run folder '{self.path.parent}' is in use by another run ({holder}): wait "
-                               f"for it to end, or choose another --name or --out") from None
         os.ftruncate(fd, 0)
         command = " ".join(sys.argv)[:300]
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
@@ -63,7 +71,7 @@ class RunLock:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            self.path.unlink(missing_ok=True)  # while still locked: the folder is left as the run wrote it
             fcntl.flock(self._fd, fcntl.LOCK_UN)  # type: ignore[union-attr]
             os.close(self._fd)
             self._fd = None

@@ -8,8 +8,6 @@ exported as ``.safetensors`` with the model spec in the metadata, which is what 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,39 +15,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from semivit.core.io import atomic_write
 from semivit.errors import SemivitError
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temp file in the same folder, fsync, rename: a full disk, a read-only folder or a
-    crash leaves the previous file intact and loadable, and raises one line that says so."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
-    except OSError as e:
-        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
-        raise SemivitError(f"cannot write '{path}' ({e.strerror or e}): {kept}; free disk space or choose a "
-                           f"writable --out, then continue with --resume") from None
-    except RuntimeError as e:  # torch.save reports a failed write (e.g. a full disk) as a RuntimeError
-        if "write" not in str(e).lower() and "file" not in str(e).lower():
-            raise
-        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
-        raise SemivitError(f"cannot write '{path}' ({str(e).splitlines()[0]}): {kept}; free disk space or choose "
-                           f"a writable --out, then continue with --resume") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    """``value`` as indented JSON, written with :func:`atomic_write`: a reader sees the old file or the new one."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2)))
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from semivit.core.io import atomic_write
+
 _SHORT = {"images_per_sec": "img/s"}  # names too long for a progress bar
 
 
@@ -68,12 +70,14 @@ class RunLogger:
                                        for k, v in postfix.items()}, refresh=False)
 
     def flush(self) -> None:
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._fields)
-            writer.writeheader()
-            writer.writerows(self._rows)
-        tmp.replace(self.path)
+        """Rewrite metrics.csv atomically through a unique temp file (two writers never share one)."""
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self._fields)
+                writer.writeheader()
+                writer.writerows(self._rows)
+
+        atomic_write(self.path, write)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from semivit.config import Config, save_config
 from semivit.core.distributed import DistInfo, barrier, broadcast_buffers, init_distributed
+from semivit.core.runlock import RunLock
 from semivit.data import ImageSet, PreparedData, channel_stats, prepare_data
 from semivit.data.loaders import BatchMaker
 from semivit.data.splits import save_split, steps_for_epochs
@@ -246,6 +247,32 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------- the loop
     def fit(self) -> TrainResult:
+        """Train the stage; the run folder is locked for the whole run (one run per folder)."""
+        if not self.dist.is_main:
+            return self._fit()
+        try:
+            lock = RunLock(self.run_dir).__enter__()
+        except OSError as e:
+            raise SemivitError(f"cannot write to the run folder '{self.run_dir}' ({e.strerror or e}): choose a "
+                               f"writable --out") from None
+        try:
+            self._refuse_to_overwrite()
+            return self._fit()
+        finally:
+            lock.__exit__(None, None, None)
+
+    def _refuse_to_overwrite(self) -> None:
+        """A folder that holds a run (finished, or interrupted with a checkpoint) is continued only with
+        ``train.resume`` and replaced only with ``train.overwrite``: running again with the same ``--name``
+        would otherwise write over its config, split, checkpoints and results without a word."""
+        t = self.cfg.train
+        held = [p for p in (self.run_dir / "results.json", self.ckpt_dir / "last.pt") if p.is_file()]
+        if held and not t.resume and not t.overwrite:
+            what = "a finished run" if held[0].name == "results.json" else "an interrupted run"
+            raise SemivitError(f"'{self.run_dir}' already holds {what}: add --resume to continue it, --overwrite to "
+                               f"replace it, or choose another --name")
+
+    def _fit(self) -> TrainResult:
         cfg, t, o = self.cfg, self.cfg.train, self.cfg.optim
         is_main = self.dist.is_main
         method_cls = method_class(t.method)

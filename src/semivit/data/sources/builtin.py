@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from semivit.core.safe_pickle import load_data_pickle
 from semivit.data.imageset import ImageSet
 from semivit.data.sources.common import Opts, Parts, array_parts, array_set
 from semivit.errors import SemivitError
@@ -83,9 +83,13 @@ def idx_parts(folder: Path, classes: list[str] | None) -> tuple[ImageSet, ImageS
     return sets[0], (sets[1] if len(sets) > 1 else None)
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")  # the format of Python 2 pickles
+def _batch(path: Path) -> dict:
+    """One CIFAR python batch (a Python 2 pickle of a dict), read without running code from it."""
+    entry = load_data_pickle(path)
+    if not isinstance(entry, dict):
+        raise SemivitError(f"'{path}' is not a CIFAR batch (it holds a {type(entry).__name__}, not a dict): "
+                           f"download the data set again")
+    return entry
 
 
 def _need(name: str, opts: Opts) -> None:
@@ -122,14 +126,14 @@ def _builtin(name: str, opts: Opts, pool: bool) -> tuple[ImageSet, ImageSet | No
             _need(name, opts)
             (tvd.CIFAR10 if ten else tvd.CIFAR100)(str(root), download=True)  # torchvision's download code
         # We read the pickles ourselves instead of through torchvision: its md5 check rejects any copy
-        # but the exact original files (re-pickled, subsets), and the format has been fixed since 2009.
-        # pickle runs code from the file, as torchvision does too: these are the user's own local files.
+        # but the exact original files (re-pickled, subsets), and torchvision's reader would run code a crafted
+        # file names. A restricted unpickler builds only dicts, lists, str, bytes, numbers and numpy arrays.
         def part(files: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
-            entries = [_unpickle(folder / f) for f in files]
+            entries = [_batch(folder / f) for f in files]
             x = np.concatenate([e["data"] for e in entries]).reshape(-1, 3, 32, 32)  # rows are C×H×W already
             return x, np.concatenate([e["labels" if ten else "fine_labels"] for e in entries]), str(folder)
 
-        meta_names = _unpickle(folder / meta)["label_names" if ten else "fine_label_names"]
+        meta_names = _batch(folder / meta)["label_names" if ten else "fine_label_names"]
         train, test = array_parts([part(train_files), part([test_file])], list(meta_names))
         return train, test
     if name in ("mnist", "fashion-mnist"):

@@ -1,0 +1,47 @@
+"""Files written atomically: a temp file in the same folder, fsync, rename. A full disk, a file-size limit,
+a read-only folder or a crash leaves the previous file intact and loadable, and raises one line that says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+
+from semivit.errors import SemivitError
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through a temp file in the same folder, fsync, rename: a full disk, a read-only folder or a
+    crash leaves the previous file intact and loadable, and raises one line that says so."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
+    except OSError as e:
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise SemivitError(f"cannot write '{path}' ({e.strerror or e}): {kept}; free disk space or choose a "
+                           f"writable --out, then continue with --resume") from None
+    except (RuntimeError, SafetensorError) as e:
+        # torch.save's zip writer reports a failed write as a RuntimeError whose text need not say so (on a
+        # full filesystem: "[enforce fail at inline_container.cc:…] . unexpected pos …"), safetensors as its
+        # own error; the callable only writes ``tmp``, so either is a failed write, and its first line is kept
+        kept = f"the previous {path.name} is intact" if path.is_file() else f"no {path.name} was written"
+        raise SemivitError(f"cannot write '{path}' ({str(e).splitlines()[0]}): {kept}; free disk space or choose "
+                           f"a writable --out, then continue with --resume") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON, written with :func:`atomic_write`: a reader sees the old file or the new one."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2)))
