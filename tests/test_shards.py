@@ -247,3 +247,23 @@ def test_short_side_shrinks_large_images_only(tmp_path):
     assert len(load_source(str(tmp_path / "sh")).train) == 4
     with pytest.raises(SemivitError, match="short-side"):
         write_shards(str(tmp_path / "imgs"), tmp_path / "sh2", shard_size=10, short_side=2)
+
+
+def test_link_members_of_a_shard_are_counted_and_said(tmp_path):
+    """Symbolic and hard links in a tar used to vanish without a word."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, format="PNG")
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for key in ("a", "b"):
+            for name, data in ((f"{key}.png", buf.getvalue()), (f"{key}.cls", b"0" if key == "a" else b"1")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        for kind, name in ((tarfile.SYMTYPE, "c.png"), (tarfile.LNKTYPE, "d.png")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, "a.png"
+            tar.addfile(info)
+    with pytest.warns(UserWarning, match=r"skipped 2 symbolic or hard link member\(s\) .*c\.png"):
+        index = index_shards([str(shard)])
+    assert len(index.labels) == 2

@@ -174,10 +174,11 @@ def test_debian_fashion_mnist_dir():
 
 def test_image_folder_train_test(tmp_path):
     _tree(tmp_path / "train", {"cat": 2}, size=(8, 6))
-    _tree(tmp_path / "train", {"dog": 3}, size=(12, 10), mode="L")  # other size, grey: resized, made RGB
+    _tree(tmp_path / "train", {"dog": 3}, size=(12, 10), mode="L")  # other size, grey: made RGB
     _tree(tmp_path / "test", {"cat": 1, "dog": 1}, size=(5, 5))
     b = load_source(str(tmp_path))
-    assert b.train.images.shape == (5, 3, 6, 8) and b.test.images.shape == (2, 3, 6, 8)
+    # the most common size (3 of 5 images are 12×10) sets the size, and the cats are resized to it
+    assert b.train.images.shape == (5, 3, 10, 12) and b.test.images.shape == (2, 3, 10, 12)
     assert b.train.classes == ["cat", "dog"] and b.train.labels.tolist() == [0, 0, 1, 1, 1]
     assert b.train.ids[0] == "cat/0.png" and b.test.ids == ["cat/0.png", "dog/0.png"]
     assert b.test.labels.tolist() == [0, 1] and b.train.in_memory
@@ -477,3 +478,75 @@ def test_decode_bytes_matches_pil_resize_and_drafts_large_jpegs():
     assert grey.shape == (32, 32, 1)
     with pytest.raises(OSError):
         decode_bytes(buf.getvalue()[: len(buf.getvalue()) // 2], (32, 32), "RGB")  # truncated
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG (X-ray, microscopy) is scaled from 0–65535 to 0–255; PIL's conversion clipped it to 255."""
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000 + i * 7)
+            Image.fromarray(ramp).save(tmp_path / c / f"{i}.png")
+    assert Image.open(tmp_path / "a" / "0.png").mode == "I;16"
+    x = load_source(str(tmp_path)).train.images
+    want = np.rint(np.arange(64).reshape(8, 8) * 1000 / 257).astype(np.uint8)
+    assert x.dtype == torch.uint8 and x.shape[1] == 1
+    assert np.array_equal(x[0, 0].numpy(), want) and int(x.max()) == round(63000 / 257)
+
+
+def test_exif_orientation_is_applied_as_viewers_show_it(tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 (rotate 90° clockwise to view) trains upright."""
+    upright = np.zeros((8, 12, 3), np.uint8)
+    upright[:2] = 255  # a white band at the top of the picture as seen
+    stored = np.rot90(upright, 1)  # the camera stored it rotated 90° counter-clockwise: 12×8
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        img = Image.fromarray(np.ascontiguousarray(stored))
+        exif = img.getexif()
+        exif[0x0112] = 6
+        img.save(tmp_path / c / "0.jpg", exif=exif.tobytes(), quality=95)
+    x = load_source(str(tmp_path)).train.images
+    assert tuple(x.shape[2:]) == (8, 12)  # H×W as shown, not as stored
+    assert x[0, :, :2].float().mean() > 200 and x[0, :, 4:].float().mean() < 50
+
+
+def test_the_size_is_the_most_common_one_capped_not_the_first_files(tmp_path):
+    """A huge scan sorted first no longer sets every image's size; the most common size does, its longest
+    side capped at MAX_AUTO_SIDE with a warning."""
+    from semivit.data.sources.common import MAX_AUTO_SIDE
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((16, 20), 100, np.uint8)).save(tmp_path / c / f"{i + 1}.png")
+    Image.fromarray(np.zeros((3000, 200), np.uint8)).save(tmp_path / "a" / "0.png")  # sorted first
+    with pytest.warns(UserWarning, match="the most common size"):
+        x = load_source(str(tmp_path)).train.images
+    assert tuple(x.shape[2:]) == (16, 20)
+    (tmp_path / "big").mkdir()
+    for c in ("a", "b"):
+        (tmp_path / "big" / c).mkdir()
+        Image.fromarray(np.zeros((2048, 1536), np.uint8)).save(tmp_path / "big" / c / "0.png")
+    with pytest.warns(UserWarning, match=f"longest side {MAX_AUTO_SIDE}"):
+        x = load_source(str(tmp_path / "big")).train.images
+    assert tuple(x.shape[2:]) == (1024, 768)
+
+
+def test_a_fifo_named_png_and_links_out_of_the_folder_are_left_out_in_one_line(tmp_path):
+    """A FIFO named *.png used to hang the run (reading it blocks); a link out of the given folder is not
+    followed; a link inside it is."""
+    import os
+
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 50, np.uint8)).save(root / c / "0.png")
+    os.mkfifo(root / "a" / "pipe.png")
+    outside = tmp_path / "secret.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(outside)
+    (root / "b" / "escape.png").symlink_to(outside)
+    (root / "b" / "inside.png").symlink_to(root / "a" / "0.png")
+    with pytest.warns(UserWarning, match=r"1 link\(s\) leading out of the folder.*1 special file\(s\)|"
+                                         r"1 special file\(s\).*1 link\(s\) leading out of the folder"):
+        b = load_source(str(root))
+    assert len(b.train) == 3  # a/0, b/0 and b/inside

@@ -456,6 +456,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prepare_outputs(args: argparse.Namespace) -> None:
+    """Every command's output paths checked (and their folders created) before it works: ``-o/--output`` and
+    ``--json``, the same way everywhere (core.io.prepare_output)."""
+    from semivit.core.io import prepare_output
+
+    for attr in ("output", "json"):
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and value:
+            prepare_output(value, folder=attr == "output" and getattr(args, "format", None) == "hub")
+
+
 def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -464,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     from semivit.engine.interrupt import TrainingInterrupted
 
     try:
+        _prepare_outputs(args)
         return args.func(args)
     except TrainingInterrupted as e:  # Ctrl-C or SIGTERM in training: a checkpoint was written at a whole step
         print(f"semivit: {e}", file=sys.stderr)

@@ -45,3 +45,31 @@ def atomic_write(path: Path, write: Any) -> None:
 def atomic_write_json(path: Path, value: Any) -> None:
     """``value`` as indented JSON, written with :func:`atomic_write`: a reader sees the old file or the new one."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=2)))
+
+
+def prepare_output(path: str | Path, folder: bool = False) -> Path:
+    """Check (and create the folders above) an output path *before* the work that fills it, so a command never
+    computes for minutes and then dies on a path it cannot write. ``folder``: the output is a folder (a hub
+    export); else a file. One line names the problem and the fix."""
+    p = Path(path)
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise SemivitError(f"the output '{p}' is a file, and this output is a folder: name a folder")
+        target = p
+    else:
+        if p.is_dir():
+            raise SemivitError(f"the output '{p}' is a folder: name a file inside it, e.g. '{p / 'out'}'")
+        target = p.parent
+    for ancestor in [target, *target.parents]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise SemivitError(f"cannot write '{p}': '{ancestor}' is a file, not a folder; choose another path")
+            break
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SemivitError(f"cannot create the folder '{target}' for '{p}' ({e.strerror or e}): choose another "
+                           f"path") from None
+    if not os.access(target, os.W_OK):
+        raise SemivitError(f"cannot write into '{target}' (permission denied): choose another path for '{p}'")
+    return p

@@ -18,13 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from semivit.data.imageset import UNLABELED, ImageSet
 from semivit.errors import SemivitError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "F"}
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+#: modes whose values run past 255: 16-bit (X-ray, microscopy, scientific PNG/TIFF) and 32-bit integer
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+#: EXIF orientations that swap width and height (rotated by 90° or 270°, possibly mirrored)
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_ORIENTATION_TAG = 0x0112
+#: the longest side the size chosen from the data may have (one huge scan must not set every image's size)
+MAX_AUTO_SIDE = 1024
 _EXT = {"jpeg": "jpg", "tiff": "tif"}  # PIL format name -> file extension, where they differ
 _UNREADABLE = (OSError, ValueError, SyntaxError, KeyError, zipfile.BadZipFile, Image.DecompressionBombError)
 KINDS = ("pass an image folder, a .csv, a .npz, a .zip, a .parquet, a Hugging Face folder or hf:ORG/NAME, "
@@ -70,12 +77,37 @@ def image_mode(img: Image.Image) -> str:
     return "L" if img.mode in _GREY_MODES else "RGB"
 
 
+def orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation (1 = as stored; phone photos are often stored sideways with 6 or 8)."""
+    try:
+        return int(img.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # a broken EXIF block: read the pixels as stored
+        return 1
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` turned as its EXIF orientation says, as every viewer shows it (a no-op without the tag)."""
+    return ImageOps.exif_transpose(img) if orientation(img) != 1 else img
+
+
+def wide_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit (or 32-bit integer) grey image as 8-bit grey, scaled from the full 16-bit range: value v
+    becomes round(v / 257), so 65535 → 255. PIL's own conversion clips at 255, which turns 16-bit X-rays and
+    micrographs into nearly white images. Values past 65535 (32-bit data) are clipped there."""
+    arr = np.asarray(img).astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8), mode="L")
+
+
 def to_mode(img: Image.Image, want: str) -> Image.Image:
     """``img`` converted to 'L' or 'RGB'. Transparent pixels (RGBA, LA, palettes with transparency) are
     composited on white, which is how viewers show them: a plain convert would keep the stored colour
     under alpha 0, often black, an artefact no camera produces."""
     if img.mode == want:
         return img  # skipping a same-mode copy saves ~10%
+    if img.mode in _WIDE_MODES:
+        img = wide_to_8bit(img)
+        if want == "L":
+            return img
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
@@ -140,7 +172,9 @@ class Decoder:
         """(H, W) and 'L'/'RGB' from the header only, or None when the file does not open."""
         try:
             with self._open(i) as img:
-                return (img.height, img.width), image_mode(img)
+                size = (img.width, img.height) if orientation(img) in _SWAPPING_ORIENTATIONS else \
+                    (img.height, img.width)
+                return size, image_mode(img)
         except _UNREADABLE:
             return None
 
@@ -168,7 +202,7 @@ def decode_bytes(data: bytes, size: tuple[int, int] | None, mode: str | None) ->
     pixels); the resize is torchvision's, which is where the time went (benchmarks/decode_throughput.py).
     """
     with Image.open(io.BytesIO(data)) as img:
-        stored = img.size  # before draft mode shrinks it
+        stored = img.size[::-1] if orientation(img) in _SWAPPING_ORIENTATIONS else img.size  # as shown, undrafted
         return decode_pil(img, size, mode), stored
 
 
@@ -194,9 +228,10 @@ def decode_pil(img: Image.Image, size: tuple[int, int] | None, mode: str | None)
     A JPEG shrunk at least 2× on both sides is decoded in draft mode: libjpeg scales the DCT by 1/2, 1/4 or
     1/8 to the smallest size still ≥ ``size`` (what makes phone photos cheap), then the resize finishes.
     """
-    if _draft_pays(img, size):
-        img.draft(None, (size[1], size[0]))  # type: ignore[index]
-    img = to_mode(img, mode or image_mode(img))
+    turned = orientation(img) in _SWAPPING_ORIENTATIONS
+    if _draft_pays(img, size[::-1] if turned and size else size):
+        img.draft(None, (size[0], size[1]) if turned else (size[1], size[0]))  # type: ignore[index]
+    img = to_mode(upright(img), mode or image_mode(img))
     arr = np.asarray(img)
     return _resized(arr.reshape(arr.shape[0], arr.shape[1], -1), size)
 
@@ -231,10 +266,15 @@ def files_to_set(files: Files, where: str, size: tuple[int, int] | None, mode: s
     if stream:
         probes = [dec.probe(i) for i in range(n)]
         ok = [p is not None for p in probes]
-    else:  # the first image that opens sets the size when none is given
-        first = next((p for p in map(dec.probe, range(n)) if p is not None), None)
-        dec.size = size or (first[0] if first else (1, 1))
-        arrays = [dec.array(i) for i in range(n)] if first else [None] * n
+    else:  # the most common size sets the size when none is given (capped: see common_size)
+        probes = [dec.probe(i) for i in range(n)]
+        readable = [p[0] for p in probes if p is not None]
+        dec.size = size or (common_size(readable, where) if readable else (1, 1))
+        try:
+            arrays = [dec.array(i) if probes[i] is not None else None for i in range(n)]
+        except MemoryError:
+            raise SemivitError(f"the images under {where} do not fit in memory at {dec.size[1]}×{dec.size[0]}: set "
+                               f"data.image_size to a smaller size") from None
         ok = [a is not None for a in arrays]
     bad = [i for i in range(n) if not ok[i]]
     if bad and opts.on_corrupt == "fail":
@@ -249,18 +289,32 @@ def files_to_set(files: Files, where: str, size: tuple[int, int] | None, mode: s
     if not stream and size is None and len(dec.sizes) > 1:
         (w0, h0), (w1, h1) = min(dec.sizes, key=lambda s: s[0] * s[1]), max(dec.sizes, key=lambda s: s[0] * s[1])
         warnings.warn(f"images under {where} come in {len(dec.sizes)} sizes ({w0}×{h0} to {w1}×{h1}): all resized "
-                      f"to {dec.size[1]}×{dec.size[0]}, the first image's size (bilinear, aspect ratio not kept); "
+                      f"to {dec.size[1]}×{dec.size[0]}, the most common size (bilinear, aspect ratio not kept); "
                       "set data.image_size to choose", stacklevel=2)
     keep = [i for i in range(n) if ok[i]]
     labels = torch.tensor([files.labels[i] for i in keep], dtype=torch.long)
     ids = [files.ids[i] for i in keep]
     if stream:
         good = [probes[i] for i in keep]
-        dec.size = size or good[0][0]
+        dec.size = size or common_size([g[0] for g in good], where)
         dec.mode = mode or ("RGB" if any(m == "RGB" for _, m in good) else "L")
         dec.locs = [files.locs[i] for i in keep]
         return ImageSet(labels, ids, files.classes, 3 if dec.mode == "RGB" else 1, dec.size, read=dec)
     return ImageSet(labels, ids, files.classes, *stack_arrays([arrays[i] for i in keep]))
+
+
+def common_size(sizes: list[tuple[int, int]], where: str) -> tuple[int, int]:
+    """The (H, W) most images have (ties: the first seen), with its longest side capped at
+    :data:`MAX_AUTO_SIDE` (aspect kept, with a warning): one 12,000-px scan sorted first used to set every
+    image's size and exhaust memory."""
+    (h, w), _ = Counter(sizes).most_common(1)[0]
+    if max(h, w) > MAX_AUTO_SIDE:
+        scale = MAX_AUTO_SIDE / max(h, w)
+        capped = (max(1, round(h * scale)), max(1, round(w * scale)))
+        warnings.warn(f"images under {where} are mostly {w}×{h}: resized to {capped[1]}×{capped[0]} (longest side "
+                      f"{MAX_AUTO_SIDE}); set data.image_size to choose", stacklevel=3)
+        return capped
+    return h, w
 
 
 def stack_arrays(arrays: list[np.ndarray]) -> tuple[int, tuple[int, int], torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import stat
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -27,9 +28,9 @@ def claims(spec: str, path: Path) -> bool:
 
 
 def load(spec: str, path: Path, size: tuple[int, int] | None, mode: str | None, opts: Opts) -> Parts:
+    special: Counter = Counter()
     if path.is_dir():
-        walk = (os.path.relpath(os.path.join(d, f), path) for d, _, files in os.walk(path) for f in files)
-        names = [w.replace(os.sep, "/") for w in walk]
+        names, special = regular_files(path)
         zip_path, base, strip = None, f"{path}/", False
     elif path.suffix.lower() == ".zip":
         try:
@@ -41,11 +42,39 @@ def load(spec: str, path: Path, size: tuple[int, int] | None, mode: str | None, 
     else:
         files, skipped, first = csv_files(path, opts.on_corrupt)
         return Parts(files_to_set(files, str(path), size, mode, opts, skipped, first))
-    skipped = Counter(_skip_reason(n) for n in names if not is_image(n))
+    skipped = Counter(_skip_reason(n) for n in names if not is_image(n)) + special
     first = next((n for n in sorted(names) if not is_image(n)), None)
     paths = sorted(n for n in names if is_image(n))
     train, test = _tree(paths, base, zip_path, strip, str(path), size, mode, opts, skipped, first)
     return Parts(train, test)
+
+
+def regular_files(folder: Path) -> tuple[list[str], Counter]:
+    """The regular files under ``folder`` (relative, '/'-separated), and what was left out by reason: FIFOs,
+    sockets and devices (reading a FIFO named ``x.png`` would hang the run), and symbolic links that lead
+    out of the folder or to something that is not a regular file. Links inside the folder are followed."""
+    root = folder.resolve()
+    names: list[str] = []
+    left_out: Counter = Counter()
+    for d, _, files in os.walk(folder):
+        for f in files:
+            full = os.path.join(d, f)
+            try:
+                mode = os.lstat(full).st_mode
+                if stat.S_ISLNK(mode):
+                    target = Path(full).resolve()
+                    if not target.is_relative_to(root):
+                        left_out["link(s) leading out of the folder"] += 1
+                        continue
+                    mode = os.stat(full).st_mode
+            except OSError:  # vanished, or a link loop
+                left_out["unreadable file(s)"] += 1
+                continue
+            if not stat.S_ISREG(mode):
+                left_out["special file(s) (FIFO, socket, device)"] += 1
+                continue
+            names.append(os.path.relpath(full, folder).replace(os.sep, "/"))
+    return names, left_out
 
 
 def _skip_reason(name: str) -> str:
