@@ -165,6 +165,9 @@ def load_hub_folder(path: str | Path) -> nn.Module:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SemivitError(f"cannot read '{folder / 'config.json'}' ({type(e).__name__})") from None
+    from semivit.models.spec_check import check_hub_config
+
+    check_hub_config(config, str(folder / "config.json"))
     cfg = config.get("pretrained_cfg") or config
     mean = torch.tensor(cfg.get("mean") or (0.485, 0.456, 0.406), dtype=torch.float32)
     std = torch.tensor(cfg.get("std") or (0.229, 0.224, 0.225), dtype=torch.float32)
@@ -173,7 +176,8 @@ def load_hub_folder(path: str | Path) -> nn.Module:
     except Exception as e:
         raise SemivitError(f"timm cannot load '{folder}' ({type(e).__name__}: {e})") from None
     if "semivit" in config:
-        model = model_from_spec(config["semivit"]["spec"])
+        spec = config["semivit"].get("spec") if isinstance(config["semivit"], dict) else None
+        model = model_from_spec(spec, str(folder / "config.json"))
         model.backbone.load_state_dict(backbone.state_dict())
     else:
         size = int((cfg.get("input_size") or (3, 224, 224))[-1])

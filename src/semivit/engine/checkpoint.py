@@ -66,7 +66,11 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if "semivit_spec" not in meta:
         raise SemivitError(f"'{p}' has no semivit model spec: it was not written by semivit; load it with "
                            f"--set model.pretrained={p} instead")
-    return tensors, {k: json.loads(v) for k, v in meta.items()}
+    try:
+        return tensors, {k: json.loads(v) for k, v in meta.items()}
+    except json.JSONDecodeError:
+        raise SemivitError(f"'{p}' has metadata that is not JSON: the file is damaged or forged; re-export the "
+                           f"model") from None
 
 
 def read_export_meta(path: str | Path) -> dict[str, Any] | None:
@@ -101,8 +105,12 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = load_hub_folder(path)
         return model, {"semivit_spec": model.spec.to_dict()}
     tensors, meta = read_weights(path)
-    model = model_from_spec(meta["semivit_spec"])
-    model.load_state_dict(tensors)
+    model = model_from_spec(meta["semivit_spec"], str(exported_file(path)))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:  # weights that do not fit the spec they came with
+        raise SemivitError(f"'{exported_file(path)}': its weights do not match its model spec "
+                           f"({str(e).splitlines()[0][:160]}): the file is damaged; re-export the model") from None
     return model.eval(), meta
 
 

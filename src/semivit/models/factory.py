@@ -340,9 +340,13 @@ def attach_head_layers(model: ImageClassifier, layers: list[nn.Module], hidden: 
     model.spec.kwargs.update(head_layers=len(layers), head_hidden=hidden)
 
 
-def model_from_spec(spec: dict[str, Any]) -> ImageClassifier:
-    """Rebuild a model from :meth:`ModelSpec.to_dict` (as stored in checkpoint metadata)."""
-    kwargs = dict(spec.get("kwargs", {}))
+def model_from_spec(spec: dict[str, Any], where: str = "the model file") -> ImageClassifier:
+    """Rebuild a model from :meth:`ModelSpec.to_dict` (as stored in checkpoint metadata), after checking every
+    field (:func:`~semivit.models.spec_check.check_spec`: a forged file is one line, not a huge allocation)."""
+    from semivit.models.spec_check import check_spec
+
+    check_spec(spec, where)
+    kwargs = dict(spec.get("kwargs") or {})
     drop_path = kwargs.pop("drop_path", kwargs.pop("drop_path_rate", 0.0))
     allowed = {k: kwargs[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "head_layers",
                                       "head_hidden") if k in kwargs}
