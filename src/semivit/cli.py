@@ -146,10 +146,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from semivit.engine.trainer import resolve_device
 
     model, meta = load_model(args.checkpoint)
-    bundle = load_source(args.data or "digits", test=args.test, image_size=model.spec.image_size)
+    data, test = args.data, args.test
+    if data is None:  # the run's own data (its config.yaml), as a user evaluating a run means
+        data, test = _run_data(args.checkpoint, test)
+    bundle = load_source(data, test=test, image_size=model.spec.image_size)
     part = bundle.test if args.part == "test" else bundle.train
     if part is None:
-        raise SemivitError(f"'{args.data}' has no test part: pass --test PATH or --part train")
+        raise SemivitError(f"'{data}' has no test part: pass --test PATH or --part train")
+    labeled = part.labels[part.labels >= 0]
+    if len(labeled) and int(labeled.max()) >= model.spec.num_classes:
+        raise SemivitError(f"the data has labels up to {int(labeled.max())} ({part.num_classes} classes) but the "
+                           f"model predicts {model.spec.num_classes} classes: evaluate on data with the model's "
+                           f"classes")
     if part.channels != model.spec.in_chans or part.image_size[0] != model.spec.image_size:
         raise SemivitError(f"the data is {part.channels}×{part.image_size[0]}px but the model expects "
                            f"{model.spec.in_chans}×{model.spec.image_size}px: evaluate on the data it was "
@@ -171,6 +179,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _run_data(checkpoint: str, test: str | None) -> tuple[str, str | None]:
+    """The data source (and test part) a run folder was trained on, from its config.yaml; digits for a bare
+    model file, as before."""
+    import yaml
+
+    folder = Path(checkpoint)
+    folder = folder.parent.parent if folder.name == "model.safetensors" and folder.parent.name == "checkpoints" \
+        else folder
+    stages = sorted(folder.glob("stage*/config.yaml"))  # a recipe's folder: its last stage's
+    config = folder / "config.yaml" if (folder / "config.yaml").is_file() else (stages[-1] if stages else None)
+    if config is None:
+        return "digits", test
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    return str(data.get("source") or "digits"), test or data.get("test")
 
 
 def _snn_logits(model: Any, train: Any, part: Any, args: argparse.Namespace, device: Any) -> Any:
@@ -357,7 +381,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy, confusion, calibration")
     p.add_argument("checkpoint", help="a run folder or its model.safetensors")
-    p.add_argument("--data", help="the data set (default digits)")
+    p.add_argument("--data", help="the data set (default: the run's own data, from its config.yaml)")
     p.add_argument("--test", help="a separate test part")
     p.add_argument("--part", choices=["test", "train"], default="test")
     p.add_argument("--device")

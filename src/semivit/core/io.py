@@ -73,3 +73,25 @@ def prepare_output(path: str | Path, folder: bool = False) -> Path:
     if not os.access(target, os.W_OK):
         raise SemivitError(f"cannot write into '{target}' (permission denied): choose another path for '{p}'")
     return p
+
+
+def read_npz(path: str | Path, keys: list[str] | None = None) -> dict[str, Any]:
+    """The arrays of an ``.npz`` file (those named in ``keys``, or all), read without unpickling: object arrays
+    (pickled Python objects), a truncated or damaged file, and a file that is not an npz each end in one line
+    that names the file and the fix."""
+    import zipfile
+    import zlib
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key] for key in (keys if keys is not None else z.files) if key in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise SemivitError(f"'{path}' holds object arrays (pickled Python objects), which semivit never "
+                               f"unpickles: save plain numeric arrays (uint8 images, integer labels)") from None
+        raise SemivitError(f"cannot read '{path}' as .npz ({str(e).splitlines()[0][:120]}): re-create it") from None
+    except (zipfile.BadZipFile, EOFError, zlib.error, OSError, KeyError) as e:
+        raise SemivitError(f"cannot read '{path}' as .npz ({type(e).__name__}): it is truncated or damaged; "
+                           f"re-create or download it again") from None

@@ -85,6 +85,17 @@ def run_name(cfg: Config) -> str:
     return cfg.train.name or f"{cfg.train.method}-{source}-{cfg.data.labels}".replace("%", "pct")
 
 
+def check_train_settings(cfg: Config) -> None:
+    """Counts that must be positive, checked before anything loads (``--batch-size 0`` used to end in
+    ``KeyError: 'weak'`` deep in the data stream)."""
+    t = cfg.train
+    for name, value, low in (("train.batch_size", t.batch_size, 1), ("train.accum_steps", t.accum_steps, 1),
+                             ("train.log_every", t.log_every, 1), ("train.ckpt_every", t.ckpt_every, 1),
+                             ("train.eval_every", t.eval_every, 0)):
+        if value < low:
+            raise SemivitError(f"{name} must be ≥ {low}, got {value}")
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -101,6 +112,7 @@ class Trainer:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        check_train_settings(cfg)  # before any data loads
         self.params = method_params(cfg.train.method, cfg.method)  # validate before loading data
         torch.manual_seed(cfg.train.seed)
         self.data = data or prepare_data(cfg.data, cfg.train.seed)
@@ -276,6 +288,10 @@ class Trainer:
         cfg, t, o = self.cfg, self.cfg.train, self.cfg.optim
         is_main = self.dist.is_main
         method_cls = method_class(t.method)
+        if method_cls.trains_classifier and self.data.train.num_classes < 2:
+            raise SemivitError(f"the data has {self.data.train.num_classes} class "
+                               f"({', '.join(self.data.train.classes) or 'none'}): a classifier needs at least 2; "
+                               f"add images of another class (class sub-folders, or a label column)")
         total = self._total_steps(method_cls)
         self._student_start(total)
         model = self._build_model()

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from semivit.core.io import read_npz
 from semivit.data.sources.common import decode_pil, is_image
 from semivit.errors import SemivitError
 
@@ -108,8 +109,12 @@ def split_strip(frames: np.ndarray, frame_width: int | None = None, where: str =
 def read_strip(data: bytes | str | Path, frame_width: int | None = None, where: str = "strip") -> torch.Tensor:
     """Decode a strip PNG/JPEG (a path or its bytes) to a T×C×H×w uint8 clip (grey stays 1 channel, RGBA
     becomes RGB)."""
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-        return split_strip(decode_pil(img, None, None), frame_width, where)
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            return split_strip(decode_pil(img, None, None), frame_width, where)
+    except (OSError, ValueError, SyntaxError) as e:  # a 0-byte, truncated or non-image file
+        raise SemivitError(f"cannot read the frame strip '{where}' ({type(e).__name__}): it is empty or not an "
+                           f"image; delete or replace it") from None
 
 
 def read_frame_folder(folder: str | Path) -> torch.Tensor:
@@ -119,8 +124,12 @@ def read_frame_folder(folder: str | Path) -> torch.Tensor:
         raise SemivitError(f"frame folder '{folder}' has no images: put the clip's frames (PNG/JPEG) in it")
     arrays = []
     for p in files:
-        with Image.open(p) as img:
-            arrays.append(decode_pil(img, None, None))
+        try:
+            with Image.open(p) as img:
+                arrays.append(decode_pil(img, None, None))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise SemivitError(f"cannot read the frame '{p}' ({type(e).__name__}): it is empty or not an image; "
+                               f"delete or replace it") from None
     if len({a.shape for a in arrays}) > 1:
         raise SemivitError(f"the frames in '{folder}' differ in size: store every frame of a clip at one size")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -237,17 +246,20 @@ def _load_folder(path: Path, size: tuple[int, int] | None, frame_width: int | No
 
 
 def _load_npz(path: Path) -> VideoSet:
-    with np.load(path, allow_pickle=False) as z:  # never unpickle: arrays and unicode arrays only
-        missing = {"videos", "labels", "classes"} - set(z.files)
-        if missing:
-            raise SemivitError(f"'{path}' lacks {sorted(missing)}: write it with `semivit video sprites`")
-        x = torch.from_numpy(z["videos"])
-        n = len(x)
-        names = [str(s) for s in z["names"]] if "names" in z.files else [f"clip{i}" for i in range(n)]
-        groups = [str(s) for s in z["groups"]] if "groups" in z.files else names
-        parts = [str(s) for s in z["parts"]] if "parts" in z.files else []
-        return VideoSet(list(x.unbind(0)), torch.from_numpy(z["labels"]).long(), [str(c) for c in z["classes"]],
-                        names, groups, parts)
+    z = read_npz(path)  # never unpickle: arrays and unicode arrays only; a damaged file is one line
+    missing = {"videos", "labels", "classes"} - set(z)
+    if missing:
+        raise SemivitError(f"'{path}' lacks {sorted(missing)}: write it with `semivit video sprites`")
+    if z["videos"].dtype != np.uint8 or z["videos"].ndim != 5:
+        raise SemivitError(f"'{path}': 'videos' must be uint8 N×T×C×H×W clips, got {z['videos'].dtype} with shape "
+                           f"{z['videos'].shape}: write it with `semivit video sprites`")
+    x = torch.from_numpy(z["videos"])
+    n = len(x)
+    names = [str(s) for s in z["names"]] if "names" in z else [f"clip{i}" for i in range(n)]
+    groups = [str(s) for s in z["groups"]] if "groups" in z else names
+    parts = [str(s) for s in z["parts"]] if "parts" in z else []
+    return VideoSet(list(x.unbind(0)), torch.from_numpy(z["labels"]).long(), [str(c) for c in z["classes"]],
+                    names, groups, parts)
 
 
 def load_videos(spec: str, size: tuple[int, int] | None = None, channels: int | None = None,

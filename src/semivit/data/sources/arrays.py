@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from semivit.core.io import read_npz
 from semivit.data.imageset import UNLABELED
 from semivit.data.sources.common import Opts, Parts, array_parts
 from semivit.errors import SemivitError
@@ -63,8 +64,7 @@ def _labels(y: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
 
 
 def load(spec: str, path: Path, size: tuple[int, int] | None, mode: str | None, opts: Opts) -> Parts:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {key: z[key] for key in z.files}
+    arrays = read_npz(path)
     found = next(((name, keys) for name, keys in CONVENTIONS.items() if keys["train"][0] in arrays), None)
     if found is None:
         raise SemivitError(f"'{path}' holds {sorted(arrays)[:6]}, no images under a known key: save them as "

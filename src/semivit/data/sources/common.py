@@ -354,13 +354,20 @@ def conform(part: ImageSet, size: tuple[int, int] | None, channels: int | None) 
 def array_parts(parts: list[tuple[np.ndarray, np.ndarray, str]], classes: list[str] | None) -> list[ImageSet]:
     """In-memory parts from (uint8 N×C×H×W images, labels, where) triples, labels checked.
 
-    Without ``classes`` they are "0".."K-1" for the largest label K-1 of all parts.
+    Without ``classes`` they are "0".."K-1" for the largest label K-1 of the first (training) part, or of all
+    parts when the first has no labels: a test label the training part never has (99 of 2 classes) is named
+    as such, instead of surfacing later as a shortage of labeled images of classes 2..99.
     """
     parts = [(x, np.asarray(y).astype(np.int64), where) for x, y, where in parts]  # IDX labels are uint8
-    k = len(classes) if classes is not None else max(int(y.max(initial=-1)) for _, y, _ in parts) + 1
+    first = int(parts[0][1].max(initial=-1)) if parts else -1
+    k = len(classes) if classes is not None else \
+        (first if first >= 0 else max(int(y.max(initial=-1)) for _, y, _ in parts)) + 1
     sets = []
-    for x, y, where in parts:
+    for n, (x, y, where) in enumerate(parts):
         bad = y[(y < UNLABELED) | (y >= k)]
+        if bad.size and classes is None and n > 0 and int(bad[0]) >= k:
+            raise SemivitError(f"label {int(bad[0])} in {where} is not a class of the training part (its labels are "
+                               f"0..{k - 1}): fix the label, or add training images of that class")
         if bad.size:
             raise SemivitError(f"label {int(bad[0])} in {where} is out of range: valid labels are -1 "
                                f"(unlabeled) and 0..{k - 1}; fix the labels or the 'classes' array")

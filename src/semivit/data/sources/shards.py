@@ -107,10 +107,32 @@ def _read_sidecar(shard: str) -> list | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") == 1 and data.get("tar_bytes") == os.path.getsize(shard):
-            return data["samples"]
-    except (OSError, ValueError, AttributeError):
+            return _checked_rows(data["samples"], data["tar_bytes"], path)
+    except (OSError, ValueError, AttributeError, KeyError):
         pass
     return None
+
+
+def _checked_rows(rows: object, tar_bytes: int, path: Path) -> list:
+    """The sidecar's sample rows [offset, size, ext, label, id], each field checked: a forged or damaged
+    table is one line naming the row and the fix, never a traceback or a read past the tar's end."""
+    def bad(k: int, why: str) -> SemivitError:
+        return SemivitError(f"'{path}' row {k} {why}: the index is damaged or forged; delete it (semivit shards "
+                            f"writes it again, and without it the tar's own headers are read)")
+
+    if not isinstance(rows, list):
+        raise bad(0, "is missing (no sample list)")
+    for k, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != 5:
+            raise bad(k, "is not [offset, size, ext, label, id]")
+        off, size, ext, label, sample_id = row
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (off, size, label)):
+            raise bad(k, "has a non-integer offset, size or label")
+        if off < 0 or size <= 0 or off + size > tar_bytes:
+            raise bad(k, f"points outside the tar (offset {off}, size {size}, tar {tar_bytes} bytes)")
+        if not isinstance(ext, str) or ext not in _IMAGE_EXTS or not isinstance(sample_id, str):
+            raise bad(k, f"has extension {ext!r} (not an image) or a non-text id")
+    return rows
 
 
 def index_shards(shards: list[str]) -> ShardIndex:
