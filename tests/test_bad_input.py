@@ -114,3 +114,25 @@ def test_a_zero_byte_frame_strip(tmp_path, capsys):
     (tmp_path / "vid" / "a" / "empty.png").write_bytes(b"")
     _one_line(capsys, main(["video", "finetune", "--data", str(tmp_path / "vid"), "--frame-width", "8", "--out",
                             str(tmp_path / "out"), "--steps", "1"]), "empty.png", "empty or not an image")
+
+
+def test_a_refused_weights_file_is_one_line_without_torchs_advice(tmp_path):
+    """A crafted .pth (pickle protocol 5, with code in it): one error line, no torch warning, no suggestion to
+    retry with weights_only=False (which would run the file's code), and no timm log lines."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"a": RunsCode()}, protocol=5))
+    done = subprocess.run([sys.executable, "-m", "semivit.cli", "train", "--data", "digits", "--pretrained",
+                           str(tmp_path / "evil.pth"), "--out", str(tmp_path), *TINY], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and err[-1].startswith("semivit: error: cannot read") and "evil.pth" in err[-1]
+    assert not [line for line in err if "Warning" in line or "weights_only=False" in line or "Traceback" in line]
+    assert not (tmp_path / "pwned").exists()

@@ -493,8 +493,10 @@ def _prepare_outputs(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
+    # semivit's own progress lines at INFO (rank 0); every other library's (timm, huggingface_hub) only from
+    # WARNING, so a refused file or a bad setting reads as one line, not as a library's log
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("semivit").setLevel(logging.INFO if rank == 0 else logging.WARNING)
     args = make_parser().parse_args(argv)
     from semivit.engine.interrupt import TrainingInterrupted
 

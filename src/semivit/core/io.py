@@ -95,3 +95,17 @@ def read_npz(path: str | Path, keys: list[str] | None = None) -> dict[str, Any]:
     except (zipfile.BadZipFile, EOFError, zlib.error, OSError, KeyError) as e:
         raise SemivitError(f"cannot read '{path}' as .npz ({type(e).__name__}): it is truncated or damaged; "
                            f"re-create or download it again") from None
+
+
+def load_tensors_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: plain tensors and containers, never code. torch's
+    own warnings (an unusual pickle protocol) are silenced, and callers turn its errors into one line of their
+    own: torch's advice to retry with ``weights_only=False`` would run the file's code, and semivit never
+    passes it on."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)

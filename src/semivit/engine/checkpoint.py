@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from semivit.core.io import atomic_write
+from semivit.core.io import atomic_write, load_tensors_file
 from semivit.errors import SemivitError
 
 
@@ -28,7 +28,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise SemivitError(f"checkpoint '{path}' not found: pass a run's checkpoints/last.pt")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return load_tensors_file(p)
     except Exception as e:  # a truncated or foreign file
         raise SemivitError(f"cannot read checkpoint '{path}' ({type(e).__name__}): it may be incomplete; "
                            f"use the previous one or start again without --resume") from None

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from semivit.core.io import load_tensors_file
 from semivit.errors import SemivitError
 from semivit.models.factory import ImageClassifier
 
@@ -52,7 +53,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises its own error types for truncated/foreign files
             raise SemivitError(f"cannot read '{path}' as safetensors ({e}): is the file complete?") from None
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = load_tensors_file(p)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError … for bad files
         raise SemivitError(f"cannot read '{path}' safely with weights_only=True ({type(e).__name__}): "
                            f"convert it to .safetensors or a plain state dict") from None
@@ -63,6 +64,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise SemivitError(f"'{path}' holds no state dict")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _few(keys: list[str], shown: int = 5) -> str:
+    """A key list for one log line: the first few, and how many more."""
+    if not keys:
+        return "none"
+    more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _strip(key: str) -> str:
@@ -122,11 +131,10 @@ def load_pretrained(model: ImageClassifier, path: str | Path, *, verbose: bool =
     result = model.load_state_dict(state, strict=False)
     report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys),
               "skipped": skipped}
-    if verbose:
-        log.info("loaded %s: %d tensors; missing %s; unexpected %s; shape-mismatch skipped %s", path,
-                 len(state) - len(result.unexpected_keys), report["missing"] or "none",
-                 report["unexpected"] or "none", skipped or "none")
     matched = len(state) - len(result.unexpected_keys)
+    if verbose and matched:
+        log.info("loaded %s: %d tensors; missing %s; unexpected %s; shape-mismatch skipped %s", path, matched,
+                 _few(report["missing"]), _few(report["unexpected"]), _few(skipped))
     if matched == 0:
         raise SemivitError(f"no weights in '{path}' match model '{model.spec.name}': check model.name and "
                            f"the model size settings")
