@@ -294,7 +294,9 @@ def test_uda_step_no_gradient_through_the_weak_view():
                   u_true=torch.tensor([0, 1, 2, 0, 1, 2, -1, 0]))
     out = method.training_step(batch, 5)
     out.loss.backward()
-    assert weak.grad is None  # p_θ̃(y|x) is a constant target
+    # p_θ̃(y|x) is a constant target: the weak views share the forward (as the official code) but their logits
+    # are detached, so with a LayerNorm ViT no gradient reaches them
+    assert weak.grad is None or torch.count_nonzero(weak.grad) == 0
     assert model.backbone.head.weight.grad.abs().sum() > 0
     assert float(out.metrics["tsa_eta"]) == pytest.approx(tsa_threshold("linear", 5, 10, 3))
     assert float(out.metrics["mask"]) == 1.0 and "pseudo_acc" in out.metrics

@@ -79,6 +79,11 @@ class PseudoLabelMethod(Method):
     Params = PseudoLabelParams
     labeled_views = ("weak",)
     unlabeled_views = ("weak", "strong")
+    #: the teacher is the student itself (FixMatch): the weak views then go through the same training-mode
+    #: forward as the labeled and strong views, as the official code does (``interleave`` of x, u_w, u_s in
+    #: google-research/fixmatch and kekmodel/FixMatch-pytorch); with BatchNorm backbones the statistics then
+    #: come from one batch of all three, and the weak logits see the same dropout as in the reference.
+    teacher_in_student_pass: ClassVar[bool] = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -96,10 +101,21 @@ class PseudoLabelMethod(Method):
         p = self.params
         x_l, y, u_weak, u_strong = batch.x["weak"], batch.y, batch.u["weak"], batch.u["strong"]
         assert y is not None
+        metrics: dict[str, torch.Tensor] = {}
+        if self.teacher_in_student_pass and p.pseudo_mixup == "off":  # one forward: labeled, weak, strong
+            n, m = len(x_l), len(u_weak)
+            logits = self.model(torch.cat([x_l, u_weak, u_strong]))
+            logits_l, logits_u = logits[:n], logits[n + m:]
+            conf, pseudo = logits[n:n + m].detach().float().softmax(-1).max(-1)
+            mask = conf >= p.threshold
+            loss_x = F.cross_entropy(logits_l.float(), y, label_smoothing=p.label_smoothing)
+            loss_u = (F.cross_entropy(logits_u.float(), pseudo, reduction="none") * mask.float()).mean()
+            return self._output(loss_x, loss_u, logits_l, y, metrics, mask, pseudo, batch.u_true)
+        # a separate teacher pass: the EMA-Teacher's network, or pseudo mixup (whose strong input is built
+        # from the pseudo-labels, so it cannot share their forward)
         with torch.no_grad():
             probs = self.teacher_logits(u_weak).float().softmax(-1)
         conf, pseudo = probs.max(-1)
-        metrics: dict[str, torch.Tensor] = {}
         if p.pseudo_mixup != "off":
             u_input, u_targets, mixed_conf = pseudo_mixup(u_strong, conf, pseudo, self.num_classes,
                                                           p.pseudo_mixup, p.mixup_smoothing)
@@ -113,12 +129,17 @@ class PseudoLabelMethod(Method):
         logits_l, logits_u = logits[:len(x_l)], logits[len(x_l):]
         loss_x = F.cross_entropy(logits_l.float(), y, label_smoothing=p.label_smoothing)
         loss_u = (soft_cross_entropy(logits_u, u_targets) * mask.float()).mean()
-        loss = loss_x + p.lambda_u * loss_u
+        return self._output(loss_x, loss_u, logits_l, y, metrics, mask, pseudo, batch.u_true)
+
+    def _output(self, loss_x: torch.Tensor, loss_u: torch.Tensor, logits_l: torch.Tensor, y: torch.Tensor,
+                metrics: dict[str, torch.Tensor], mask: torch.Tensor, pseudo: torch.Tensor,
+                truth: torch.Tensor | None) -> StepOutput:
         # mask, pseudo_acc and pseudo_recall use the mask training used (after mixing, the mixed confidence),
         # with ŷ_i as sample i's label — the reference logs them so (engine_semi.py L157–163)
-        return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
-                                 "acc": (logits_l.argmax(-1) == y).float().mean().detach(),
-                                 **metrics, **self._diagnostics(mask, pseudo, batch.u_true)})
+        return StepOutput(loss_x + self.params.lambda_u * loss_u,
+                          {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
+                           "acc": (logits_l.argmax(-1) == y).float().mean().detach(),
+                           **metrics, **self._diagnostics(mask, pseudo, truth)})
 
     @staticmethod
     def _diagnostics(mask: torch.Tensor, pseudo: torch.Tensor, truth: torch.Tensor | None) -> dict:
@@ -151,6 +172,7 @@ class FixMatch(PseudoLabelMethod):
 
     name = "fixmatch"
     Params = FixMatchParams
+    teacher_in_student_pass = True
 
     def teacher_logits(self, x_weak: torch.Tensor) -> torch.Tensor:
         return self.model(x_weak)

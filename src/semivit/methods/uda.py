@@ -53,10 +53,12 @@ class UDA(Method):
         p = self.params
         x_l, y, u_weak, u_strong = batch.x["weak"], batch.y, batch.u["weak"], batch.u["strong"]
         assert y is not None
-        with torch.no_grad():  # θ̃: the same network, no gradient through the target
-            target_logits = self.model(u_weak)
-        logits = self.model(torch.cat([x_l, u_strong]))  # one pass over labeled and strong views
-        logits_l, logits_u = logits[:len(x_l)], logits[len(x_l):]
+        # one training-mode pass over the labeled, original (weak) and augmented views, as the official code
+        # (google-research/uda image/main.py concatenates sup, ori and aug images); θ̃: the weak views' logits
+        # without gradient
+        n, m = len(x_l), len(u_weak)
+        logits = self.model(torch.cat([x_l, u_weak, u_strong]))
+        logits_l, target_logits, logits_u = logits[:n], logits[n:n + m].detach(), logits[n + m:]
         eta = tsa_threshold(p.tsa, step, self.total_steps, self.num_classes)
         loss_x, kept = tsa_cross_entropy(logits_l, y, eta)
         loss_u, mask = uda_consistency(logits_u, target_logits, p.temperature, p.threshold)
