@@ -74,8 +74,9 @@ def test_pretrained_backbone_with_resize_exports_its_native_input(offline, tmp_p
     plain = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     assert plain.pretrained_cfg["input_size"] == (3, 160, 160)  # timm users feed the backbone's size
     x = torch.rand(2, 3, 32, 32)
-    big = torch.nn.functional.interpolate(x, size=160, mode="bilinear", align_corners=False, antialias=True)
     cfg = plain.pretrained_cfg
+    assert model.spec.kwargs["interpolation"] == cfg["interpolation"]  # the backbone's own (timm's config)
+    big = torch.nn.functional.interpolate(x, size=160, mode=cfg["interpolation"], align_corners=False)
     mean, std = torch.tensor(cfg["mean"]).view(1, -1, 1, 1), torch.tensor(cfg["std"]).view(1, -1, 1, 1)
     with torch.no_grad():
         # normalising then resizing (semivit) equals resizing then normalising (a timm pipeline): both linear

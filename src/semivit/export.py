@@ -102,7 +102,7 @@ def export_hub(model: Any, out: Path) -> Path:
         "pretrained_cfg": {
             "input_size": [spec.in_chans, size, size],
             "fixed_input_size": hasattr(model.backbone, "patch_embed"),
-            "interpolation": "bilinear",
+            "interpolation": spec.kwargs.get("interpolation", "bilinear"),  # what the model resizes with
             "crop_pct": 1.0,
             "crop_mode": "center",
             "mean": [round(float(v), 6) for v in model.mean.flatten()],

@@ -54,7 +54,8 @@ from semivit.methods import method_class, method_params
 from semivit.methods.base import schedule_points
 from semivit.models.factory import ImageClassifier, create_model
 from semivit.models.heads import imprint_classifier
-from semivit.models.pretrained import load_pretrained, pretrained_source
+from semivit.models.hub import choose_resolution, describe_config, normalization
+from semivit.models.pretrained import bare_file_defaults, load_pretrained, pretrained_source
 
 log = logging.getLogger("semivit")
 
@@ -139,14 +140,23 @@ class Trainer:
         torch.manual_seed(self.cfg.train.seed)  # same initial weights on every rank and every resume
         if hub_weights and self.dist.enabled and not self.dist.is_main:
             barrier()  # rank 0 downloads into the shared cache first; the others then read it
+        bare = bare_file_defaults(m.name, local)  # a weights file without a config: timm's default config
+        if bare is not None and self.dist.is_main:
+            log.info("%s: '%s' carries no pretrained config, so timm's default for the architecture applies: %s; "
+                     "%s", m.name, local, describe_config(bare), choose_resolution(bare, size[0], m.resolution)[1])
+        mean, std = normalization(bare, train.channels) if bare is not None else (None, None)
         model = create_model(m.name, train.num_classes, train.channels, size[0], patch_size=m.patch_size,
                              embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
                              drop_path=m.drop_path, classes=train.classes, head_layers=head_layers,
                              head_hidden=head_hidden, pretrained=hub_weights, cache_dir=m.cache_dir,
-                             resolution=m.resolution)
+                             resolution=m.resolution, hub=bare, mean=mean, std=std)
         if hub_weights and self.dist.enabled and self.dist.is_main:
             barrier()
-        if not hub_weights:  # a hub backbone keeps the mean/std it was pretrained with
+        if str(m.resolution).strip().lower() != "auto" and "backbone_size" not in model.spec.kwargs:
+            raise SemivitError(f"model.resolution={m.resolution} applies to pretrained backbones (hub names, "
+                               f"--pretrained files of a timm architecture); '{m.name}' trains from scratch at the "
+                               f"data's size: set data.image_size instead")
+        if not hub_weights and bare is None:  # pretrained backbones keep the mean/std they were trained with
             model.set_normalization(*channel_stats(train, seed=self.cfg.train.seed))
         if local:
             load_pretrained(model, local, verbose=self.dist.is_main)

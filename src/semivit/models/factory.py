@@ -164,7 +164,12 @@ class ImageClassifier(nn.Module):
             if self.is_vit:  # whole patches: multi-crop's small views scale to a patch multiple too
                 patch = self.backbone.patch_embed.patch_size[0]
                 size = [max(patch, round(s / patch) * patch) for s in size]
-            x = nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            # the backbone's pretraining interpolation (timm's pretrained_cfg: bicubic for EfficientNet, ViTs),
+            # antialiased when shrinking
+            mode = self.spec.kwargs.get("interpolation", "bilinear")
+            mode = mode if mode in ("bilinear", "bicubic") else "bilinear"
+            x = nn.functional.interpolate(x, size=size, mode=mode, align_corners=False,
+                                          antialias=size[0] < x.shape[-2])
         return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -315,7 +320,8 @@ def _hub_model(hub: Any, spec: ModelSpec, *, pretrained: bool, cache_dir: str | 
         log.info("%s: %s", hub.name, why)
     backbone = hubs.create_backbone(hub, spec.num_classes, spec.in_chans, size, pretrained=pretrained,
                                     drop_path=drop_path, cache_dir=cache_dir)
-    spec.kwargs.update(hubs.spec_kwargs(hub, size), drop_path=drop_path, resolution=str(resolution))
+    spec.kwargs.update(hubs.spec_kwargs(hub, size), drop_path=drop_path, resolution=str(resolution),
+                       interpolation=str(hub.pretrained_cfg.get("interpolation") or "bilinear"))
     if pretrained and mean is None:
         mean, std = hubs.normalization(hub, spec.in_chans)
     return _with_head_layers(ImageClassifier(backbone, spec, mean, std), head_layers, head_hidden)
@@ -355,7 +361,8 @@ def model_from_spec(spec: dict[str, Any], where: str = "the model file") -> Imag
         from semivit.models.hub import HubModel
 
         hub = HubModel(spec["name"], kwargs["timm_architecture"], kwargs.get("pretrained_tag"),
-                       {"input_size": (spec["in_chans"], kwargs["backbone_size"], kwargs["backbone_size"])},
+                       {"input_size": (spec["in_chans"], kwargs["backbone_size"], kwargs["backbone_size"]),
+                        "interpolation": kwargs.get("interpolation", "bilinear")},
                        dict(kwargs.get("timm_model_args") or {}))
         allowed.pop("patch_size", None)
         allowed["resolution"] = str(kwargs["backbone_size"])

@@ -180,6 +180,27 @@ def resolve(name: str, cache_dir: str | None = None) -> HubModel:
     return HubModel(name, arch, tag or (cfg.tag if cfg else None), cfg.to_dict() if cfg else {}, {})
 
 
+def architecture_defaults(arch: str) -> HubModel:
+    """A timm architecture with timm's default pretrained config (input size, mean/std, interpolation) and no
+    weights to fetch: what a bare weights file (``--pretrained FILE``, a port from another implementation)
+    is run with, since the file itself carries no config."""
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(arch):
+        raise SemivitError(f"'{arch}' is not a timm architecture")
+    cfg = get_pretrained_cfg(arch)
+    return HubModel(arch, arch, None, cfg.to_dict() if cfg else {}, {})
+
+
+def describe_config(hub: HubModel) -> str:
+    """The pretrained config's choices in a few words, for the run's log."""
+    cfg = hub.pretrained_cfg
+    mean = tuple(round(float(v), 3) for v in cfg.get("mean") or ())
+    std = tuple(round(float(v), 3) for v in cfg.get("std") or ())
+    return (f"{hub.native_size} px, mean {mean or 'ImageNet'}, std {std or 'ImageNet'}, "
+            f"{cfg.get('interpolation') or 'bilinear'} interpolation")
+
+
 def choose_resolution(hub: HubModel, data_size: int, setting: str = "auto") -> tuple[int, str]:
     """The side the backbone runs at for ``data_size``-px images, and a sentence saying why.
 

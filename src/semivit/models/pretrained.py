@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+import timm
 import torch
 from safetensors.torch import load_file
 
@@ -38,6 +40,49 @@ def pretrained_source(model_name: str, pretrained: str | None) -> tuple[bool, st
     if value.lower() in ("none", "null", "scratch", "false", "off"):
         return False, None
     return False, value
+
+
+def bare_file_defaults(model_name: str, local: str | None) -> Any:
+    """timm's default pretrained config (a :class:`~semivit.models.hub.HubModel` without weights to fetch) for
+    a weights file that carries none: a port from another implementation or a plain state dict of a timm
+    architecture (``--model tf_efficientnet_lite0 --pretrained lite0.pth``). Its input size, mean/std and
+    interpolation then apply, as for a hub backbone. None for semivit's own files (run folders, exported
+    ``.safetensors`` with a model spec) and for semivit's from-scratch sizes."""
+    from semivit.models.factory import VIT_SIZES
+    from semivit.models.hub import architecture_defaults, has_source_prefix
+
+    if not local or Path(local).is_dir() or has_source_prefix(model_name) or model_name in VIT_SIZES or \
+            model_name.startswith("semiformer") or not timm.is_model(model_name.partition(".")[0]):
+        return None
+    if Path(local).suffix == ".safetensors" and Path(local).is_file():
+        import json
+
+        from safetensors import safe_open
+
+        try:
+            with safe_open(local, framework="pt") as f:
+                meta = f.metadata() or {}
+            spec = json.loads(meta["semivit_spec"]) if "semivit_spec" in meta else None
+        except Exception:  # not readable: load_pretrained says so in one line
+            return None
+        if spec is not None:  # semivit's own export: a pretrained backbone keeps the config it ran with
+            return _exported_config(spec)
+    return architecture_defaults(model_name.partition(".")[0])
+
+
+def _exported_config(spec: Any) -> Any:
+    """The backbone config a semivit export of a pretrained backbone recorded (None for from-scratch models):
+    a later stage then runs it at the same input size and interpolation."""
+    from semivit.models.hub import HubModel
+
+    kwargs = spec.get("kwargs") if isinstance(spec, dict) else None
+    if not isinstance(kwargs, dict) or "timm_architecture" not in kwargs or "backbone_size" not in kwargs:
+        return None
+    size = int(kwargs["backbone_size"])
+    return HubModel(str(spec.get("name")), str(kwargs["timm_architecture"]), kwargs.get("pretrained_tag"),
+                    {"input_size": (int(spec.get("in_chans", 3)), size, size),
+                     "interpolation": kwargs.get("interpolation", "bilinear")},
+                    dict(kwargs.get("timm_model_args") or {}))
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -115,14 +160,68 @@ def _resize_pos_embed(value: torch.Tensor, target: torch.Tensor, model: ImageCla
     return resample_abs_pos_embed(value, new_size=list(grid), num_prefix_tokens=prefix)
 
 
+def adapt_first_conv(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """An RGB first convolution for a model of another input channel count (grey data): timm's rule, as when
+    it loads hub weights (``adapt_input_conv``: summed filters for 1 channel, repeated and rescaled for more).
+    Any other tensor is returned as it is."""
+    if value.ndim == 4 and target.ndim == 4 and value.shape[0] == target.shape[0] and \
+            value.shape[2:] == target.shape[2:] and value.shape[1] == 3 and target.shape[1] != 3:
+        from timm.models import adapt_input_conv
+
+        return adapt_input_conv(int(target.shape[1]), value)
+    return value
+
+
+def pair_by_order(state: dict[str, torch.Tensor], model: ImageClassifier, path: str | Path) -> dict[str, torch.Tensor]:
+    """A port whose keys use another implementation's names (EfficientNet-PyTorch's ``_conv_stem``,
+    ``_blocks.N._depthwise_conv`` for timm's ``conv_stem``, ``blocks.i.j.conv_dw``): its tensors matched to the
+    backbone's in order, when every one pairs up with the same shape. The classifier may differ in its number
+    of classes (it is then left to be trained). Anything else is refused, naming the first mismatch."""
+    own = [k for k in model.state_dict() if k.startswith("backbone.")]
+    head = f"backbone.{model.classifier_attr}."
+    if Path(path).suffix == ".safetensors":  # its tensors are stored by dtype and name, not in module order
+        raise SemivitError(f"the key names of '{path}' match almost none of '{model.spec.name}' and a .safetensors "
+                           f"file does not keep the tensors' order: pass the original .pth (its order pairs with "
+                           f"the model) or a state dict with this architecture's names")
+    theirs = list(state.items())
+    if len(theirs) != len(own):
+        raise SemivitError(f"the tensors of '{path}' do not pair one to one with '{model.spec.name}': the file has "
+                           f"{len(theirs)} under other names, the model {len(own)} (first: '{theirs[0][0]}' against "
+                           f"'{own[0].removeprefix('backbone.')}'); use a state dict of this architecture")
+    paired: dict[str, torch.Tensor] = {}
+    model_state = model.state_dict()
+    for (key, value), target in zip(theirs, own):
+        value = adapt_first_conv(value, model_state[target])
+        if tuple(value.shape) == tuple(model_state[target].shape):
+            paired[target] = value
+        elif not target.startswith(head):
+            raise SemivitError(f"'{path}' does not fit '{model.spec.name}': its tensor '{key}' {tuple(value.shape)} "
+                               f"pairs with '{target.removeprefix('backbone.')}' {tuple(model_state[target].shape)}; "
+                               f"use a state dict of this architecture")
+    return paired
+
+
 def load_pretrained(model: ImageClassifier, path: str | Path, *, verbose: bool = True) -> dict[str, list[str]]:
-    """Load weights into ``model`` (non-strict); returns and logs the missing/unexpected/skipped keys."""
-    state = remap_keys(read_state_dict(path), model)
+    """Load weights into ``model`` (non-strict); returns and logs the missing/unexpected/skipped keys.
+
+    Keys are matched by name first (semivit, timm, MAE's reference, ``module.`` prefixes); a file whose names
+    match almost none of the backbone's is paired by order and shape (:func:`pair_by_order`)."""
+    raw = read_state_dict(path)
+    state = remap_keys(raw, model)
     own = model.state_dict()
+    backbone = [k for k in own if k.startswith("backbone.")]
+    named = sum(1 for k in backbone if k in state and state[k].shape == own[k].shape)
+    if backbone and named < len(backbone) // 2:
+        state = pair_by_order(raw, model, path)
+        if verbose:
+            first = next(iter(raw))
+            log.info("'%s' uses other key names: its %d tensors paired with the model's by order and shape "
+                     "('%s' → '%s', ...)", path, len(raw), first, backbone[0].removeprefix("backbone."))
     skipped = []
     for key in list(state):
         if key not in own:
             continue
+        state[key] = adapt_first_conv(state[key], own[key])
         if key.endswith("pos_embed") and state[key].shape != own[key].shape:
             state[key] = _resize_pos_embed(state[key], own[key], model)
         if state[key].shape != own[key].shape:

@@ -21,7 +21,7 @@ _INT_KWARGS = {"patch_size": (1, MAX_IMAGE_SIZE), "embed_dim": (1, MAX_WIDTH), "
                "num_heads": (1, MAX_DEPTH), "head_layers": (0, MAX_DEPTH), "head_hidden": (1, MAX_WIDTH),
                "backbone_size": (1, MAX_IMAGE_SIZE)}
 _OTHER_KWARGS = {"drop_path", "drop_path_rate", "timm_architecture", "timm_model_args", "pretrained_tag",
-                 "resolution", "embedding"}
+                 "resolution", "embedding", "interpolation"}
 
 
 def _int(value: Any, field: str, low: int, high: int, where: str) -> int:

@@ -1,0 +1,116 @@
+"""Pretrained weights files of other implementations and every backbone at its own resolution: a port with
+other key names loads by order and shape (same outputs as the original), a mismatched file is refused naming
+the first mismatch, and model.resolution reaches a CNN from a bare file and from a hub folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from semivit.engine.trainer import Trainer
+from semivit.errors import SemivitError
+from tests.conftest import tiny_config
+
+ARCH = "test_efficientnet"  # a tiny timm EfficientNet (0.36 M parameters): 160 px, bicubic, ImageNet mean/std
+
+
+def _colour_npz(tmp_path, size=16):
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, (24, 3, size, size), dtype=np.uint8)
+    np.savez(tmp_path / "colour.npz", x_train=x, y_train=np.arange(24) % 2, x_test=x[:6], y_test=np.arange(6) % 2)
+    return str(tmp_path / "colour.npz")
+
+
+def _reference():
+    torch.manual_seed(0)
+    return timm.create_model(ARCH, num_classes=10).eval()
+
+
+def _port(tmp_path, reference, name="port.pth"):
+    """The reference's tensors under another implementation's names (EfficientNet-PyTorch style), in module order,
+    saved as that implementation ships them: a .pth state dict (an ordered dict of plain tensors)."""
+    port = {f"_layers.{i:03d}.{k.rsplit('.', 1)[-1]}": v.clone() for i, (k, v) in
+            enumerate(reference.state_dict().items())}
+    torch.save(port, tmp_path / name)
+    return str(tmp_path / name)
+
+
+def _model(tmp_path, pretrained, **settings):
+    cfg = tiny_config(tmp_path, **{"data.source": _colour_npz(tmp_path), "data.labels": "2-per-class",
+                                   "model.name": ARCH, "model.pretrained": pretrained, **settings})
+    return Trainer(cfg)._build_model().eval()
+
+
+def _seen_size(model, x):
+    seen = []
+    handle = model.backbone.conv_stem.register_forward_pre_hook(lambda m, a: seen.append(tuple(a[0].shape[-2:])))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_a_port_with_other_key_names_gives_the_originals_features(tmp_path):
+    reference = _reference()
+    model = _model(tmp_path, _port(tmp_path, reference))
+    x = torch.rand(3, 3, 16, 16)
+    # what the original computes on the same images prepared by its own pretrained config
+    cfg = reference.pretrained_cfg
+    mean, std = torch.tensor(cfg["mean"]).view(1, 3, 1, 1), torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    big = torch.nn.functional.interpolate((x - mean) / std, size=160, mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        want = reference.forward_head(reference.forward_features(big), pre_logits=True)
+        assert torch.allclose(model.features(x), want, atol=1e-5)
+    assert _seen_size(model, x) == (160, 160)  # the bare file's architecture default: 160 px
+    assert model.spec.kwargs["interpolation"] == "bicubic"
+
+
+def test_model_resolution_reaches_a_cnn_from_a_bare_file_and_from_a_hub_folder(tmp_path):
+    reference = _reference()
+    port = str(tmp_path / "plain.safetensors")  # a plain timm state dict, matched by name
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, port)
+    assert _seen_size(_model(tmp_path, port, **{"model.resolution": "64"}), torch.rand(2, 3, 16, 16)) == (64, 64)
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(hub / "model.safetensors"))
+    cfg = {k: v for k, v in reference.pretrained_cfg.items() if k not in ("url", "hf_hub_id")}
+    (hub / "config.json").write_text(json.dumps({"architecture": ARCH, "num_classes": 10, "pretrained_cfg": cfg}))
+    folder = f"local-dir:{hub}"
+    assert _seen_size(_model(tmp_path, "auto", **{"model.name": folder}), torch.rand(2, 3, 16, 16)) == (160, 160)
+    assert _seen_size(_model(tmp_path, "auto", **{"model.name": folder, "model.resolution": "96"}),
+                      torch.rand(2, 3, 16, 16)) == (96, 96)
+
+
+def test_a_file_that_does_not_pair_up_is_refused_naming_the_first_mismatch(tmp_path):
+    other = timm.create_model("test_resnet", num_classes=10)
+    with pytest.raises(SemivitError, match=r"do not pair one to one .*first: '_layers\.000\.weight'"):
+        _model(tmp_path, _port(tmp_path, other, name="resnet.pth"))
+    state = dict(_reference().state_dict())
+    keys = list(state)
+    state[keys[0]], state[keys[1]] = state[keys[1]], state[keys[0]]  # same count, a shape out of place
+    torch.save({f"_layers.{i:03d}": v for i, v in enumerate(state.values())}, tmp_path / "swapped.pth")
+    with pytest.raises(SemivitError, match=r"its tensor '_layers\.000' \(\d+,\) pairs with 'conv_stem\.weight'"):
+        _model(tmp_path, str(tmp_path / "swapped.pth"))
+    save_file({f"_layers.{i:03d}": v.contiguous() for i, v in enumerate(state.values())},
+              str(tmp_path / "renamed.safetensors"))
+    with pytest.raises(SemivitError, match="does not keep the tensors' order: pass the original .pth"):
+        _model(tmp_path, str(tmp_path / "renamed.safetensors"))
+
+
+def test_model_resolution_on_a_model_trained_from_scratch_is_an_error_not_ignored(tmp_path):
+    cfg = tiny_config(tmp_path, **{"model.resolution": "224"})
+    with pytest.raises(SemivitError, match=r"model.resolution=224 applies to pretrained backbones .*data.image_size"):
+        Trainer(cfg)._build_model()
+
+
+def test_grey_data_adapts_an_rgb_ports_first_convolution(tmp_path):
+    """timm's rule for grey input (summed RGB filters), as when it loads hub weights."""
+    reference = _reference()
+    cfg = tiny_config(tmp_path, **{"model.name": ARCH, "model.pretrained": _port(tmp_path, reference)})
+    model = Trainer(cfg)._build_model()  # digits: 1 channel
+    assert torch.allclose(model.backbone.conv_stem.weight, reference.conv_stem.weight.sum(1, keepdim=True))
