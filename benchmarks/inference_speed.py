@@ -14,8 +14,8 @@ import time
 
 import torch
 
+from semivit.core.device import amp_dtype, resolve_device
 from semivit.engine.checkpoint import load_model
-from semivit.engine.trainer import amp_dtype, resolve_device
 
 
 def images_per_sec(model: torch.nn.Module, batch: torch.Tensor, seconds: float = 3.0,

@@ -29,9 +29,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from semivit.config import Config, apply_overrides, parse_set_args
+from semivit.core.device import amp_dtype, resolve_device
 from semivit.data import prepare_data
 from semivit.engine.checkpoint import export_weights
-from semivit.engine.trainer import Trainer, amp_dtype, resolve_device, train
+from semivit.engine.trainer import Trainer, train
 from semivit.methods import method_class
 from throughput import trainer_images_per_sec  # noqa: E402  (benchmarks/ is on sys.path when run)
 

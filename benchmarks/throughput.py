@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from semivit.config import Config, apply_overrides
+from semivit.core.device import amp_dtype, resolve_device
 from semivit.data import prepare_data
-from semivit.engine.trainer import amp_dtype, resolve_device, train
+from semivit.engine.trainer import train
 from semivit.models.factory import create_model
 
 

@@ -214,11 +214,11 @@ def apply_budget(configs: list[Config], budget: dict[str, float]) -> None:
 
 def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict[str, Any]:
     """Train one cell (resuming a stopped one) and evaluate its last and best weights on the test split."""
+    from semivit.core.device import resolve_device
     from semivit.core.io import atomic_write_json
     from semivit.data import prepare_data
     from semivit.engine.checkpoint import load_model
     from semivit.engine.evaluate import predict_logits, top1
-    from semivit.engine.trainer import resolve_device
     from semivit.pipeline import run_stages
 
     configs = cell_configs(suite, cell)

@@ -140,10 +140,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from semivit.core.device import resolve_device
     from semivit.data.sources import load_source
     from semivit.engine.checkpoint import load_model
     from semivit.engine.evaluate import classification_report, predict_logits, summary_line
-    from semivit.engine.trainer import resolve_device
 
     model, meta = load_model(args.checkpoint)
     data, test = args.data, args.test

@@ -47,9 +47,9 @@ def _model_for(cfg: Config, data: Any, run: str | None) -> Any:
 def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None) -> dict[str, Any]:
     """k-NN and linear-probe top-1 on the test part of ``cfg.data`` from frozen features; returns the
     metrics (and writes them as JSON to ``out``)."""
+    from semivit.core.device import resolve_device
     from semivit.data import prepare_data
     from semivit.engine.evaluate import extract_features, knn_top1, linear_probe_top1
-    from semivit.engine.trainer import resolve_device
 
     data = prepare_data(cfg.data, cfg.train.seed)
     if data.test is None or not len(data.test):

@@ -87,8 +87,9 @@ def run_continual(method: str, num_tasks: int, buffer_size: int, overrides: dict
                   resume: bool = False, test_per_class: int = 0) -> dict[str, Any]:
     """Run ``method`` over ``num_tasks`` class-incremental tasks with a buffer of ``buffer_size`` labeled
     exemplars; returns the results (also written to the run folder, see the module docstring)."""
+    from semivit.core.device import resolve_device
     from semivit.engine.evaluate import predict_logits
-    from semivit.engine.trainer import Trainer, resolve_device
+    from semivit.engine.trainer import Trainer
 
     if buffer_size < 0:
         raise SemivitError(f"--buffer must be ≥ 0, got {buffer_size}")

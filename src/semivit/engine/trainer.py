@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from semivit.config import Config, save_config
+from semivit.core.device import amp_dtype, resolve_device
 from semivit.core.distributed import DistInfo, barrier, broadcast_buffers, init_distributed
 from semivit.core.runlock import RunLock
 from semivit.data import ImageSet, PreparedData, channel_stats, prepare_data
@@ -58,26 +59,6 @@ from semivit.models.hub import choose_resolution, describe_config, normalization
 from semivit.models.pretrained import bare_file_defaults, load_pretrained, pretrained_source
 
 log = logging.getLogger("semivit")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SemivitError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise SemivitError(f"unknown device '{name}': use cpu, cuda or auto")
-    return torch.device(name)
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    if setting == "off" or device.type != "cuda":
-        return None  # CPU autocast is slower than fp32 for these small models
-    if setting == "fp16":
-        return torch.float16
-    if setting in ("bf16", "auto"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    raise SemivitError(f"unknown train.amp '{setting}': use auto, bf16, fp16 or off")
 
 
 def run_name(cfg: Config) -> str:

@@ -61,6 +61,6 @@ def check_model_fits(model: Any, images: ImageSet, what: str) -> None:
 
 
 def resolve_device(name: str) -> str:
-    from semivit.engine.trainer import resolve_device as resolve
+    from semivit.core.device import resolve_device as resolve
 
     return str(resolve(name))
