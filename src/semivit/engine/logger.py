@@ -77,7 +77,7 @@ class RunLogger:
                 writer.writeheader()
                 writer.writerows(self._rows)
 
-        atomic_write(self.path, write)
+        atomic_write(self.path, write, durable=False)
 
     def close(self) -> None:
         if self._bar is not None:
