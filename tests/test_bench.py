@@ -95,6 +95,7 @@ def test_suite_runs_every_cell_writes_reports_and_resumes(tmp_path, suite_file, 
     # a second call trains nothing: every cell is done
     before = {p: p.stat().st_mtime for p in root.rglob("cell.json")}
     caplog.set_level("INFO", logger="semivit")
+    caplog.clear()  # only the second call's lines
     run_suite(suite_file, out=str(tmp_path / "out"), only="2-per-class")
     assert "bench 1/" not in caplog.text
     assert before == {p: p.stat().st_mtime for p in root.rglob("cell.json")}
