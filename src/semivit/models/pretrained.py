@@ -204,14 +204,15 @@ def pair_by_order(state: dict[str, torch.Tensor], model: ImageClassifier, path: 
 def load_pretrained(model: ImageClassifier, path: str | Path, *, verbose: bool = True) -> dict[str, list[str]]:
     """Load weights into ``model`` (non-strict); returns and logs the missing/unexpected/skipped keys.
 
-    Keys are matched by name first (semivit, timm, MAE's reference, ``module.`` prefixes); a file whose names
-    match almost none of the backbone's is paired by order and shape (:func:`pair_by_order`)."""
+    Keys are matched by name first (semivit, timm, MAE's reference, ``module.`` prefixes); a file most of whose
+    names the model does not have is paired by order and shape (:func:`pair_by_order`). A file whose names fit
+    part of the model (a ViT's weights in Semiformer's transformer stream) loads by name."""
     raw = read_state_dict(path)
     state = remap_keys(raw, model)
     own = model.state_dict()
     backbone = [k for k in own if k.startswith("backbone.")]
-    named = sum(1 for k in backbone if k in state and state[k].shape == own[k].shape)
-    if backbone and named < len(backbone) // 2:
+    named = sum(1 for k in state if k in own)
+    if backbone and named < len(raw) // 2:
         state = pair_by_order(raw, model, path)
         if verbose:
             first = next(iter(raw))
