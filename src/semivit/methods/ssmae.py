@@ -143,7 +143,8 @@ class SSMAE(MAE):
         before every forward: written from one rank's acceptances only, the others' would be lost a step
         later). Fixed shapes, no host sync: a rejected image rewrites its own stored value."""
         truth = torch.full_like(index, -1) if truth is None else truth
-        index, accepted, label, truth = (all_gather_cat(t) for t in (index, accepted, label, truth))
+        rows = all_gather_cat(torch.stack([index, accepted.long(), label, truth], 1))  # one collective a step
+        index, accepted, label, truth = rows[:, 0], rows[:, 1].bool(), rows[:, 2], rows[:, 3]
         self.memory[index] = torch.where(accepted, label, self.memory[index])
         self.memory_true[index] = torch.where(accepted, truth, self.memory_true[index])
 
