@@ -184,17 +184,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _run_data(checkpoint: str, test: str | None) -> tuple[str, str | None]:
     """The data source (and test part) a run folder was trained on, from its config.yaml; digits for a bare
     model file, as before."""
-    import yaml
+    from semivit.report.runs import run_config
 
     folder = Path(checkpoint)
     folder = folder.parent.parent if folder.name == "model.safetensors" and folder.parent.name == "checkpoints" \
         else folder
-    stages = sorted(folder.glob("stage*/config.yaml"))  # a recipe's folder: its last stage's
-    config = folder / "config.yaml" if (folder / "config.yaml").is_file() else (stages[-1] if stages else None)
-    if config is None:
+    stages = sorted(p.parent for p in folder.glob("stage*/config.yaml"))  # a recipe's folder: its last stage
+    run = folder if (folder / "config.yaml").is_file() else (stages[-1] if stages else None)
+    if run is None:
         return "digits", test
-    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
-    return str(data.get("source") or "digits"), test or data.get("test")
+    data = run_config(run).data
+    return data.source, test or data.test
 
 
 def _snn_logits(model: Any, train: Any, part: Any, args: argparse.Namespace, device: Any) -> Any:

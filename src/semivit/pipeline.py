@@ -118,12 +118,8 @@ def run_stages(configs: list[Config], root: Path, data: Any = None, budget: floa
     ``budget``: seconds for all stages together, counted from ``start``)."""
     start = time.perf_counter() if start is None else start
     if int(os.environ.get("RANK", "0")) == 0:  # one run per folder: the recipe's, besides each stage's
-        try:
-            with RunLock(root):
-                return _run_stages(configs, root, data, budget, start)
-        except OSError as e:
-            raise SemivitError(f"cannot write to the run folder '{root}' ({e.strerror or e}): choose a writable "
-                               f"--out") from None
+        with RunLock(root):
+            return _run_stages(configs, root, data, budget, start)
     return _run_stages(configs, root, data, budget, start)
 
 

@@ -45,6 +45,14 @@ class RunLock:
     def __enter__(self) -> RunLock:
         if fcntl is None:
             return self
+        try:
+            self._acquire()
+        except OSError as e:  # a folder that cannot be created or written
+            raise SemivitError(f"cannot write to the run folder '{self.path.parent}' ({e.strerror or e}): choose a "
+                               f"writable --out") from None
+        return self
+
+    def _acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -66,7 +74,6 @@ class RunLock:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n".encode())
         self._fd = fd
-        return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
                  traceback: TracebackType | None) -> None:

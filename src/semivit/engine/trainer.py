@@ -253,16 +253,9 @@ class Trainer:
         """Train the stage; the run folder is locked for the whole run (one run per folder)."""
         if not self.dist.is_main:
             return self._fit()
-        try:
-            lock = RunLock(self.run_dir).__enter__()
-        except OSError as e:
-            raise SemivitError(f"cannot write to the run folder '{self.run_dir}' ({e.strerror or e}): choose a "
-                               f"writable --out") from None
-        try:
+        with RunLock(self.run_dir):
             self._refuse_to_overwrite()
             return self._fit()
-        finally:
-            lock.__exit__(None, None, None)
 
     def _refuse_to_overwrite(self) -> None:
         """A folder that holds a run (finished, or interrupted with a checkpoint) is continued only with
