@@ -76,10 +76,10 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 2048, s
 def make_method(cfg: Config, data: Any) -> tuple[Any, Any, Trainer]:
     trainer = Trainer(cfg, data)
     cls = method_class(cfg.train.method)
-    method = cls(trainer._build_model(), trainer.params, data.train.num_classes, cfg.train.steps or 1)
+    method = cls(trainer.build_model(), trainer.params, data.train.num_classes, cfg.train.steps or 1)
     method.setup(len(data.train))
     method.to(trainer.device)
-    return method, trainer._batch_maker(method), trainer
+    return method, trainer.inputs.batches(cfg, method.data_request(), trainer.dist), trainer
 
 
 def bare_method_step(cfg: Config, data: Any, steps: int, warmup: int = 3) -> tuple[float, float, int]:
@@ -159,7 +159,7 @@ def main() -> int:
         if method_name in TEACHER_METHODS:
             if not teacher_file.is_file():  # a fresh network of the student's shape: speed, not accuracy
                 cfg0 = apply_overrides(Config(), {**settings, "train.method": "supervised"})
-                net = Trainer(cfg0, data)._build_model()
+                net = Trainer(cfg0, data).build_model()
                 export_weights(net, teacher_file, net.spec.to_dict())
             params = {**params, "teacher": str(teacher_file)}
         cfg = apply_overrides(Config(), {**settings, **parse_set_args(args.set)})

@@ -38,6 +38,7 @@ from semivit.data.imageset import ImageSet
 from semivit.data.loaders import Batch
 from semivit.engine import trainer as trainer_mod
 from semivit.engine.evaluate import predict_logits, top1
+from semivit.engine.stage_eval import StageEvaluation
 from semivit.pipeline import find_recipe, run_stages, stage_configs
 
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     shadow: dict[str, BufferAveragingEMA] = {}
     live: dict[str, nn.Module] = {}
     update = trainer_mod.ModelEMA.update
-    validate = trainer_mod.Trainer._validate
+    validate = StageEvaluation.validate
 
     def ema_update(self, model, decay=None):  # keep a handle on the live network, and a buffer-averaging EMA
         update(self, model, decay)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     def validated(self, net, step, state, logger):
         acc = validate(self, net, step, state, logger)
         if "net" in live:
-            val, data = self.data.split.val, self.data.train
+            val, data = self.inputs.data.split.val, self.inputs.data.train
             y = data.labels[val]
             row = {"step": step, "val_ema": acc,
                    "live_eval": top1(predict_logits(live["net"], data, val), y),
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Semiformer.training_step = probed_step  # type: ignore[method-assign]
     trainer_mod.ModelEMA.update = ema_update  # type: ignore[method-assign]
-    trainer_mod.Trainer._validate = validated  # type: ignore[method-assign]
+    StageEvaluation.validate = validated  # type: ignore[method-assign]
     root = Path(args.out) / args.name
     result = run_stages(configs, root)
     with open(result.run_dir / "diagnostics.csv", "w", newline="") as f:

@@ -58,7 +58,7 @@ def _teacher_travel(tmp_path, data, steps: int) -> tuple[float, dict]:
                                    "method.mu": 2, "method.ema": 0.9, "method.ema_ref_steps": 40,
                                    "method.threshold": 0.7, "optim.warmup": 0.0})
     trainer = Trainer(cfg, data)
-    start = {k: v.detach().clone() for k, v in trainer._build_model().named_parameters()}
+    start = {k: v.detach().clone() for k, v in trainer.build_model().named_parameters()}
     result = trainer.fit()
     teacher = result.model.state_dict()  # the exported network is the teacher (eval_with: teacher)
     student = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["method"]

@@ -43,7 +43,7 @@ def _port(tmp_path, reference, name="port.pth"):
 def _model(tmp_path, pretrained, **settings):
     cfg = tiny_config(tmp_path, **{"data.source": _colour_npz(tmp_path), "data.labels": "2-per-class",
                                    "model.name": ARCH, "model.pretrained": pretrained, **settings})
-    return Trainer(cfg)._build_model().eval()
+    return Trainer(cfg).build_model().eval()
 
 
 def _seen_size(model, x):
@@ -105,14 +105,14 @@ def test_a_file_that_does_not_pair_up_is_refused_naming_the_first_mismatch(tmp_p
 def test_model_resolution_on_a_model_trained_from_scratch_is_an_error_not_ignored(tmp_path):
     cfg = tiny_config(tmp_path, **{"model.resolution": "224"})
     with pytest.raises(SemivitError, match=r"model.resolution=224 applies to pretrained backbones .*data.image_size"):
-        Trainer(cfg)._build_model()
+        Trainer(cfg).build_model()
 
 
 def test_grey_data_adapts_an_rgb_ports_first_convolution(tmp_path):
     """timm's rule for grey input (summed RGB filters), as when it loads hub weights."""
     reference = _reference()
     cfg = tiny_config(tmp_path, **{"model.name": ARCH, "model.pretrained": _port(tmp_path, reference)})
-    model = Trainer(cfg)._build_model()  # digits: 1 channel
+    model = Trainer(cfg).build_model()  # digits: 1 channel
     assert torch.allclose(model.backbone.conv_stem.weight, reference.conv_stem.weight.sum(1, keepdim=True))
 
 

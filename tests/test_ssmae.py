@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from semivit.data import prepare_data
 from semivit.data.loaders import Batch
 from semivit.engine.checkpoint import load_checkpoint
+from semivit.engine.stage_eval import StageEvaluation
 from semivit.engine.trainer import Trainer, train
 from semivit.methods.ssmae import SSMAE
 from tests.conftest import tiny_config
@@ -44,7 +45,7 @@ def test_acceptance_needs_agreement_and_two_confident_views():
 
 def test_gate_stays_shut_while_the_rule_fails_then_opens_and_latches(tmp_path):
     trainer = Trainer(ssmae_config(tmp_path, **{"train.steps": 1, "method.gate_latch": True}))
-    method = SSMAE(trainer._build_model(), trainer.params, 3, 10)
+    method = SSMAE(trainer.build_model(), trainer.params, 3, 10)
     labels = torch.tensor([0, 1])
     wrong = torch.tensor([[0, 9.0, 0], [9.0, 0, 0]])
     right = torch.tensor([[9.0, 0, 0], [0, 9.0, 0]])
@@ -71,7 +72,7 @@ def test_gate_does_not_open_on_one_confident_image_and_is_rechecked(tmp_path):
     no check before `gate_start`, and every check re-sets the gate, as the reference re-checks every epoch
     (main.py L241–253)."""
     trainer = Trainer(ssmae_config(tmp_path, **{"train.steps": 1}))
-    method = SSMAE(trainer._build_model(), trainer.params, 3, 1000)  # gate_start 0.1 → step 100
+    method = SSMAE(trainer.build_model(), trainer.params, 3, 1000)  # gate_start 0.1 → step 100
     assert (method.params.gate_min_confident, method.params.gate_latch, method.gate_start_step) == (10, False, 100)
     one = _val_logits(100, confident=1, right=1)
     assert method.on_validation(200, *one)["open"] == 0.0  # one right confident image is not enough
@@ -90,7 +91,7 @@ def test_pseudo_labels_join_the_labeled_batch_on_weak_views_at_full_weight(tmp_p
     trainer = Trainer(ssmae_config(tmp_path, **{"train.steps": 1}))
     params = trainer.params
     params.rec_weight, params.gate = 0.0, "closed"  # only the classification loss; no new acceptance
-    method = SSMAE(trainer._build_model(), params, 3, 10)
+    method = SSMAE(trainer.build_model(), params, 3, 10)
     method.setup(20)
     g = torch.Generator().manual_seed(0)
     x, u = torch.rand(4, 1, 8, 8, generator=g), torch.rand(8, 1, 8, 8, generator=g)
@@ -119,7 +120,7 @@ def test_a_stored_pseudo_label_is_kept(tmp_path):
     trainer = Trainer(ssmae_config(tmp_path, **{"train.steps": 1}))
     params = trainer.params
     params.gate, params.threshold = "open", -1.0  # every image whose two views agree is accepted
-    method = SSMAE(trainer._build_model(), params, 3, 10)
+    method = SSMAE(trainer.build_model(), params, 3, 10)
     method.setup(8)
     g = torch.Generator().manual_seed(0)
     u = torch.rand(8, 1, 8, 8, generator=g)
@@ -179,13 +180,13 @@ def test_the_test_set_is_never_read_while_training(tmp_path, monkeypatch):
         return real_get(indices)
 
     monkeypatch.setattr(data.test, "get", guarded)
-    real_finish = Trainer._finish
+    real_finish = StageEvaluation.finish
 
     def finish(self, *args, **kwargs):
         training["on"] = False  # the final report may read it
         return real_finish(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_finish", finish)
+    monkeypatch.setattr(StageEvaluation, "finish", finish)
     result = train(cfg, data)
     rows = (result.run_dir / "metrics.csv").read_text()
     assert "gate/open" in rows  # the gate was checked (on validation) during training

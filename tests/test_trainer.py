@@ -129,6 +129,7 @@ def test_compile_setting_compiles_the_trained_network(tmp_path, monkeypatch):
 @pytest.mark.parametrize("method,pool,per_step", [("supervised", "labeled", 16), ("fixmatch", "unlabeled", 16 * 3),
                                                  ("mae", "unlabeled", 16)])
 def test_epochs_count_the_pool_the_method_learns_from(tmp_path, method, pool, per_step):
+    from semivit.engine.stage import total_steps
     from semivit.engine.trainer import Trainer
     from semivit.methods import method_class
 
@@ -136,7 +137,8 @@ def test_epochs_count_the_pool_the_method_learns_from(tmp_path, method, pool, pe
                                    "method": {"mu": 3} if method == "fixmatch" else {}})
     trainer = Trainer(cfg)
     n = len(getattr(trainer.data.split, pool))
-    assert trainer._total_steps(method_class(method)) == -(-2 * n // per_step)  # ceil(2 n / per_step)
+    steps = total_steps(cfg, method_class(method), trainer.params, trainer.data, False)
+    assert steps == -(-2 * n // per_step)  # ceil(2 n / per_step)
 
 
 def test_imprint_classifier_is_the_nearest_normalised_class_mean():

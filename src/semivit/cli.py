@@ -35,6 +35,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", nargs="?", const="hub", metavar="hub|none|PATH",
                    help="starting weights: hub (timm / Hugging Face hub, cached; the default for a tagged name "
                         "or hf-hub:/local-dir:), none, or a local .safetensors/.pth file")
+    g.add_argument("--frozen", action="store_true",
+                   help="keep the pretrained backbone frozen: embed the images once (cached), then train a head "
+                        "on the features with the method (supervised = linear probe, fixmatch, ema_teacher)")
     g.add_argument("--steps", type=int, help="optimizer steps")
     g.add_argument("--epochs", type=float, help="epochs over the labeled images (instead of --steps)")
     g.add_argument("--budget", help="wall-clock time for the whole run, e.g. 15m or 1h: every stage is timed and "
@@ -65,6 +68,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         out["train.resume"] = True
     if getattr(args, "overwrite", False):
         out["train.overwrite"] = True
+    if getattr(args, "frozen", False):
+        out["features.frozen"] = True
     if getattr(args, "quiet", False):
         out["train.progress"] = False
     if getattr(args, "method", None):
@@ -169,10 +174,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         logits = predict_logits(model.to(device), part, device=device)
     report = classification_report(logits, part.labels, model.spec.classes or part.classes)
     print(summary_line(report))
-    if hasattr(model, "stream_logits"):  # Semiformer: the fused prediction above, and each stream alone
-        from semivit.engine.evaluate import stream_top1
+    if len(model.head_names) > 1:  # Semiformer: the fused prediction above, and each stream alone
+        from semivit.engine.evaluate import heads_top1
 
-        report["streams"] = stream_top1(model, part, device=device)
+        report["streams"] = heads_top1(model, part, device=device)
         print("  ".join(f"{name} top-1 {acc:.4f}" for name, acc in report["streams"].items()))
     for name, acc in report["per_class"].items():
         print(f"  {name:>20}: {acc:.4f}")
@@ -238,12 +243,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths, images = read_image_files(args.inputs, spec.image_size, spec.in_chans)
     classes = spec.classes or [str(i) for i in range(spec.num_classes)]
     k = min(args.topk, spec.num_classes)
-    streams = ("conv", "transformer") if hasattr(model, "stream_logits") else ()  # Semiformer: also each stream
+    main, *streams = model.head_names  # Semiformer: also each stream
     with torch.no_grad():
         chunks = [to_float(images[i:i + 256]) for i in range(0, len(images), 256)]
-        outs = [model.stream_logits(x) if streams else {"fused": model(x)} for x in chunks]
-        probs = {name: torch.cat([o[name] for o in outs]).softmax(1) for name in ("fused", *streams)}
-    conf, idx = probs["fused"].topk(k, dim=1)
+        outs = [model.heads(x) for x in chunks]
+        probs = {name: torch.cat([o[name] for o in outs]).softmax(1) for name in model.head_names}
+    conf, idx = probs[main].topk(k, dim=1)
     with open(args.output, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "confidence", "topk",

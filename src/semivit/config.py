@@ -124,18 +124,32 @@ class TrainConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    # train a linear head on the pretrained backbone's cached features instead of the whole network: the
+    # backbone embeds each image once (and `views` weak and strong views of each training image), and the
+    # method (supervised = the linear probe, fixmatch, ema_teacher, …) trains the head on those features in
+    # the same loop; the exported model is the backbone with the head as its classifier (data/features.py)
+    frozen: bool = False
+    views: int = 2  # augmented views of each kind (weak, strong) embedded per training image; 0 = none
+    cache: str = "auto"  # the cache folder; auto = $SEMIVIT_CACHE/features or ~/.cache/semivit/features
+    batch_size: int = 128  # images per embedding batch
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     method: dict[str, Any] = field(default_factory=dict)  # checked against the method's own settings
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
+            "features": FeaturesConfig}
 
 
 def _nearest(key: str, valid: typing.Iterable[str]) -> str:

@@ -71,19 +71,22 @@ class StagePlan:
 
 
 def time_stage(cfg: Config, data: Any, previous: Config | None = None, steps: int = 4) -> tuple[float, int]:
-    """Seconds per optimizer step (forward, backward, optimizer, the method's end-of-step update, the batch
-    with its views) of ``cfg``'s stage on ``data``, on a throw-away model; and images per step.
+    """Seconds per optimizer step of ``cfg``'s stage on ``data``, and images per step: the Trainer's own
+    :meth:`~semivit.engine.trainer.Trainer.step` (the batch with its views, AMP, accumulation, clipping, the
+    method's end-of-step update) and the callbacks that work every step (the evaluation EMA, the NaN guard),
+    on a throw-away model.
 
     Nothing is written: a stage that needs earlier stages' weights (a fine-tune, a teacher) is timed on a
     fresh network of the same shape (``previous``: the stage before, whose model stands in as the teacher)."""
+    from semivit.engine.callbacks import FitContext
     from semivit.engine.checkpoint import export_weights
-    from semivit.engine.optim import build_optimizer
+    from semivit.engine.interrupt import GracefulInterrupt
+    from semivit.engine.logger import RunLogger
     from semivit.engine.trainer import Trainer
-    from semivit.methods import method_class
     from semivit.pipeline import TEACHER_METHODS
 
     cfg = copy.deepcopy(cfg)
-    cfg.train.steps, cfg.train.epochs = max(steps, 1) + 1, None
+    cfg.train.steps, cfg.train.epochs, cfg.train.resume = max(steps, 1) + 1, None, False
     # an earlier stage's file is not written yet, and hub weights need not be read: the shape is what counts
     cfg.model.pretrained = "none"
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,31 +94,27 @@ def time_stage(cfg: Config, data: Any, previous: Config | None = None, steps: in
             stand_in = copy.deepcopy(previous)
             stand_in.model.pretrained = "none"
             stand_in.train.method = "supervised"
-            net = Trainer(stand_in, data)._build_model()
+            net = Trainer(stand_in, data).build_model()
             export_weights(net, Path(tmp) / "teacher.safetensors", net.spec.to_dict())
             cfg.method = {**cfg.method, "teacher": str(Path(tmp) / "teacher.safetensors")}
         trainer = Trainer(cfg, data, run_dir=Path(tmp) / "probe")
-        method = method_class(cfg.train.method)(trainer._build_model(), trainer.params, data.train.num_classes,
-                                                cfg.train.steps)
-        method.setup(len(data.train))
-        method.to(trainer.device)
-        batches = trainer._batch_maker(method)
-        optimizer = build_optimizer(method, cfg.optim)
-        method.train()
-        times, images = [], 0
-        for i in range(steps + 1):
-            start = time.perf_counter()
-            batch = batches.next(i)
-            out = method(batch, i)
-            out.loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            method.on_step_end(i)
-            if trainer.device.type == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first step pays for allocations and caches
-                times.append(time.perf_counter() - start)
-            images = batch.size
+        trainer.setup(write=False)
+        trainer.trained.train()
+        ctx = FitContext(trainer.total, trainer.progress, RunLogger(Path(tmp), 0, 0, enabled=False))
+        with GracefulInterrupt() as stop:
+            per_step = [c for c in trainer.callbacks(stop) if c.per_step_cost]
+            times, images = [], 0
+            for i in range(steps + 1):
+                start = time.perf_counter()
+                result = trainer.step(i)
+                trainer.progress["step"] = i + 1
+                for callback in per_step:
+                    callback.on_step_end(ctx, result)
+                if trainer.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:  # the first step pays for allocations and caches
+                    times.append(time.perf_counter() - start)
+                images = result.images
     return sorted(times)[len(times) // 2], images
 
 

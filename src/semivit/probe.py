@@ -41,7 +41,7 @@ def _model_for(cfg: Config, data: Any, run: str | None) -> Any:
         raise SemivitError(f"model '{cfg.model.name}' has no pretrained weights to probe: pass a tagged timm name, "
                            f"hf-hub:ORG/NAME, local-dir:FOLDER, --pretrained hub|PATH, or a run folder")
     # the model a training run would start from: the same weights, normalisation and resolution rules
-    return Trainer(cfg, data)._build_model().eval()
+    return Trainer(cfg, data).build_model().eval()
 
 
 def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None) -> dict[str, Any]:

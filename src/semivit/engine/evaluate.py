@@ -38,21 +38,21 @@ def predict_logits(model: nn.Module, images: ImageSet, indices: torch.Tensor | N
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
-def predict_stream_logits(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
-                          device: torch.device | str = "cpu", batch_size: int = 512) -> dict[str, torch.Tensor]:
-    """Each head's logits (float32, CPU) of a dual-stream model with ``stream_logits`` (Semiformer):
-    ``{"conv", "transformer", "fused"}``, for ``images[indices]`` (all when None)."""
-    out = _batched(lambda x: {k: v.float().cpu() for k, v in model.stream_logits(x).items()},  # type: ignore[operator]
+def predict_heads(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
+                  device: torch.device | str = "cpu", batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Each prediction head's logits (float32, CPU) for ``images[indices]`` (all when None), keyed as the
+    model's ``heads`` (:meth:`~semivit.models.factory.ImageClassifier.heads`), the main head first."""
+    out = _batched(lambda x: {k: v.float().cpu() for k, v in model.heads(x).items()},  # type: ignore[operator]
                    model, images, indices, device, batch_size)
     return {name: torch.cat([o[name] for o in out]) for name in (out[0] if out else {})}
 
 
-def stream_top1(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
-                device: torch.device | str = "cpu") -> dict[str, float]:
-    """Top-1 of each head of a dual-stream model and of their fused prediction: ``{"conv": …, …}``."""
+def heads_top1(model: nn.Module, images: ImageSet, indices: torch.Tensor | None = None, *,
+               device: torch.device | str = "cpu") -> dict[str, float]:
+    """Top-1 of each prediction head (:func:`predict_heads`): ``{"fused": …, "conv": …, …}``."""
     labels = images.labels if indices is None else images.labels[indices]
     return {name: top1(logits, labels)
-            for name, logits in predict_stream_logits(model, images, indices, device=device).items()}
+            for name, logits in predict_heads(model, images, indices, device=device).items()}
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:

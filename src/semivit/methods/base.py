@@ -38,6 +38,30 @@ class NoParams:
     pass
 
 
+@dataclass(frozen=True)
+class DataRequest:
+    """What a method needs from the data, declared by the method (:meth:`Method.data_request`) and read by
+    the Trainer, which builds the batches from it: nothing about a method is guessed from its attributes.
+
+    ``labeled_views`` / ``unlabeled_views``: the view names (:mod:`semivit.data.augment`) made for each
+    labeled / unlabeled image, () for no stream; ``mu``: unlabeled images per labeled image (0 when the batch
+    is all unlabeled, as in pre-training); ``support``: (classes per batch, images per class) for a
+    class-balanced labeled stream (PAWS), else None; ``view_options``: keyword arguments per view kind;
+    ``find_unused_parameters``: whether DDP must look for parameters without a gradient every step."""
+
+    labeled_views: tuple[str, ...] = ("weak",)
+    unlabeled_views: tuple[str, ...] = ()
+    mu: float = 0.0
+    support: tuple[int | None, int] | None = None
+    view_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    find_unused_parameters: bool = False
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """Every view kind asked for (``contrastive:2`` counts as ``contrastive``)."""
+        return tuple(dict.fromkeys(v.split(":", 1)[0] for v in (*self.labeled_views, *self.unlabeled_views)))
+
+
 class Method(nn.Module):
     """Base class: subclasses set ``name`` and ``Params`` and implement :meth:`training_step`."""
 
@@ -70,6 +94,29 @@ class Method(nn.Module):
         super().__init__()
         self.model, self.params = model, params
         self.num_classes, self.total_steps = num_classes, total_steps
+
+    def data_request(self) -> DataRequest:
+        """The views, μ and sampler this method needs (see :class:`DataRequest`); methods whose views depend on
+        their settings set the view attributes in ``__init__``, PAWS adds its support sampler."""
+        return DataRequest(tuple(self.labeled_views), tuple(self.unlabeled_views), float(self.unlabeled_ratio),
+                           find_unused_parameters=self.find_unused_parameters)
+
+    @classmethod
+    def epoch_pool(cls, params: Any) -> tuple[str, float]:
+        """What ``train.epochs`` counts passes over, before the method is built: ``("labeled", 1)`` for
+        supervised training, ``("unlabeled", μ)`` for semi-supervised methods (μ unlabeled images per labeled
+        one: with 40 labels an epoch of labels is ~1 step), ``("unlabeled", 1)`` for pre-training."""
+        if cls.labeled_views and cls.trains_classifier and not cls.unlabeled_views:
+            return "labeled", 1.0
+        if cls.labeled_views and cls.unlabeled_views:
+            return "unlabeled", float(params.mu)
+        return "unlabeled", 1.0
+
+    @classmethod
+    def teacher_start(cls, params: Any) -> tuple[str, int]:
+        """A distillation method's teacher file, and the stage length below which its student starts from
+        the teacher's weights (0: never); ("", 0) for methods without a teacher."""
+        return "", 0
 
     def forward(self, batch: Batch, step: int) -> StepOutput:  # DDP calls forward; keep one entry point
         return self.training_step(batch, step)
@@ -112,11 +159,10 @@ class Method(nn.Module):
         """The network that evaluation and prediction use."""
         return self.model
 
-    def export_model(self) -> ImageClassifier:
-        """The classifier the next pipeline stage starts from."""
-        model = self.eval_model()
-        assert isinstance(model, ImageClassifier)
-        return model
+    def export_model(self) -> nn.Module:
+        """The classifier the next pipeline stage starts from (an :class:`ImageClassifier` for image runs; the
+        head for a run on cached features, which the Trainer puts back on its backbone at export)."""
+        return self.eval_model()
 
 
 def load_teacher(path: str, method: str, hint: str, num_classes: int | None = None) -> nn.Module:

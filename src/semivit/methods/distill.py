@@ -9,6 +9,7 @@ L = (1−α)·(−Σ_x Σ_y P_T(y|x; τ) log P_S(y|x; τ)) + α·CE(labeled).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,10 @@ class DistillParams:
 class Distill(Method):
     name = "distill"
     Params = DistillParams
+
+    @classmethod
+    def teacher_start(cls, params: Any) -> tuple[str, int]:
+        return params.teacher, params.teacher_init_below
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

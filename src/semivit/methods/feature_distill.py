@@ -30,6 +30,7 @@ DisCo distils the final embedding after the full projection MLP, which semivit d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,9 @@ class FeatureDistill(Method):
     trains_classifier = False  # the student's classifier head stays untrained: judged by k-NN
     find_unused_parameters = True  # (DDP) the classifier head gets no gradient
 
+    @classmethod
+    def teacher_start(cls, params: Any) -> tuple[str, int]:
+        return params.teacher, 0
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params

@@ -26,6 +26,7 @@ weighting changes the mix of classes, not the loss's scale — the expectation o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -58,6 +59,10 @@ class NoisyStudentParams:
 class NoisyStudent(Method):
     name = "noisy_student"
     Params = NoisyStudentParams
+
+    @classmethod
+    def teacher_start(cls, params: Any) -> tuple[str, int]:
+        return params.teacher, 0
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

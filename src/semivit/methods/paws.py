@@ -21,14 +21,14 @@ Fine-tuning from the export ignores it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
-from semivit.methods.base import Method, StepOutput, register_method
+from semivit.methods.base import DataRequest, Method, StepOutput, register_method
 from semivit.methods.losses import gather_supports, gather_with_grad, paws_loss, sharpen, smooth_one_hot, snn
 from semivit.models.factory import attach_head_layers
 from semivit.models.heads import ProjectionHead
@@ -90,7 +90,7 @@ class PAWS(Method):
                             "multi-crop is off for these images", small, small // patch, p.min_small_patches)
                 self.multicrop = 0
         self.unlabeled_views = ("large", "large:2", *(f"small:{i}" for i in range(1, self.multicrop + 1)))
-        self.support = (p.classes_per_batch, p.images_per_class)  # read by the Trainer: balanced sampler
+        self.support = (p.classes_per_batch, p.images_per_class)  # the balanced support sampler
         self.view_options = {"large": {"scale": tuple(p.large_scale), "jitter_strength": p.jitter_strength},
                              "small": {"scale": tuple(p.small_scale), "jitter_strength": p.jitter_strength,
                                        "out_size": small}}
@@ -109,6 +109,9 @@ class PAWS(Method):
         self.predictor = (torch.nn.Sequential(torch.nn.Linear(p.proj_dim, p.proj_dim), torch.nn.BatchNorm1d(p.proj_dim),
                                               torch.nn.ReLU(inplace=True), torch.nn.Linear(p.proj_dim, p.proj_dim))
                           if p.pred_head else None)
+
+    def data_request(self) -> DataRequest:
+        return replace(super().data_request(), support=self.support, view_options=self.view_options)
 
     def effective_settings(self) -> dict[str, Any]:
         return {"multicrop": self.multicrop} if self.multicrop != self.params.multicrop else {}

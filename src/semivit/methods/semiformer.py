@@ -120,7 +120,7 @@ class Semiformer(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
-        if not hasattr(self.model, "stream_logits"):
+        if not {"conv", "transformer"} <= set(self.model.head_names):
             raise SemivitError(f"method semiformer needs a dual-stream model, not '{self.model.spec.name}': "
                                f"use --model semiformer_tiny (small images) or semiformer_small")
         if p.pseudo_source not in SOURCES:

@@ -203,6 +203,15 @@ class ImageClassifier(nn.Module):
         t = vit.norm_pre(vit.patch_drop(vit.pos_drop(t)))
         return vit.norm(vit.blocks(t))
 
+    #: the names :meth:`heads` returns, the main prediction first (what ``forward`` gives)
+    head_names: tuple[str, ...] = ("logits",)
+
+    def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every prediction head's logits, keyed by :attr:`head_names`, the main one first: one for a plain
+        classifier; a dual-stream Semiformer reports its fused, conv and transformer heads. Evaluation,
+        prediction and methods read heads through this, never by probing a model's attributes."""
+        return {"logits": self(x)}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))
 

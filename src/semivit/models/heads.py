@@ -86,3 +86,49 @@ def imprint_classifier(classifier: nn.Linear, features: torch.Tensor, labels: to
     if classifier.bias is not None:
         classifier.bias.zero_()
     return imprinted
+
+
+class FeatureHead(nn.Module):
+    """A linear classifier on a frozen backbone's cached features, standardised by the training images'
+    feature mean and standard deviation: logits = W·(h − μ)/σ + b. Standardising makes one learning rate fit
+    every backbone (pooled CNN features range over orders of magnitude), and it folds into the backbone's own
+    linear classifier at export (:func:`fold_feature_head`), so the exported model is the plain backbone.
+
+    Examples:
+        >>> head = FeatureHead(torch.randn(100, 16) * 5 + 3, num_classes=10)
+        >>> head(torch.randn(4, 16)).shape
+        torch.Size([4, 10])
+    """
+
+    def __init__(self, features: torch.Tensor, num_classes: int) -> None:
+        super().__init__()
+        feats = features.float()
+        self.register_buffer("mean", feats.mean(0))
+        self.register_buffer("std", feats.std(0).clamp_min(1e-6))
+        self.linear = nn.Linear(feats.shape[1], num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear((h.float() - self.mean) / self.std)
+
+
+@torch.no_grad()
+def fold_feature_head(classifier: nn.Linear, head: FeatureHead) -> None:
+    """Write ``head`` into the backbone's ``classifier`` (same input features): W' = W/σ, b' = b − W'·μ, so
+    ``classifier(h) == head(h)`` and backbone + classifier is the trained model."""
+    if classifier.weight.shape != head.linear.weight.shape:
+        raise ValueError(f"the head is {tuple(head.linear.weight.shape)}, the classifier "
+                         f"{tuple(classifier.weight.shape)}: they must see the same features")
+    weight = head.linear.weight / head.std
+    classifier.weight.copy_(weight)
+    if classifier.bias is None:
+        raise ValueError("the backbone's classifier has no bias to hold the head's")
+    classifier.bias.copy_(head.linear.bias - weight @ head.mean)
+
+
+@torch.no_grad()
+def unfold_feature_head(classifier: nn.Linear, head: FeatureHead) -> None:
+    """The inverse of :func:`fold_feature_head`: set ``head``'s linear layer (with its own μ, σ) so that
+    ``head(h) == classifier(h)``: W = W'·σ, b = b' + W'·μ. A later stage of a frozen-backbone recipe starts
+    its head from the classifier the previous stage exported."""
+    head.linear.weight.copy_(classifier.weight * head.std)
+    head.linear.bias.copy_(classifier.bias + classifier.weight @ head.mean)

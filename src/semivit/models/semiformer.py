@@ -235,9 +235,15 @@ class DualStreamClassifier(ImageClassifier):
     def is_vit(self) -> bool:
         return False  # the Transformer stream depends on the conv stream: ViT-only methods (MAE) do not apply
 
+    head_names = ("fused", "conv", "transformer")
+
     def stream_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"conv", "transformer", "fused"}`` logits for float images in [0, 1]."""
         return self.backbone.stream_logits(self.normalize(x))
+
+    def heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.stream_logits(x)
+        return {name: out[name] for name in self.head_names}
 
 
 def create_semiformer(spec: ModelSpec, mean: torch.Tensor | None = None, std: torch.Tensor | None = None, *,

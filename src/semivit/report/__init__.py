@@ -73,8 +73,9 @@ class _Data:
 def _evaluation(run_dir: Path, cfg: Any, data: _Data, device: str) -> str:
     """Per-class accuracy, confusion matrix, reliability diagram (ECE), ROC (two classes) and the grid of
     test images with predictions, from the run's final model on its test part."""
-    from semivit.engine.checkpoint import load_model
+    from semivit.engine.checkpoint import load_model, read_spec
     from semivit.engine.evaluate import classification_report, predict_logits
+    from semivit.engine.stage_eval import test_report_of
     from semivit.report.runs import check_model_fits, trains_classifier
 
     if not trains_classifier(cfg.train.method):
@@ -86,21 +87,31 @@ def _evaluation(run_dir: Path, cfg: Any, data: _Data, device: str) -> str:
     test = data.test_part(cfg)
     if test is None or len(test) == 0 or not bool((test.labels >= 0).any()):
         return "<p class='note'>The data has no labeled test part (pass --test to train), so no test evaluation.</p>"
-    model, _ = load_model(model_file)
-    check_model_fits(model, test, str(run_dir))
-    logits = predict_logits(model, test, device=device)
-    classes = list(model.spec.classes or test.classes)
-    rep = classification_report(logits, test.labels, classes)
+    saved = test_report_of(run_dir)
     keep = torch.nonzero(test.labels >= 0).flatten()
-    probs = logits[keep].softmax(1)
-    conf, pred = probs.max(1)
+    if saved is not None and len(saved.get("predictions", {}).get("pred", [])) == len(test):
+        # the one test pass the run made (engine/stage_eval.py): read, not predicted again
+        rep, shown = saved, saved["predictions"]
+        classes = list((read_spec(str(model_file)) or {}).get("classes") or test.classes)
+        conf, pred = torch.tensor(shown["confidence"])[keep], torch.tensor(shown["pred"])[keep]
+        positive = torch.tensor(shown["positive"])[keep] if "positive" in shown else None
+    else:  # a run from before test_report.json held predictions
+        model, _ = load_model(model_file)
+        check_model_fits(model, test, str(run_dir))
+        logits = predict_logits(model, test, device=device)
+        classes = list(model.spec.classes or test.classes)
+        rep = classification_report(logits, test.labels, classes)
+        probs = logits[keep].softmax(1)
+        conf, pred = probs.max(1)
+        positive = probs[:, 1] if probs.shape[1] == 2 else None
     truth = test.labels[keep]
     correct = (pred == truth).numpy()
     figs = [("per-class accuracy", per_class_figure(rep["per_class"])),
             ("confusion matrix", confusion_figure(rep["confusion"], classes)),
             ("reliability diagram", reliability_figure(conf.numpy(), correct, rep["ece"]))]
     if "roc_auc" in rep:
-        figs.append(("ROC curve", roc_figure(probs[:, 1].numpy(), (truth == 1).numpy(), rep["roc_auc"], classes[1])))
+        assert positive is not None
+        figs.append(("ROC curve", roc_figure(positive.numpy(), (truth == 1).numpy(), rep["roc_auc"], classes[1])))
     plots = "".join(plot_img(figure_data_uri(fig), title) for title, fig in figs)
     line = f"<p>test {esc(summary_line(rep))}</p>"
     # mistakes first (most confident mistakes first: the ones worth a look), then right answers; at most
