@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from semivit.cli import main
 from semivit.engine.checkpoint import export_weights, load_model
 from semivit.errors import SemivitError
-from semivit.export import load_hub_folder
 from semivit.models.factory import create_model
+from semivit.models.hub_folder import load_hub_folder
 
 GOOD = {"name": "vit_nano", "num_classes": 3, "in_chans": 1, "image_size": 8,
         "kwargs": {"patch_size": 2, "embed_dim": 32, "depth": 1, "num_heads": 2, "drop_path": 0.0}, "classes": []}

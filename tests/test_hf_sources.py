@@ -60,7 +60,7 @@ def test_save_to_disk_with_splits_and_class_names(tmp_path):
     assert not streamed.train.in_memory and torch.equal(streamed.train.get(torch.tensor([4])), b.train.images[4:5])
     read = pickle.loads(pickle.dumps(streamed.train.read))  # DataLoader workers carry it
     assert torch.equal(read(10), b.train.images[10])  # a validation row, through the chained read
-    from semivit.data.sources.shards import write_shards
+    from semivit.data.shard_writer import write_shards
 
     assert write_shards(str(tmp_path / "ds"), tmp_path / "sh", 5) == {"train": 2, "test": 1, "val": 1}
     s = load_source(str(tmp_path / "sh"))  # the rows' PNG bytes copied: the same pixels, classes, parts

@@ -461,9 +461,21 @@ TINY = {"data.labels": "2-per-class", "train.steps": 2, "train.batch_size": 8, "
 
 
 def test_teacher_stages_take_the_previous_stage(tmp_path):
-    from semivit.pipeline import TEACHER_METHODS
+    """A distillation stage gets the previous stage as its teacher and a fresh student; any other stage starts
+    from the previous stage's weights (the flag each method declares, not a list kept in the pipeline)."""
+    from semivit.methods import METHODS
+    from semivit.pipeline import run_recipe
+    from semivit.report.runs import run_config
 
-    assert {"distill", "noisy_student", "feature_distill"} <= set(TEACHER_METHODS)
+    assert {n for n, c in METHODS.items() if c.previous_stage_is_teacher} == {"distill", "noisy_student",
+                                                                             "feature_distill"}
+    recipe = {"name": "r", "stages": [{"method": "supervised"}, {"method": "noisy_student"}, {"method": "supervised"}]}
+    run_recipe(recipe, {**TINY, "train.out": str(tmp_path), "train.steps": 2})
+    stages = sorted((tmp_path / "r").iterdir())
+    second, third = run_config(stages[1]), run_config(stages[2])
+    assert second.method["teacher"] == str(stages[0] / "checkpoints" / "model.safetensors")
+    assert second.model.pretrained == "auto"  # the student starts from scratch
+    assert third.model.pretrained == str(stages[1] / "checkpoints" / "model.safetensors")
 
 
 @pytest.mark.parametrize("recipe", NEW_RECIPES)

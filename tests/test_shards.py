@@ -20,8 +20,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from semivit.data.loaders import BatchMaker, ShardImageStream
+from semivit.data.shard_writer import write_shards
 from semivit.data.sources import load_source
-from semivit.data.sources.shards import ShardReader, ShardSampleStream, expand, index_shards, write_shards
+from semivit.data.sources.shards import ShardReader, ShardSampleStream, expand, index_shards
 from semivit.errors import SemivitError
 
 

@@ -109,7 +109,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA when supported) | bf16 | fp16 | off
     ema: float | None = None  # EMA momentum of the weights used for evaluation; None = off
     # the stage length `ema` was chosen for: the run uses ema^(ema_ref_steps / its steps), so the average
-    # moves as far in a shortened stage (engine/ema.py); None = `ema` is a per-step momentum, used as given
+    # moves as far in a shortened stage (core/ema.py); None = `ema` is a per-step momentum, used as given
     ema_ref_steps: int | None = None
     eval_every: int = 200  # steps between validation passes (0 = only at the end)
     log_every: int = 20

@@ -21,14 +21,11 @@ from semivit.core.runlock import RunLock
 from semivit.data import prepare_data
 from semivit.engine.trainer import TrainResult, train
 from semivit.errors import SemivitError
+from semivit.methods import method_class
 
 log = logging.getLogger("semivit")
 RECIPES = Path(__file__).parent / "recipes"
 _STAGE_KEYS = {"method", "params", "model", "optim", "train"}
-#: methods whose stage takes the previous stage as ``method.teacher`` and trains a new student from scratch:
-#: SimCLRv2 distillation, Noisy Student rounds (the student becomes the next round's teacher), feature
-#: distillation into a small student after a pre-training stage
-TEACHER_METHODS = ("distill", "noisy_student", "feature_distill")
 
 
 def find_recipe(name: str | Path) -> Path:
@@ -133,7 +130,7 @@ def _run_stages(configs: list[Config], root: Path, data: Any, budget: float | No
     result: TrainResult | None = None
     for k, cfg in enumerate(configs, 1):
         stage_dir = root / f"stage{k}-{cfg.train.method}"
-        if previous is not None and cfg.train.method in TEACHER_METHODS:
+        if previous is not None and method_class(cfg.train.method).previous_stage_is_teacher:
             # the previous stage is the teacher; the student starts from scratch (unless the stage sets
             # model.pretrained itself)
             cfg.method.setdefault("teacher", str(previous))

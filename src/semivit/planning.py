@@ -9,7 +9,7 @@ learning rate never anneals, the EMA teacher never catches up). Instead, before 
 2. one factor s scales every stage's nominal steps, n_k → round(s·n_k), so that Σ s·n_k·t_k fits the budget
    left after loading the data and timing, less a reserve for validation, the final test pass and export:
    the recipe keeps its proportions between stages, and each stage's warm-up and cosine schedule (and the
-   EMA momenta, declared for their stage length: :mod:`semivit.engine.ema`) are planned for the steps it
+   EMA momenta, declared for their stage length: :mod:`semivit.core.ema`) are planned for the steps it
    will really get;
 3. the plan is printed (steps per stage, images per step, seconds per step, expected minutes) and written to
    ``plan.json``; ``--resume`` reuses it, so a resumed run trains exactly the planned steps. Each stage also
@@ -83,14 +83,14 @@ def time_stage(cfg: Config, data: Any, previous: Config | None = None, steps: in
     from semivit.engine.interrupt import GracefulInterrupt
     from semivit.engine.logger import RunLogger
     from semivit.engine.trainer import Trainer
-    from semivit.pipeline import TEACHER_METHODS
+    from semivit.methods import method_class
 
     cfg = copy.deepcopy(cfg)
     cfg.train.steps, cfg.train.epochs, cfg.train.resume = max(steps, 1) + 1, None, False
     # an earlier stage's file is not written yet, and hub weights need not be read: the shape is what counts
     cfg.model.pretrained = "none"
     with tempfile.TemporaryDirectory() as tmp:
-        if cfg.train.method in TEACHER_METHODS and previous is not None:
+        if method_class(cfg.train.method).previous_stage_is_teacher and previous is not None:
             stand_in = copy.deepcopy(previous)
             stand_in.model.pretrained = "none"
             stand_in.train.method = "supervised"

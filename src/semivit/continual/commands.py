@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from semivit.cli import add_common_arguments, overrides_from_args
+from semivit.arguments import add_common_arguments, overrides_from_args
 from semivit.continual import METHODS, TABLE
 from semivit.errors import SemivitError
 

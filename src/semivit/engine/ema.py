@@ -1,55 +1,14 @@
-"""Exponential moving average of a model's weights: θ' ← m·θ' + (1−m)·θ after every step.
-
-Used as an evaluation model (``train.ema``), as Semi-ViT's EMA-Teacher (``method.ema``), and by BYOL's
-target network (``method.base_momentum``).
-
-**Momenta follow the stage length.** After K updates the average still holds m^K of its starting weights,
-so a momentum tuned for a stage of K_ref steps is wrong for a stage that gets fewer (``semivit bench``
-rescales every stage to its budget; ``--steps`` shortens a recipe): 0.999 tuned for 5,000 steps leaves
-0.999^700 ≈ 50% of the start in a 700-step stage, against 0.7% at full length. So a momentum is declared
-together with the stage length it was chosen for (``*_ref_steps``) and converted to
-
-    m_eff = m^(K_ref / K)        (:func:`scaled_momentum`),
-
-which keeps m_eff^K = m^K_ref: the average moves as far from its start, and its half-life is the same share
-of the stage, whatever the stage's length. Without a reference length the momentum is a per-step value used
-as given. The trainer writes the effective value, with K as its reference, into the run's ``config.yaml``
-(an equivalent declaration: m_eff^(K/K') = m^(K_ref/K') for any later length K').
-"""
+"""The run's config with every EMA momentum as the stage uses it (the EMA itself is :mod:`semivit.core.ema`)."""
 
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
-import torch
-from torch import nn
-
 from semivit.config import Config
-from semivit.errors import SemivitError
+from semivit.core.ema import ModelEMA, half_life, scaled_momentum
 
-
-def scaled_momentum(momentum: float, ref_steps: int | None, steps: int, name: str = "momentum") -> float:
-    """The per-step momentum for a stage of ``steps`` steps: m^(K_ref/K), or ``momentum`` itself when
-    ``ref_steps`` is None (or the stage has exactly K_ref steps). ``name`` names the setting in errors."""
-    if not 0.0 <= momentum <= 1.0:
-        raise SemivitError(f"{name} must be in [0, 1], got {momentum}")
-    if ref_steps is None or ref_steps == steps or momentum in (0.0, 1.0):
-        return float(momentum)
-    if ref_steps <= 0 or steps <= 0:
-        raise SemivitError(f"the reference length of {name} and the stage's steps must be positive, got "
-                           f"{ref_steps} and {steps}")
-    return float(momentum ** (ref_steps / steps))
-
-
-def half_life(momentum: float) -> float:
-    """Steps after which the average holds half of its start: ln ½ / ln m (∞ for m = 1, 0 for m = 0)."""
-    if momentum >= 1.0:
-        return math.inf
-    if momentum <= 0.0:
-        return 0.0
-    return math.log(0.5) / math.log(momentum)
+__all__ = ["ModelEMA", "effective_config", "half_life", "scaled_momentum"]
 
 
 def effective_config(cfg: Config, method_settings: dict[str, Any], steps: int) -> Config:
@@ -63,32 +22,3 @@ def effective_config(cfg: Config, method_settings: dict[str, Any], steps: int) -
         out.train.ema_ref_steps = steps
     out.method = {**cfg.method, **method_settings}
     return out
-
-
-class ModelEMA(nn.Module):
-    """A frozen copy of ``model`` that tracks its weights; buffers (e.g. BatchNorm stats) are copied.
-    ``decay`` is the per-step momentum m (already scaled to the stage: :func:`scaled_momentum`)."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        super().__init__()
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, decay: float | None = None) -> None:
-        m = self.decay if decay is None else decay
-        ema_params = list(self.module.parameters())
-        params = [p.detach() for p in model.parameters()]
-        # θ' ← m·θ' + (1−m)·θ, as one fused op over all tensors
-        torch._foreach_lerp_(ema_params, params, 1.0 - m)
-        for ema_b, b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(b)
-
-    def train(self, mode: bool = True) -> ModelEMA:
-        """The average always runs in eval mode (no dropout / drop-path), even inside a training method."""
-        super().train(mode)
-        self.module.eval()
-        return self
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)

@@ -170,3 +170,35 @@ def linear_probe_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torc
     clf = LogisticRegression(max_iter=2000)
     clf.fit(((train_x - mean) / std).numpy(), train_y.numpy())
     return float(clf.score(((test_x - mean) / std).numpy(), test_y.numpy()))
+
+
+def _standardised(train_x: torch.Tensor, *others: torch.Tensor) -> list[Any]:
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    return [((x - mean) / std).numpy() for x in (train_x, *others)]
+
+
+def label_spreading_top1(pool_x: torch.Tensor, pool_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                         neighbours: int = 10, alpha: float = 0.2) -> float:
+    """Label spreading (Zhou et al. 2004) over a k-NN graph of frozen features: ``pool_y`` is −1 for the
+    unlabeled images; the spread labels then classify the test images (scikit-learn's ``LabelSpreading``,
+    its k-NN kernel). A transductive semi-supervised baseline for heads on cached features."""
+    from sklearn.semi_supervised import LabelSpreading
+
+    pool, test = _standardised(pool_x.float(), test_x.float())
+    model = LabelSpreading(kernel="knn", n_neighbors=neighbours, alpha=alpha, max_iter=100)
+    model.fit(pool, pool_y.numpy())
+    return float((torch.from_numpy(model.predict(test)) == test_y).float().mean())
+
+
+def self_training_top1(pool_x: torch.Tensor, pool_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                       threshold: float = 0.9, max_iter: int = 5) -> float:
+    """Self-training (Yarowsky 1995; scikit-learn's ``SelfTrainingClassifier``) of a logistic regression on
+    frozen features: fit on the labels, add the unlabeled images predicted with probability ≥ ``threshold``
+    as labels, refit, ``max_iter`` rounds. ``pool_y`` is −1 for the unlabeled images."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.semi_supervised import SelfTrainingClassifier
+
+    pool, test = _standardised(pool_x.float(), test_x.float())
+    model = SelfTrainingClassifier(LogisticRegression(max_iter=300), threshold=threshold, max_iter=max_iter)
+    model.fit(pool, pool_y.numpy())
+    return float((torch.from_numpy(model.predict(test)) == test_y).float().mean())

@@ -132,7 +132,7 @@ class Trainer:
         self.optimizer = build_optimizer(method, o)
         self.amp = amp_dtype(t.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        # the evaluation EMA's momentum follows the stage's length (engine/ema.py)
+        # the evaluation EMA's momentum follows the stage's length (core/ema.py)
         self.ema = ModelEMA(method.export_model(), scaled_momentum(t.ema, t.ema_ref_steps, total, "train.ema")) \
             if t.ema else None
         self.base_lr = o.lr * (t.batch_size * t.accum_steps / 256 if o.scale_lr else 1.0)

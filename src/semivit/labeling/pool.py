@@ -134,7 +134,7 @@ def load_encoder(pool: Pool, encoder: str | None) -> Any:
     path = Path(encoder).expanduser()
     if path.exists():
         from semivit.engine.checkpoint import load_model
-        from semivit.export import is_hub_folder
+        from semivit.models.hub_folder import is_hub_folder
 
         model, _ = load_model(run_folder(path) if path.is_dir() and not is_hub_folder(path) else path)
         check_model_fits(model, pool.train, encoder)

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+import semivit.labeling.select as select
 from semivit.errors import SemivitError
-from semivit.labeling import select
 from semivit.labeling.pool import Pool, embed, image_files, load_encoder, teacher_probs, write_table
 from semivit.report.runs import resolve_device, run_config, trains_classifier
 

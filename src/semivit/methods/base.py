@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from semivit.config import Config, build_dataclass
+from semivit.core.ema import half_life, scaled_momentum
 from semivit.core.schedule import stage_steps
 from semivit.data.loaders import Batch
-from semivit.engine.ema import half_life, scaled_momentum
 from semivit.errors import SemivitError
 from semivit.models.factory import ImageClassifier
 
@@ -78,6 +78,9 @@ class Method(nn.Module):
     #: classifier head): DDP must then look for them every step, or it stops at step 2 waiting for their
     #: gradients. tests/test_ddp.py trains every registered method under 2 ranks to keep this honest.
     find_unused_parameters: ClassVar[bool] = False
+    #: a recipe stage of this method takes the previous stage as its teacher (``method.teacher``) and trains a
+    #: new student, instead of starting from the previous stage's weights (distillation, Noisy Student)
+    previous_stage_is_teacher: ClassVar[bool] = False
 
     @classmethod
     def default_model(cls, image_size: int) -> str:
@@ -151,7 +154,7 @@ class Method(nn.Module):
 
     def effective_settings(self) -> dict[str, Any]:
         """Method settings as this run really uses them, written into the run's ``config.yaml`` in place of
-        the declared ones: e.g. an EMA momentum scaled to the stage's length (:mod:`semivit.engine.ema`),
+        the declared ones: e.g. an EMA momentum scaled to the stage's length (:mod:`semivit.core.ema`),
         with that length as its reference, so the file still describes a stage of any length."""
         return {}
 
@@ -168,7 +171,7 @@ class Method(nn.Module):
 def load_teacher(path: str, method: str, hint: str, num_classes: int | None = None) -> nn.Module:
     """A frozen teacher network for ``method`` (distillation, Noisy Student, feature distillation) from a
     semivit model file or run folder; ``num_classes``: the classes it must predict (None: any)."""
-    from semivit.engine.checkpoint import load_model
+    from semivit.models.io import load_model
 
     if not path:
         raise SemivitError(f"{method} needs a teacher: --set method.teacher=runs/NAME (a run folder or its "

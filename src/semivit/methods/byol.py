@@ -5,7 +5,7 @@ the projection z'_ξ that a *target* network (backbone + projector, no predictor
 The target is an exponential moving average of the online backbone and projector, ξ ← τ·ξ + (1 − τ)·θ
 (Eq. 1), with τ rising from τ_base to 1 by a cosine over training (Sec. 3.3); it gets no gradient. τ_base
 is declared for a stage of ``momentum_ref_steps`` steps and scaled to the stage's real length
-(engine/ema.py). The loss is the normalised MSE 2 − 2·cos(q_θ, sg(z'_ξ)), symmetrised over the two views
+(core/ema.py). The loss is the normalised MSE 2 − 2·cos(q_θ, sg(z'_ξ)), symmetrised over the two views
 (Eq. 2). Labels are not used; the exported model is the online backbone, for fine-tuning (the ``byol``
 recipe).
 """
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semivit.core.ema import ModelEMA, half_life, scaled_momentum
 from semivit.data.loaders import Batch
-from semivit.engine.ema import ModelEMA, half_life, scaled_momentum
 from semivit.errors import SemivitError
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.losses import byol_loss
@@ -33,7 +33,7 @@ from semivit.models.heads import MLPHead
 class BYOLParams:
     base_momentum: float = 0.99  # τ_base of the target EMA (paper: 0.996 on ImageNet; 0.99 suits short runs)
     # the stage length τ_base is declared for: a stage of K steps starts at τ_base^(momentum_ref_steps/K), so
-    # the target lags the online network by the same share of the stage (engine/ema.py); None = as given.
+    # the target lags the online network by the same share of the stage (core/ema.py); None = as given.
     # 600 steps: the byol recipe's stage, where 0.99 was chosen (digits)
     momentum_ref_steps: int | None = 600
     proj_dim: int = 128  # output of the projector and the predictor (paper: 256)
@@ -45,7 +45,7 @@ class BYOLParams:
 def target_momentum(step: int, total_steps: int, base: float) -> float:
     """The target's EMA momentum at step k of K (Grill et al. 2020, Sec. 3.3):
     τ_k = 1 − (1 − τ_base)·(cos(πk/K) + 1)/2, from τ_base at k = 0 to 1 at k = K. ``base`` is τ_base
-    already scaled to the stage's length (:func:`~semivit.engine.ema.scaled_momentum`)."""
+    already scaled to the stage's length (:func:`~semivit.core.ema.scaled_momentum`)."""
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
     return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
 

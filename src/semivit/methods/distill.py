@@ -40,6 +40,8 @@ class Distill(Method):
     name = "distill"
     Params = DistillParams
 
+    previous_stage_is_teacher = True
+
     @classmethod
     def teacher_start(cls, params: Any) -> tuple[str, int]:
         return params.teacher, params.teacher_init_below

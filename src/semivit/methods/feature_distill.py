@@ -79,6 +79,8 @@ class FeatureDistill(Method):
     trains_classifier = False  # the student's classifier head stays untrained: judged by k-NN
     find_unused_parameters = True  # (DDP) the classifier head gets no gradient
 
+    previous_stage_is_teacher = True
+
     @classmethod
     def teacher_start(cls, params: Any) -> tuple[str, int]:
         return params.teacher, 0

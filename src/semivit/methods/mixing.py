@@ -10,13 +10,19 @@ import torch
 
 
 def mixup(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blend each sample with ``x[perm]``; ``lam`` (B,) is the weight of the sample itself."""
-    w = lam.view(-1, 1, 1, 1).to(x.dtype)
+    """Blend each sample with ``x[perm]``; ``lam`` (B,) is the weight of the sample itself. Any sample shape:
+    images, or cached feature vectors (the feature-space mixup of a head on a frozen backbone)."""
+    w = lam.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
     return w * x + (1 - w) * x[perm], lam
 
 
 def cutmix(x: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste a random box of area (1−λ) from ``x[perm]`` into each sample; returns the actual λ."""
+    if x.dim() != 4:
+        from semivit.errors import SemivitError
+
+        raise SemivitError(f"CutMix pastes image boxes, and these inputs are {x.dim()}-D (cached features?): use "
+                           f"mixup (method.pseudo_mixup=mixup) or none")
     b, _, h, w = x.shape
     cut = torch.sqrt((1 - lam).clamp(0, 1))
     ch, cw = (cut * h).round().long(), (cut * w).round().long()

@@ -127,7 +127,7 @@ class NNCSL(PAWS):
         self.register_buffer("distill_set", torch.tensor(sorted(set(p.distill_classes)), dtype=torch.long),
                              persistent=False)
         if p.init:  # the previous task's weights, projector included (model.pretrained would drop it)
-            from semivit.engine.checkpoint import read_weights
+            from semivit.core.checkpoint import read_weights
 
             tensors, _ = read_weights(p.init)
             missing, unexpected = self.model.load_state_dict(tensors, strict=False)

@@ -60,6 +60,8 @@ class NoisyStudent(Method):
     name = "noisy_student"
     Params = NoisyStudentParams
 
+    previous_stage_is_teacher = True
+
     @classmethod
     def teacher_start(cls, params: Any) -> tuple[str, int]:
         return params.teacher, 0

@@ -9,7 +9,7 @@ of each unlabeled image, ŷ = argmax p, and the student learns ŷ on the strong 
 CE_ε is the cross-entropy with label smoothing ε (``label_smoothing``; Semi-ViT's main_semi.py L91 and L403–404:
 ``--smoothing 0.1`` → timm's LabelSmoothingCrossEntropy on the labeled batch; FixMatch's paper uses none).
 FixMatch's teacher is the student itself; the EMA-Teacher is θ' ← m·θ' + (1−m)·θ, updated every step, with
-m scaled to the stage's length (:mod:`semivit.engine.ema`).
+m scaled to the stage's length (:mod:`semivit.core.ema`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semivit.core.ema import ModelEMA, half_life, scaled_momentum
 from semivit.data.loaders import Batch
-from semivit.engine.ema import ModelEMA, half_life, scaled_momentum
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.mixing import mix, soft_cross_entropy, soft_targets
 
@@ -183,7 +183,7 @@ class EMATeacher(PseudoLabelMethod):
     """Semi-ViT's EMA-Teacher (Cai et al., NeurIPS 2022): pseudo-labels from an EMA of the student.
 
     The momentum is ``ema`` declared for ``ema_ref_steps`` steps and scaled to this stage's length,
-    m^(ema_ref_steps/K) (:func:`~semivit.engine.ema.scaled_momentum`), so a stage shortened by ``--steps``
+    m^(ema_ref_steps/K) (:func:`~semivit.core.ema.scaled_momentum`), so a stage shortened by ``--steps``
     or a benchmark budget leaves the teacher as far from its start as the full stage; the run's config.yaml
     records the value used.
 

@@ -30,6 +30,9 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "vit_huge": (1280, 32, 16),
 }
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+#: name prefix → builder(spec, mean, std, **sizes) of model families with their own module, registered by that
+#: module (models/semiformer.py) so this one never imports them back
+MODEL_FAMILIES: dict[str, Any] = {}
 
 
 def default_patch_size(image_size: int) -> int:
@@ -276,20 +279,19 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int
     projection-head layers (Linear–BN–ReLU, ``head_hidden`` wide) between the pooled features and the
     classifier: SimCLRv2 fine-tunes "from the first layer of the projection head" this way.
     """
-    from semivit.models import hub as hubs
+    import semivit.models.hub as hubs
 
     spec = ModelSpec(name, num_classes, in_chans, image_size, {}, list(classes or []))
     if hub is not None or pretrained or hubs.is_pretrained_name(name):
         return _hub_model(hub or hubs.resolve(name, cache_dir), spec, pretrained=pretrained, cache_dir=cache_dir,
                           resolution=resolution, drop_path=drop_path, mean=mean, std=std,
                           head_layers=head_layers, head_hidden=head_hidden, patch_size=patch_size)
-    if name.startswith("semiformer"):  # Semiformer's dual-stream model: its own wrapper (per-stream logits)
-        from semivit.models.semiformer import create_semiformer
-
+    family = next((f for prefix, f in MODEL_FAMILIES.items() if name.startswith(prefix)), None)
+    if family is not None:  # a family with its own wrapper (Semiformer's dual-stream model)
         if head_layers > 0:
-            raise SemivitError("model.head_layers is not supported by Semiformer models")
-        return create_semiformer(spec, mean, std, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
-                                 num_heads=num_heads, drop_path=drop_path)
+            raise SemivitError(f"model.head_layers is not supported by {name}")
+        return family(spec, mean, std, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                      num_heads=num_heads, drop_path=drop_path)
     if name in VIT_SIZES:
         backbone = _vit(name, spec, patch_size, embed_dim, depth, num_heads, drop_path)
     elif name in RESNETS:
@@ -318,7 +320,7 @@ def _hub_model(hub: Any, spec: ModelSpec, *, pretrained: bool, cache_dir: str | 
                head_hidden: int | None, patch_size: int | None) -> ImageClassifier:
     """A timm backbone named by a pretrained source (see :mod:`semivit.models.hub`), wrapped with its
     pretraining mean/std and, when its resolution differs from the data's, a resize inside the model."""
-    from semivit.models import hub as hubs
+    import semivit.models.hub as hubs
 
     own_patch = hub.patch_size
     if patch_size and own_patch and patch_size != own_patch:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semivit.errors import SemivitError
-from semivit.models.factory import ImageClassifier, ModelSpec, vit_patch_size
+from semivit.models.factory import MODEL_FAMILIES, ImageClassifier, ModelSpec, vit_patch_size
 
 
 @dataclass(frozen=True)
@@ -264,3 +264,6 @@ def create_semiformer(spec: ModelSpec, mean: torch.Tensor | None = None, std: to
     backbone = Semiformer(spec.image_size, patch, spec.in_chans, spec.num_classes, embed_dim, depth, num_heads,
                           size.stem_channels, size.conv_channels, drop_path=drop_path)
     return DualStreamClassifier(backbone, spec, mean, std)
+
+
+MODEL_FAMILIES["semiformer"] = create_semiformer

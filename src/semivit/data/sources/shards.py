@@ -50,14 +50,13 @@ from semivit.data.sources.common import (
     Opts,
     Parts,
     decode_bytes,
-    decode_pil,
     files_to_set,
 )
 from semivit.errors import SemivitError
 
 SHUFFLE_BUFFER = 1000  # encoded samples per worker (~100 MB of ImageNet JPEGs): mixes ~ a shard's worth
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
-_IMAGE_EXTS = {e.lstrip(".") for e in IMAGE_EXTENSIONS}
+IMAGE_EXTS = {e.lstrip(".") for e in IMAGE_EXTENSIONS}
 
 
 def expand(pattern: str) -> list[str]:
@@ -97,13 +96,13 @@ class ShardIndex:
     ids: list[str]
 
 
-def _sidecar(shard: str) -> Path:
+def sidecar(shard: str) -> Path:
     return Path(shard).with_suffix(".idx.json")
 
 
-def _read_sidecar(shard: str) -> list | None:
+def _readsidecar(shard: str) -> list | None:
     """The sample table ``semivit shards`` wrote beside ``shard``, if it still describes that file."""
-    path = _sidecar(shard)
+    path = sidecar(shard)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("version") == 1 and data.get("tar_bytes") == os.path.getsize(shard):
@@ -130,7 +129,7 @@ def _checked_rows(rows: object, tar_bytes: int, path: Path) -> list:
             raise bad(k, "has a non-integer offset, size or label")
         if off < 0 or size <= 0 or off + size > tar_bytes:
             raise bad(k, f"points outside the tar (offset {off}, size {size}, tar {tar_bytes} bytes)")
-        if not isinstance(ext, str) or ext not in _IMAGE_EXTS or not isinstance(sample_id, str):
+        if not isinstance(ext, str) or ext not in IMAGE_EXTS or not isinstance(sample_id, str):
             raise bad(k, f"has extension {ext!r} (not an image) or a non-text id")
     return rows
 
@@ -142,7 +141,7 @@ def index_shards(shards: list[str]) -> ShardIndex:
     shard_of, offsets, sizes, exts, labels, ids = [], [], [], [], [], []
     links, first_link = 0, ""
     for s, shard in enumerate(shards):
-        table = _read_sidecar(shard)
+        table = _readsidecar(shard)
         if table is not None:
             for off, size, ext, label, sample_id in table:
                 shard_of.append(s)
@@ -169,7 +168,7 @@ def index_shards(shards: list[str]) -> ShardIndex:
                     key = f"{folder}/{stem}" if folder else stem
                     entry = samples.setdefault(key, {})
                     ext = ext.lower()
-                    if ext in _IMAGE_EXTS and "image" not in entry:
+                    if ext in IMAGE_EXTS and "image" not in entry:
                         entry["image"] = (member.offset_data, member.size, ext)
                     elif ext in ("cls", "id") and member.size < 4096:
                         here = f.tell()
@@ -430,109 +429,3 @@ class ShardSampleStream(IterableDataset):
             empty_epochs = 0 if delivered else empty_epochs + 1
             if empty_epochs > 2 * max(1, len(self.per_shard)):  # this slot's share of the pool is empty
                 return
-
-
-# ------------------------------------------------------------------------------------------------ writing
-
-
-def _encoded(part: ImageSet, i: int, short_side: int | None = None) -> tuple[bytes, str]:
-    """Image ``i`` of ``part`` as file bytes: the original file's bytes where the part reads files (no
-    re-encoding, the loader resizes; with ``short_side``, larger images are shrunk first), else a lossless
-    PNG of the stored pixels."""
-    if part.images is None and isinstance(part.read, Decoder):  # files, zip members, HF rows, shard samples
-        data, ext = part.read.raw_file(i)
-        if ext in _IMAGE_EXTS:  # a format the shard reader picks up by extension
-            return _shrunk(data, ext, short_side) if short_side else (data, ext)
-    x = part.images[i] if part.images is not None else part.read(i)
-    arr = x.permute(1, 2, 0).numpy()
-    buf = io.BytesIO()
-    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(buf, "PNG")
-    return buf.getvalue(), "png"
-
-
-def _shrunk(data: bytes, ext: str, short_side: int) -> tuple[bytes, str]:
-    """An encoded image whose short side exceeds ``short_side``, resized to it (aspect ratio kept) and
-    re-encoded: JPEG sources as JPEG at quality 90, others as lossless PNG. Smaller images keep their bytes.
-    Training at 224 px from images stored at 224 px on the short side decodes ~3× faster per core than from
-    ImageNet's ~500×375 originals (benchmarks/decode_throughput.py)."""
-    with Image.open(io.BytesIO(data)) as img:
-        w, h = img.size
-        if min(w, h) <= short_side:
-            return data, ext
-        scale = short_side / min(w, h)
-        arr = decode_pil(img, (max(1, round(h * scale)), max(1, round(w * scale))), None)
-    buf = io.BytesIO()
-    image = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
-    if ext == "jpg":
-        image.save(buf, "JPEG", quality=90)
-        return buf.getvalue(), "jpg"
-    image.save(buf, "PNG")
-    return buf.getvalue(), "png"
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> int:
-    """Append a member; returns the byte offset of its data (for the sidecar index)."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644  # fixed metadata: the same input gives the same bytes
-    tar.addfile(info, io.BytesIO(data))
-    return tar.offset - tarfile.BLOCKSIZE * ((len(data) + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE)
-
-
-def write_part(part: ImageSet, out: Path, prefix: str, shard_size: int, short_side: int | None = None) -> list[Path]:
-    """``part`` as ``OUT/PREFIX-000000.tar``, ... of ``shard_size`` samples each, in the part's order."""
-    from tqdm import tqdm
-
-    paths = []
-    # a bar per part: an ImageNet-sized folder takes many minutes (copying ~1,000 files/s per core)
-    bar = tqdm(total=len(part), desc=f"{prefix} shards", unit="img", disable=len(part) < 10_000, leave=False)
-    for start in range(0, len(part), shard_size):
-        path = out / f"{prefix}-{start // shard_size:06d}.tar"
-        tmp = path.with_suffix(".tar.tmp")
-        table = []
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for i in range(start, min(start + shard_size, len(part))):
-                key = f"{i:09d}"
-                data, ext = _encoded(part, i, short_side)
-                offset = _add(tar, f"{key}.{ext}", data)
-                label = int(part.labels[i])
-                if label != UNLABELED:
-                    _add(tar, f"{key}.cls", str(label).encode())
-                _add(tar, f"{key}.id", part.ids[i].encode("utf-8"))
-                table.append([offset, len(data), ext, label, part.ids[i]])
-        tmp.replace(path)  # a shard appears whole or not at all
-        bar.update(len(table))
-        side = {"version": 1, "tar_bytes": path.stat().st_size, "samples": table}
-        _sidecar(str(path)).write_text(json.dumps(side, ensure_ascii=False), encoding="utf-8")
-        paths.append(path)
-    bar.close()
-    return paths
-
-
-def write_shards(spec: str, out: str | Path, shard_size: int = 10_000, *, test: str | None = None,
-                 unlabeled: str | None = None, root: str | None = None, on_corrupt: str = "skip",
-                 short_side: int | None = None) -> dict[str, int]:
-    """Write the parts of any source as shards under ``out`` (``train-*.tar``, ``test-*.tar``, ``val-*.tar``,
-    each with its ``.idx.json`` sample table, and ``classes.txt``), readable with ``--data OUT`` or
-    ``--data 'OUT/train-{000000..N}.tar'``; ``short_side``: store larger images shrunk to it (see
-    :func:`_shrunk`). Returns the number of shards per part."""
-    from semivit.data.sources import load_parts
-
-    if shard_size < 1:
-        raise SemivitError(f"--shard-size is {shard_size}: use a positive number of samples per shard")
-    if short_side is not None and short_side < 8:
-        raise SemivitError(f"--short-side is {short_side}: use the training size or a little more (e.g. 256)")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SemivitError(f"'{out}' is a file: pass a folder to write the shards into")
-    if out.is_dir() and any(out.glob("*-*.tar")):
-        raise SemivitError(f"'{out}' already holds shards: pass an empty or new folder")
-    # stream_threshold=0: file sources stay undecoded, so each image's original bytes are copied
-    parts = load_parts(spec, test=test, unlabeled=unlabeled, root=root, on_corrupt=on_corrupt, stream_threshold=0)
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for prefix, part in (("train", parts.train), ("test", parts.test), ("val", parts.val)):
-        if part is not None:
-            counts[prefix] = len(write_part(part, out, prefix, shard_size, short_side))
-    if parts.train.classes:
-        (out / "classes.txt").write_text("".join(f"{c}\n" for c in parts.train.classes), encoding="utf-8")
-    return counts
