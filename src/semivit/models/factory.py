@@ -16,19 +16,10 @@ import torch
 from torch import nn
 
 from semivit.errors import SemivitError
+from semivit.models.sizes import VIT_SIZES
 
 log = logging.getLogger("semivit")
 
-# name → (embed_dim, depth, num_heads). nano/micro are for CPU runs on small images.
-VIT_SIZES: dict[str, tuple[int, int, int]] = {
-    "vit_nano": (96, 6, 3),
-    "vit_micro": (128, 6, 4),
-    "vit_tiny": (192, 12, 3),
-    "vit_small": (384, 12, 6),
-    "vit_base": (768, 12, 12),
-    "vit_large": (1024, 24, 16),
-    "vit_huge": (1280, 32, 16),
-}
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 #: name prefix → builder(spec, mean, std, **sizes) of model families with their own module, registered by that
 #: module (models/semiformer.py) so this one never imports them back
@@ -221,6 +212,27 @@ class ImageClassifier(nn.Module):
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean.copy_(mean.view_as(self.mean))
         self.std.copy_(std.clamp_min(1e-3).view_as(self.std))
+
+
+def wrap_module(module: nn.Module, num_classes: int, in_chans: int, image_size: int,
+                classes: list[str] | None = None) -> ImageClassifier:
+    """Your own network as a semivit classifier, trained as it is: ``module`` maps N×C×H×W inputs to N×K logits.
+    A timm model keeps the mean/std of its ``pretrained_cfg``; any other module gets images in [0, 1]
+    (mean 0, std 1: normalise inside it if it needs to). The run exports its weights with the spec
+    ``external:CLASS``; load them back into your own module (``load_state_dict``).
+
+    Examples:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        >>> wrap_module(net, 10, 1, 8)(torch.rand(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+    if isinstance(module, ImageClassifier):
+        return module
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    spec = ModelSpec(f"external:{type(module).__name__}", num_classes, in_chans, image_size, {}, list(classes or []))
+    mean = torch.tensor(cfg["mean"], dtype=torch.float32)[:in_chans] if "mean" in cfg else torch.zeros(in_chans)
+    std = torch.tensor(cfg["std"], dtype=torch.float32)[:in_chans] if "std" in cfg else torch.ones(in_chans)
+    return ImageClassifier(module, spec, mean, std)
 
 
 def vit_patch_size(image_size: int, patch_size: int | None, embed_dim: int, num_heads: int) -> int:

@@ -13,6 +13,7 @@ A validation part becomes the run's validation split (see :func:`semivit.data.pr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,3 +84,22 @@ def load(spec: str, path: Path, size: tuple[int, int] | None, mode: str | None, 
     classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
     sets = dict(zip(present, array_parts(parts, classes)))
     return Parts(sets["train"], sets.get("test"), sets.get("val"))
+
+
+def bundle_from_arrays(x: Any, y: Any, x_test: Any = None, y_test: Any = None,
+                       classes: list[str] | None = None, name: str = "arrays") -> Any:
+    """A data set from in-memory arrays (numpy or torch): uint8 images N×H×W, N×H×W×C or N×C×H×W, integer
+    labels (−1 = unlabeled); the same checks as an ``.npz`` file. What ``semivit.fit((x, y))`` trains on."""
+    from semivit.data.imageset import DataBundle
+
+    where = Path(f"<{name}>")
+    parts = []
+    for xs, ys, key in ((x, y, "x"), (x_test, y_test, "x_test")):
+        if xs is None:
+            continue
+        xs = _images(np.asarray(xs), key, where)
+        ys = (_labels(np.asarray(ys), f"y of {key}", len(xs), where) if ys is not None
+              else np.full(len(xs), UNLABELED, np.int64))
+        parts.append((xs, ys, f"the arrays ({key})"))
+    sets = array_parts(parts, classes)
+    return DataBundle(name, sets[0], sets[1] if len(sets) > 1 else None)

@@ -1,0 +1,188 @@
+"""The Python surface: train, load, predict, evaluate, suggest and export from a script or a notebook, with
+the same settings, checks and run folders as the command line.
+
+Examples:
+    >>> import semivit
+    >>> run = semivit.fit("digits", method="fixmatch", labels="4-per-class", steps=200)  # doctest: +SKIP
+    >>> run.metrics["test_top1"]  # doctest: +SKIP
+    >>> probs = run.predict(images)  # uint8 N×H×W(×C) or N×C×H×W, or float in [0, 1]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from semivit.config import Config, apply_overrides
+from semivit.errors import SemivitError
+
+#: keyword arguments of :func:`fit` and the settings they stand for (any other setting: ``settings={...}``)
+SHORTCUTS = {"labels": "data.labels", "test": "data.test", "unlabeled": "data.unlabeled", "val": "data.val",
+             "split": "data.split", "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size",
+             "seed": "train.seed", "device": "train.device", "out": "train.out", "name": "train.name",
+             "resume": "train.resume", "overwrite": "train.overwrite", "progress": "train.progress",
+             "lr": "optim.lr", "frozen": "features.frozen", "pretrained": "model.pretrained",
+             "resolution": "model.resolution"}
+
+
+@dataclass
+class Run:
+    """A finished training run: its folder, its results (``results.json``) and its evaluation model."""
+
+    folder: Path
+    metrics: dict[str, Any]
+    model: nn.Module
+
+    def predict(self, images: Any) -> torch.Tensor:
+        return predict(self.model, images)
+
+
+def _settings(method: str | None, model: Any, kwargs: dict[str, Any], settings: dict[str, Any] | None) -> dict:
+    unknown = sorted(set(kwargs) - set(SHORTCUTS))
+    if unknown:
+        raise SemivitError(f"unknown argument(s) {', '.join(unknown)}: use {', '.join(SHORTCUTS)}, or "
+                           f"settings={{'section.key': value}} for any other setting")
+    out = {SHORTCUTS[k]: v for k, v in kwargs.items()}
+    if method:
+        out["train.method"] = method
+    if isinstance(model, str):
+        out["model.name"] = model
+    return {**out, **(settings or {})}
+
+
+def _data(data: Any, cfg: Config) -> Any:
+    """A prepared data set from a source name or path, or from arrays: (x, y), (x, y, x_test, y_test) or a
+    dict with x, y (or x_train, y_train) and optionally x_test, y_test, classes."""
+    from semivit.data import prepare_data
+    from semivit.data.sources.arrays import bundle_from_arrays
+
+    if isinstance(data, (str, Path)):
+        return None
+    if isinstance(data, dict):
+        x, y = data.get("x", data.get("x_train")), data.get("y", data.get("y_train"))
+        bundle = bundle_from_arrays(x, y, data.get("x_test"), data.get("y_test"), data.get("classes"))
+    elif isinstance(data, (tuple, list)) and len(data) in (2, 4):
+        bundle = bundle_from_arrays(*data)
+    else:
+        raise SemivitError("data must be a source (a name, folder or file), (x, y), (x, y, x_test, y_test) or a "
+                           "dict of arrays")
+    return prepare_data(cfg.data, cfg.train.seed, bundle=bundle)
+
+
+def fit(data: Any = "digits", method: str = "supervised", model: str | nn.Module | None = None, *,
+        recipe: str | Path | dict | None = None, settings: dict[str, Any] | None = None,
+        callbacks: tuple = (), **kwargs: Any) -> Run:
+    """Train ``method`` (or every stage of ``recipe``) on ``data`` and return the :class:`Run`.
+
+    ``model``: a name (``vit_nano``, a timm name, ``local-dir:FOLDER``) or your own ``nn.Module`` mapping float
+    images in [0, 1] (N×C×H×W) to logits, trained as it is. ``kwargs``: the shortcuts in :data:`SHORTCUTS`
+    (``labels="4-per-class"``, ``steps=500``, ``frozen=True``, …); ``settings``: any other setting by its dotted
+    key (``{"method.threshold": 0.8}``). ``callbacks``: :class:`~semivit.engine.callbacks.Callback` objects."""
+    from semivit.engine.trainer import Trainer
+
+    values = _settings(None if recipe is not None else method, model, kwargs, settings)
+    if isinstance(data, (str, Path)):
+        values["data.source"] = str(data)
+    if recipe is not None:
+        from semivit.config import load_yaml
+        from semivit.pipeline import find_recipe, run_stages, stage_configs
+
+        if isinstance(model, nn.Module):
+            raise SemivitError("a recipe builds its models stage by stage: pass model as a name, or train your "
+                               "module with fit(method=...)")
+        spec = recipe if isinstance(recipe, dict) else load_yaml(find_recipe(recipe))
+        name, configs = stage_configs(spec, values)
+        prepared = _data(data, configs[0])
+        root = Path(configs[0].train.out) / (configs[0].train.name or name)
+        result = run_stages(configs, root, data=prepared)
+        return Run(result.run_dir, result.metrics, result.model)
+    cfg = apply_overrides(Config(), values)
+    prepared = _data(data, cfg)
+    if isinstance(model, nn.Module):
+        from semivit.models.factory import wrap_module
+
+        sample = (prepared.train if prepared is not None else None)
+        if sample is None:
+            from semivit.data import prepare_data
+
+            prepared = prepare_data(cfg.data, cfg.train.seed)
+        model = wrap_module(model, prepared.train.num_classes, prepared.train.channels, prepared.train.image_size[0],
+                            prepared.train.classes)
+    result = Trainer(cfg, prepared, model=model if isinstance(model, nn.Module) else None,
+                     callbacks=callbacks).fit()
+    return Run(result.run_dir, result.metrics, result.model)
+
+
+def load(path: str | Path) -> nn.Module:
+    """The classifier of a run folder, a ``model.safetensors`` or a hub folder, in eval mode."""
+    from semivit.export import find_model_file
+    from semivit.models.hub_folder import is_hub_folder
+    from semivit.models.io import load_model
+
+    p = Path(path)
+    model, _ = load_model(p if is_hub_folder(p) or p.is_file() else find_model_file(p))
+    return model
+
+
+def _float_images(images: Any) -> torch.Tensor:
+    if isinstance(images, torch.Tensor) and images.is_floating_point():
+        x = images
+    else:
+        from semivit.data.sources.arrays import _images
+
+        x = torch.from_numpy(np.ascontiguousarray(_images(np.asarray(images), "images", Path("<images>"))))
+        x = x.float() / 255
+    return x if x.dim() == 4 else x.unsqueeze(1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Any, batch_size: int = 256) -> torch.Tensor:
+    """Class probabilities (N×K) of ``images``: uint8 N×H×W, N×H×W×C or N×C×H×W, or float N×C×H×W in [0, 1]."""
+    x = _float_images(images)
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]).float().softmax(1) for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
+
+
+def evaluate(model: nn.Module | str | Path, images: Any, labels: Any) -> dict[str, Any]:
+    """The classification report (top-1, per class, confusion, ECE; top-5 / ROC AUC where they apply) of a
+    model (or a run folder) on arrays of images and labels."""
+    from semivit.engine.evaluate import classification_report
+
+    net = load(model) if isinstance(model, (str, Path)) else model
+    probs = predict(net, images)
+    classes = list(getattr(getattr(net, "spec", None), "classes", None) or [str(i) for i in range(probs.shape[1])])
+    return classification_report(probs.log(), torch.as_tensor(np.asarray(labels)).long(), classes)
+
+
+def suggest(data: str = "digits", budget: int = 10, *, labels: str = "0", run: str | None = None,
+            strategy: str = "auto", seed: int = 0) -> list[str]:
+    """The ``budget`` images of ``data`` to label next (their ids, in choice order), as ``semivit suggest``."""
+    from semivit.labeling.pool import pool_from_data, pool_from_run
+    from semivit.labeling.suggest import suggest as choose
+
+    cfg = apply_overrides(Config(), {"data.source": str(data), "train.seed": seed})
+    pool = pool_from_run(run) if run else pool_from_data(cfg, labels=labels)
+    chosen = choose(pool, budget, strategy=strategy, seed=seed)
+    return [pool.train.ids[int(i)] for i in chosen.indices]
+
+
+def export(run: str | Path, fmt: str = "hub", out: str | Path | None = None) -> Path:
+    """Export a run's classifier: ``hub`` (a timm-layout folder), ``onnx`` or ``torchscript``."""
+    from semivit.export import export_run
+
+    return export_run(run, fmt, out)[0]
+
+
+def list_methods() -> list[str]:
+    """The registered methods' names."""
+    from semivit.methods import METHODS
+
+    return sorted(METHODS)
