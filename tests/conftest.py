@@ -22,7 +22,7 @@ def tiny_config(tmp_path: Path, **overrides) -> Config:
             "model.depth": 2, "model.embed_dim": 48, "model.num_heads": 2, "train.steps": 12,
             "train.batch_size": 16, "train.eval_every": 6, "train.log_every": 3, "train.ckpt_every": 6,
             "train.out": str(tmp_path), "train.name": "run", "train.progress": False,
-            "train.tensorboard": False, "optim.lr": 5e-3}
+            "train.tensorboard": False, "optim.lr": 5e-3, "features.cache": str(Path(tmp_path) / "feature-cache")}
     base.update(overrides)
     return apply_overrides(Config(), base)
 

@@ -206,6 +206,10 @@ def test_probe_baselines_on_a_hub_backbone_use_only_training_labels(offline: Pat
     # features are read for the right images: even random-weight features beat chance (0.1) by far
     assert metrics["test_linear_top1"] > 0.3 and 0.0 <= metrics["test_knn_top1"] <= 1.0
     assert json.loads((offline.parent / "probe.json").read_text())["feature_dim"] == 64
+    # a second probe reads the feature cache the first one wrote, and adds the semi-supervised baselines
+    again = run_probe(cfg, semi=True)
+    assert again["test_linear_top1"] == metrics["test_linear_top1"]
+    assert 0.1 < again["test_label_spreading_top1"] <= 1 and 0.1 < again["test_self_training_top1"] <= 1
 
 
 def test_pretrained_recipes_start_from_the_hub_and_chain_locally() -> None:

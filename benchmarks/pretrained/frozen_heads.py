@@ -8,7 +8,8 @@ Rows, all on one cache of the backbone's features (embedded once; every row read
 
 Settings are chosen on a validation split held out of the 250 labels (``data.val=20%-of-labels``: 200 train, 50
 validate); the final rows train on all 250 with those settings and no validation split, so every row consumes
-exactly the 250 labels. Seeds vary the head's initialisation, batches and views; the split is the fixed file.
+exactly the 250 labels. Seeds vary the head's initialisation, its batches and which cached view each image gets;
+the cached views (features.seed) and the split (the fixed file) are the same for every seed.
 
     python benchmarks/pretrained/efficientnet_lite_hub.py /tmp/lite0-hub
     OMP_NUM_THREADS=2 python benchmarks/pretrained/frozen_heads.py --model local-dir:/tmp/lite0-hub \\

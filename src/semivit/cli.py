@@ -204,9 +204,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from semivit.probe import run_probe
 
-    m = run_probe(build_config(args), run=args.run, out=args.json)
+    m = run_probe(build_config(args), run=args.run, out=args.json, semi=args.semi)
     print(f"k-NN top-1 {m['test_knn_top1']:.4f}  linear-probe top-1 {m['test_linear_top1']:.4f}  "
           f"({m['feature_dim']}-d frozen features of {m['model']}; {m['labeled']} labels, no validation labels)")
+    if args.semi:
+        print(f"label spreading top-1 {m['test_label_spreading_top1']:.4f}  self-training top-1 "
+              f"{m['test_self_training_top1']:.4f}  (the unlabeled training images used, their labels not)")
     return 0
 
 
@@ -340,6 +343,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run", nargs="?", help="a run folder or hub folder to probe (default: --model's pretrained "
                                           "weights)")
     p.add_argument("--json", help="also write the metrics here")
+    p.add_argument("--semi", action="store_true", help="also label spreading and self-training (scikit-learn) over "
+                                                       "the unlabeled images' features")
     add_common_arguments(p)
     p.set_defaults(func=cmd_probe)
 

@@ -132,7 +132,12 @@ class FeaturesConfig:
     frozen: bool = False
     views: int = 2  # augmented views of each kind (weak, strong) embedded per training image; 0 = none
     cache: str = "auto"  # the cache folder; auto = $SEMIVIT_CACHE/features or ~/.cache/semivit/features
-    batch_size: int = 128  # images per embedding batch
+    # images per embedding batch: 32 was the fastest on a 2-core CPU (benchmarks/pretrained/embed_speed.py: 550
+    # images/s against 285 at 128 and 226 at 512, channels_last, EfficientNet-Lite0 at 96 px)
+    batch_size: int = 32
+    # the seed of the cached views' augmentation; not train.seed, so runs of every seed share one cache (their
+    # seeds still draw their own heads, batches and which cached view each image gets at each step)
+    seed: int = 0
 
 
 @dataclass

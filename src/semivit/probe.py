@@ -27,7 +27,6 @@ log = logging.getLogger("semivit")
 def _model_for(cfg: Config, data: Any, run: str | None) -> Any:
     from semivit.engine.checkpoint import load_model
     from semivit.engine.trainer import Trainer
-    from semivit.models.pretrained import pretrained_source
 
     train = data.train
     if run:
@@ -37,16 +36,24 @@ def _model_for(cfg: Config, data: Any, run: str | None) -> Any:
                                f"{model.spec.in_chans}×{model.spec.image_size} px: probe it on the data it was "
                                f"trained on, or set data.image_size")
         return model
-    if pretrained_source(cfg.model.name, cfg.model.pretrained) == (False, None):
-        raise SemivitError(f"model '{cfg.model.name}' has no pretrained weights to probe: pass a tagged timm name, "
-                           f"hf-hub:ORG/NAME, local-dir:FOLDER, --pretrained hub|PATH, or a run folder")
+    _require_pretrained(cfg)
     # the model a training run would start from: the same weights, normalisation and resolution rules
     return Trainer(cfg, data).build_model().eval()
 
 
-def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None) -> dict[str, Any]:
-    """k-NN and linear-probe top-1 on the test part of ``cfg.data`` from frozen features; returns the
-    metrics (and writes them as JSON to ``out``)."""
+def _require_pretrained(cfg: Config) -> None:
+    from semivit.models.pretrained import pretrained_source
+
+    if pretrained_source(cfg.model.name, cfg.model.pretrained) == (False, None):
+        raise SemivitError(f"model '{cfg.model.name}' has no pretrained weights to probe: pass a tagged timm name, "
+                           f"hf-hub:ORG/NAME, local-dir:FOLDER, --pretrained hub|PATH, or a run folder")
+
+
+def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None,
+              semi: bool = False) -> dict[str, Any]:
+    """k-NN and linear-probe top-1 on the test part of ``cfg.data`` from frozen features (with ``semi``, also
+    label spreading and self-training over the unlabeled images); returns the metrics (and writes them as
+    JSON to ``out``). A pretrained backbone's features come from the feature cache (data/features.py)."""
     from semivit.core.device import resolve_device
     from semivit.data import prepare_data
     from semivit.engine.evaluate import extract_features, knn_top1, linear_probe_top1
@@ -58,11 +65,21 @@ def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None
     if len(labeled) == 0:
         raise SemivitError("no labeled images in the split: use --labels with at least 1 per class")
     device = resolve_device(cfg.train.device)
-    model = _model_for(cfg, data, run).to(device)
     start = time.perf_counter()
-    with torch.no_grad():
-        bank = extract_features(model, data.train, labeled, device=device)
-        test = extract_features(model, data.test, device=device)
+    pool = None
+    if run:  # a trained model: the embedding it was trained for (e.g. PAWS's projector output)
+        model = _model_for(cfg, data, run).to(device)
+        with torch.no_grad():
+            bank = extract_features(model, data.train, labeled, device=device)
+            test = extract_features(model, data.test, device=device)
+    else:  # a pretrained backbone: its cached features, shared with training runs (features.frozen)
+        _require_pretrained(cfg)
+        from semivit.core.distributed import DistInfo
+        from semivit.engine.inputs import backbone_features
+
+        _, feats = backbone_features(cfg, data, DistInfo(), device, views=0)
+        pool, test = feats.train["none"].float(), feats.test.float()  # type: ignore[union-attr]
+        bank = pool[labeled]
     seconds = time.perf_counter() - start
     bank_y, test_y = data.train.labels[labeled], data.test.labels
     metrics: dict[str, Any] = {
@@ -72,6 +89,13 @@ def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None
         "feature_dim": int(bank.shape[1]), "features_seconds": seconds,
         **data.split.label_counts(),
     }
+    if semi and pool is not None:  # the classic semi-supervised baselines on the same features
+        from semivit.engine.evaluate import label_spreading_top1, self_training_top1
+
+        pool_y = torch.full_like(data.train.labels, -1)
+        pool_y[labeled] = bank_y  # validation images stay unlabeled: the probe reads no validation label
+        metrics["test_label_spreading_top1"] = label_spreading_top1(pool, pool_y, test, test_y)
+        metrics["test_self_training_top1"] = self_training_top1(pool, pool_y, test, test_y)
     # the probe reads no validation label: only the training labels count as consumed
     metrics.update(val_labeled=0, labels_total=metrics["labeled"], val_from="none")
     if out:
