@@ -1,5 +1,6 @@
 """Run under ``torchrun --nproc_per_node 2``: the first steps of every shipped recipe with gloo DDP, each stage
-cut to 2 steps on a tiny model (hub backbones swapped for vit_nano: no downloads in tests); saves each rank's
+cut to 2 steps on a tiny model (hub backbones swapped for vit_nano: no downloads in tests; the frozen-backbone
+recipes on a tiny timm CNN's cached features, embedded by rank 0 and read by rank 1); saves each rank's
 final weights as ``OUT/RECIPE/rank{r}.safetensors``."""
 
 import os
@@ -16,6 +17,17 @@ TINY = {"data.source": "digits", "data.labels": "5-per-class", "model.depth": 2,
         "model.num_heads": 2, "train.batch_size": 16, "train.eval_every": 0, "train.log_every": 1,
         "train.device": "cpu", "train.progress": False, "train.tensorboard": False}
 
+def frozen_backbone(out: Path, rank: int) -> str:
+    """The same random weights on every rank (seeded), each rank writing its own copy (no race)."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    path = out / f"backbone{rank}.safetensors"
+    save_file(timm.create_model("test_efficientnet", num_classes=10).state_dict(), str(path))
+    return str(path)
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     rank = int(os.environ["RANK"])  # set by torchrun; the process group is joined by the first stage
@@ -24,6 +36,9 @@ if __name__ == "__main__":
         overrides = dict(TINY, **{"train.out": str(out)})
         if "pretrained" in str(recipe.get("model", {})):  # a hub backbone: no download here
             overrides.update({"model.name": "vit_nano", "model.pretrained": ""})
+        if recipe.get("features", {}).get("frozen"):  # a head on cached features of a (tiny, random) timm CNN
+            overrides.update({"model.name": "test_efficientnet", "model.pretrained": frozen_backbone(out, rank),
+                              "model.resolution": "32", "features.cache": str(out / "feature-cache")})
         _, configs = stage_configs(recipe, overrides)
         for cfg in configs:  # every stage cut to its first 2 steps
             cfg.train.steps, cfg.train.epochs = 2, None

@@ -84,7 +84,7 @@ def test_the_export_is_the_backbone_with_the_head_folded_into_its_classifier(tmp
 def test_a_method_that_needs_views_the_cache_lacks_is_refused(tmp_path):
     with pytest.raises(SemivitError, match="cached features hold none"):
         Trainer(_frozen(tmp_path, **{"train.method": "fixmatch", "features.views": 0})).fit()
-    with pytest.raises(SemivitError, match="has no pretrained weights"):
+    with pytest.raises(SemivitError, match="pretrained backbone"):
         Trainer(tiny_config(tmp_path, **{"features.frozen": True})).fit()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semivit.engine import checkpoint as ckpt_module
+from semivit.core import checkpoint as ckpt_module
 from semivit.engine.checkpoint import load_checkpoint
 from semivit.engine.interrupt import TrainingInterrupted
 from semivit.engine.trainer import train

@@ -176,6 +176,9 @@ def backbone_features(cfg: Config, data: PreparedData, dist: DistInfo, device: t
     f = cfg.features
     if views < 0 or f.batch_size < 1:
         raise SemivitError(f"features.views must be ≥ 0 and features.batch_size ≥ 1, got {views} and {f.batch_size}")
+    if cfg.model.name == "auto":
+        raise SemivitError("features.frozen trains a head on a pretrained backbone's features: name one with --model "
+                           "(a hub name, local-dir:FOLDER, or an architecture with --pretrained FILE)")
     backbone = build_model(cfg, data, dist, device)
     if "backbone_size" not in backbone.spec.kwargs:
         raise SemivitError(f"features.frozen trains a head on a pretrained backbone's features, and '{cfg.model.name}' "
