@@ -21,7 +21,7 @@ from semivit.core.runlock import RunLock
 from semivit.data import prepare_data
 from semivit.engine.trainer import TrainResult, train
 from semivit.errors import SemivitError
-from semivit.methods import method_class
+from semivit.methods import method_class, method_params
 
 log = logging.getLogger("semivit")
 RECIPES = Path(__file__).parent / "recipes"
@@ -58,8 +58,59 @@ def stage_configs(recipe: dict[str, Any], overrides: dict[str, Any]) -> tuple[st
             values.update({f"{section}.{key}": v for key, v in (stage.get(section) or {}).items()})
         cfg = apply_overrides(base, values)
         cfg.method = dict(stage.get("params") or {})
-        configs.append(apply_overrides(cfg, overrides))
+        configs.append(cfg)
+    targeted = stage_overrides(overrides, [c.train.method for c in configs])
+    configs = [apply_overrides(c, o) for c, o in zip(configs, targeted)]
+    for cfg in configs:  # every stage's method settings checked now, before any data loads
+        method_params(cfg.train.method, cfg.method)
     return str(recipe.get("name", "recipe")), configs
+
+
+def stage_overrides(overrides: dict[str, Any], methods: list[str]) -> list[dict[str, Any]]:
+    """Each stage's share of the command-line overrides, decided before any data loads:
+
+    - ``stageK.SECTION.KEY`` (``stage3.optim.lr=…``): stage K only;
+    - ``METHOD.KEY`` (``ema_teacher.threshold=0.8``): the stages of that method;
+    - ``method.KEY``: every stage whose method has that setting (``semivit run semivit --set
+      method.threshold=0.8`` reaches the EMA-Teacher stage and leaves MAE and supervised alone), an error only
+      when no stage has it;
+    - anything else (``optim.lr``, ``train.seed``): every stage."""
+    import dataclasses
+    import re
+
+    from semivit.methods.base import METHODS
+
+    def has(method: str, key: str) -> bool:
+        cls = METHODS.get(method)
+        return cls is not None and key.split(".", 1)[0] in {f.name for f in dataclasses.fields(cls.Params)}
+
+    out: list[dict[str, Any]] = [{} for _ in methods]
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        stage = re.fullmatch(r"stage(\d+)", head)
+        if stage:
+            k = int(stage.group(1))
+            if not 1 <= k <= len(methods) or "." not in rest:
+                raise SemivitError(f"'{key}': the recipe has stages 1..{len(methods)}; write stageK.SECTION.KEY "
+                                   f"(e.g. stage{len(methods)}.optim.lr=1e-3)")
+            out[k - 1][rest] = value
+        elif head in METHODS and rest:
+            targets = [k for k, m in enumerate(methods) if m == head]
+            if not targets:
+                raise SemivitError(f"'{key}': no stage of this recipe runs {head} (its stages: {', '.join(methods)})")
+            for k in targets:
+                out[k][f"method.{rest}"] = value
+        elif head == "method" and rest and len(methods) > 1:
+            targets = [k for k, m in enumerate(methods) if has(m, rest)]
+            if not targets:
+                raise SemivitError(f"unknown setting '{key}': no stage's method has it (stages: "
+                                   f"{', '.join(methods)})")
+            for k in targets:
+                out[k][key] = value
+        else:
+            for o in out:
+                o[key] = value
+    return out
 
 
 def run_recipe(recipe_name: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None,
