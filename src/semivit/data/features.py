@@ -38,7 +38,7 @@ from semivit.core.io import atomic_write, atomic_write_json
 from semivit.data import PreparedData
 from semivit.data.augment import make_view, to_float
 from semivit.data.imageset import ImageSet
-from semivit.data.loaders import BalancedIndexStream, Batch, IndexStream
+from semivit.data.loaders import BalancedIndexStream, Batch, IndexStream, LabeledAndUnlabeled
 from semivit.errors import SemivitError
 
 log = logging.getLogger("semivit")
@@ -240,7 +240,7 @@ def _embed_chunk(embed: Callable[[torch.Tensor], torch.Tensor], images: ImageSet
     return torch.cat(out)
 
 
-class FeatureBatches:
+class FeatureBatches(LabeledAndUnlabeled):
     """:class:`~semivit.data.loaders.Batch` es of cached features, as the image batches would be: the same
     seeded index streams (labeled, unlabeled, PAWS-style balanced), and for each image and view one of its K
     cached views of that kind, drawn from a generator seeded by (seed, rank, step), so a resumed run draws
@@ -289,13 +289,3 @@ class FeatureBatches:
             idx = self.unlabeled.next().to(self.device)
             batch.u, batch.u_index, batch.u_true = self._views(idx, self.unlabeled_views), idx, self.labels[idx]
         return batch
-
-    def state_dict(self) -> dict:
-        return {"labeled": self.labeled.state_dict() if self.labeled else None,
-                "unlabeled": self.unlabeled.state_dict() if self.unlabeled else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.labeled and state.get("labeled"):
-            self.labeled.load_state_dict(state["labeled"])
-        if self.unlabeled and state.get("unlabeled"):
-            self.unlabeled.load_state_dict(state["unlabeled"])

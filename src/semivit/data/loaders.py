@@ -274,7 +274,24 @@ def resident_images(images: ImageSet, device: torch.device) -> torch.Tensor | No
     return images.images.to(device)
 
 
-class BatchMaker:
+class LabeledAndUnlabeled:
+    """The resumable position of a batch source with a labeled and an unlabeled stream (either may be None)."""
+
+    labeled: object
+    unlabeled: object
+
+    def state_dict(self) -> dict:
+        return {"labeled": self.labeled.state_dict() if self.labeled else None,
+                "unlabeled": self.unlabeled.state_dict() if self.unlabeled else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.labeled and state.get("labeled"):
+            self.labeled.load_state_dict(state["labeled"])
+        if self.unlabeled and state.get("unlabeled"):
+            self.unlabeled.load_state_dict(state["unlabeled"])
+
+
+class BatchMaker(LabeledAndUnlabeled):
     """Builds :class:`Batch` es for a method: a labeled stream and/or an unlabeled stream, with views."""
 
     def __init__(self, train: ImageSet, labeled: torch.Tensor, unlabeled: torch.Tensor, *,
@@ -329,13 +346,3 @@ class BatchMaker:
             batch.u = self._views(_to_device(images, self.device), self.unlabeled_views)
             batch.u_true = self.labels[batch.u_index]
         return batch
-
-    def state_dict(self) -> dict:
-        return {"labeled": self.labeled.state_dict() if self.labeled else None,
-                "unlabeled": self.unlabeled.state_dict() if self.unlabeled else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.labeled and state.get("labeled"):
-            self.labeled.load_state_dict(state["labeled"])
-        if self.unlabeled and state.get("unlabeled"):
-            self.unlabeled.load_state_dict(state["unlabeled"])
