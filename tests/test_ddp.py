@@ -8,6 +8,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # torchrun with 2 processes: the full tier (make test), not make test-fast
+
 
 def _cpu_env() -> dict[str, str]:
     """The environment of a CPU torchrun child: one thread, no GPU, and the caller's PYTHONPATH kept (the

@@ -15,6 +15,7 @@ from semivit.errors import SemivitError
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs(tmp_path, monkeypatch):
     text = (REPO / "README.md").read_text()
     section = text[text.index("## Use it from Python"):]
