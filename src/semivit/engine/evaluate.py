@@ -69,13 +69,13 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 
 
 def roc_auc(scores: torch.Tensor, positives: torch.Tensor) -> float:
-    """Area under the ROC curve by the rank statistic (Mann–Whitney U), ties counted half."""
-    pos, neg = scores[positives], scores[~positives]
-    if len(pos) == 0 or len(neg) == 0:
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score``: ties count half); NaN when only one class
+    is present."""
+    from sklearn.metrics import roc_auc_score
+
+    if bool(positives.all()) or not bool(positives.any()):
         return float("nan")
-    greater = (pos.view(-1, 1) > neg.view(1, -1)).float().sum()
-    ties = (pos.view(-1, 1) == neg.view(1, -1)).float().sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+    return float(roc_auc_score(positives.numpy(), scores.float().numpy()))
 
 
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
