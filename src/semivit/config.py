@@ -119,6 +119,10 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False  # replace a finished or interrupted run in the same folder (else: refuse)
     tensorboard: bool = True
+    # an experiment tracker that also gets every logged row and the run's settings: none | mlflow | wandb
+    # (optional extras: pip install 'semivit[mlflow]' or 'semivit[wandb]'; their own environment variables, e.g.
+    # MLFLOW_TRACKING_URI or WANDB_PROJECT / WANDB_MODE=offline, say where to)
+    tracker: str = "none"
     progress: bool = True
     compile: bool = False  # torch.compile the network the method trains (GPU runs: minutes to compile on a CPU)
 

@@ -19,6 +19,7 @@ from semivit.data.loaders import BatchMaker
 from semivit.data.splits import steps_for_epochs
 from semivit.engine.checkpoint import read_export_meta, read_spec
 from semivit.engine.evaluate import _batched
+from semivit.engine.logger import check_tracker
 from semivit.errors import SemivitError
 from semivit.methods.base import DataRequest, Method
 from semivit.models.factory import ImageClassifier, create_model
@@ -44,6 +45,7 @@ def check_train_settings(cfg: Config) -> None:
                              ("train.eval_every", t.eval_every, 0)):
         if value < low:
             raise SemivitError(f"{name} must be ≥ {low}, got {value}")
+    check_tracker(t.tracker)
 
 
 def build_model(cfg: Config, data: PreparedData, dist: DistInfo, device: torch.device) -> ImageClassifier:

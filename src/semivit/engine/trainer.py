@@ -258,7 +258,8 @@ class Trainer:
         self.setup()
         t = self.cfg.train
         logger = RunLogger(self.run_dir, self.total, self.progress["step"], enabled=self.dist.is_main,
-                           tensorboard=t.tensorboard, progress=t.progress, desc=self.run_dir.name)
+                           tensorboard=t.tensorboard, progress=t.progress, desc=self.run_dir.name, tracker=t.tracker,
+                           settings=self.effective.to_dict())
         ctx = cb.FitContext(self.total, self.progress, logger)
         self.trained.train()
         with GracefulInterrupt() as stop:  # Ctrl-C, SIGTERM: finish the step, checkpoint, stop
