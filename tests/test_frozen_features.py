@@ -131,3 +131,23 @@ def test_a_head_trained_with_fixmatch_on_cached_features_beats_the_labels_only_h
     semi, _ = fit(method, head, threshold=0.7, mu=16, lambda_u=1.0)
     assert labels_only < 0.9, labels_only  # the labels alone tilt the boundary
     assert semi > labels_only + 0.1, (semi, labels_only)
+
+
+@pytest.mark.slow
+def test_a_budget_plans_a_frozen_recipe_and_embeds_the_data_once(tmp_path, monkeypatch):
+    """``--budget`` times the stages on the real backbone (the first timing fills the cache), then every stage
+    reads the cache: the backbone sees each image and view once in the whole run."""
+    import json
+
+    from semivit.pipeline import run_recipe
+
+    calls = _count_backbone_calls(monkeypatch)
+    cfg = _frozen(tmp_path)
+    overrides = {"model.name": ARCH, "model.pretrained": cfg.model.pretrained, "model.resolution": "32",
+                 "features.cache": cfg.features.cache, "train.out": str(tmp_path), "train.progress": False,
+                 "train.tensorboard": False, "data.labels": "4-per-class"}
+    result = run_recipe("frozen-fixmatch", overrides, run_name="budget", budget=20)
+    plan = json.loads((tmp_path / "budget" / "plan.json").read_text())
+    assert result.metrics["steps"] == plan["stages"][1]["steps"] >= 20
+    n_train = len(prepare_data(cfg.data, 0).train)
+    assert calls["images"] == 5 * n_train + 360  # the images, 2 weak and 2 strong views, the test images: once

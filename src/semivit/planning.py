@@ -87,8 +87,11 @@ def time_stage(cfg: Config, data: Any, previous: Config | None = None, steps: in
 
     cfg = copy.deepcopy(cfg)
     cfg.train.steps, cfg.train.epochs, cfg.train.resume = max(steps, 1) + 1, None, False
-    # an earlier stage's file is not written yet, and hub weights need not be read: the shape is what counts
-    cfg.model.pretrained = "none"
+    # an earlier stage's file is not written yet, and hub weights need not be read: the shape is what counts;
+    # except for a head on cached features, which needs the real backbone: the first timing embeds the data
+    # (its time is spent before the plan and counted as such), later stages and the run read the cache
+    if not cfg.features.frozen:
+        cfg.model.pretrained = "none"
     with tempfile.TemporaryDirectory() as tmp:
         if method_class(cfg.train.method).previous_stage_is_teacher and previous is not None:
             stand_in = copy.deepcopy(previous)
@@ -127,7 +130,11 @@ def plan_budget(configs: list[Config], data: Any, budget: float, spent: float = 
     timings = []
     for k, cfg in enumerate(configs):
         timings.append(time_stage(cfg, data, configs[k - 1] if k else None))
-    left = (budget - spent - (time.perf_counter() - start)) * (1 - RESERVE)
+    timing = time.perf_counter() - start
+    if any(c.features.frozen for c in configs):
+        log.info("timed the stages in %.0f s, embedding the data once for the frozen backbone's cache (the stages "
+                 "then read it): that time is spent, the plan shares out what is left", timing)
+    left = (budget - spent - timing) * (1 - RESERVE)
     nominal = [int(c.train.steps) for c in configs]  # type: ignore[arg-type]
     cost = sum(n * t for n, (t, _) in zip(nominal, timings))
     scale = left / cost if cost > 0 else 1.0
