@@ -27,12 +27,26 @@ def _two_stages(tmp_path):
     return [mae, sup], prepare_data(mae.data, 0)
 
 
-def test_time_stage_measures_a_real_step(tmp_path) -> None:
+def test_time_stage_times_the_trainers_own_step_and_its_per_step_callbacks(tmp_path, monkeypatch) -> None:
+    """The planner runs Trainer.step (AMP, accumulation, clipping) and the callbacks that work every step (the
+    evaluation EMA): slowing either down shows in the timing; accumulation doubles the images per step."""
+    import time
+
+    from semivit.engine.callbacks import EMAUpdate
+    from semivit.engine.trainer import Trainer
     from semivit.planning import time_stage
 
     configs, data = _two_stages(tmp_path)
     seconds, images = time_stage(configs[0], data, steps=2)
-    assert seconds > 0 and images == 32  # the MAE stage's batch of unlabeled images
+    assert images == 32  # the MAE stage's batch of unlabeled images
+    real_step, real_ema = Trainer.step, EMAUpdate.on_step_end
+    monkeypatch.setattr(Trainer, "step", lambda self, i: (time.sleep(0.2), real_step(self, i))[1])
+    slowed, _ = time_stage(configs[0], data, steps=2)
+    assert slowed >= seconds + 0.19
+    monkeypatch.setattr(EMAUpdate, "on_step_end", lambda self, ctx, r: (time.sleep(0.2), real_ema(self, ctx, r)))
+    configs[0].train.ema, configs[0].train.accum_steps = 0.99, 2
+    with_ema, accumulated = time_stage(configs[0], data, steps=2)
+    assert with_ema >= slowed + 0.19 and accumulated == 64
 
 
 def test_plan_keeps_the_recipes_proportions_and_fits_the_budget(tmp_path, monkeypatch) -> None:
