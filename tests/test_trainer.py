@@ -19,8 +19,18 @@ def test_run_folder_contents(tmp_path):
     for name in ("config.yaml", "split.json", "metrics.csv", "results.json", "checkpoints/last.pt",
                  "checkpoints/model.safetensors", "checkpoints/best.safetensors"):
         assert (run / name).is_file(), name
-    assert result.metrics["steps"] == 12 and 0 <= result.metrics["test_top1"] <= 1
+    assert result.metrics["steps"] == 12
     assert "val/top1" in (run / "metrics.csv").read_text()
+    # the one test pass: its top-1 is the exported model's on the test images, and test_report.json holds it
+    from semivit.data import prepare_data
+    from semivit.engine.checkpoint import load_model
+    from semivit.engine.evaluate import predict_logits, top1
+
+    model, _ = load_model(run / "checkpoints" / "model.safetensors")
+    test = prepare_data(tiny_config(tmp_path).data, 0).test
+    assert top1(predict_logits(model, test), test.labels) == pytest.approx(result.metrics["test_top1"], abs=1e-6)
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["top1"] == result.metrics["test_top1"] and len(report["predictions"]["pred"]) == len(test)
 
 
 def test_resume_gives_the_same_weights(tmp_path, monkeypatch):
