@@ -147,3 +147,22 @@ def test_real_imagenet_efficientnet_lite0_from_its_package_and_its_hub_folder_ag
         assert torch.allclose(from_file.features(x), from_hub.features(x), atol=1e-5)
     assert _seen_size(from_file, x) == (224, 224) and from_file.mean.flatten().tolist() == [0.5, 0.5, 0.5]
     assert from_file.spec.kwargs["interpolation"] == "bicubic"
+
+
+@pytest.mark.parametrize("no_embed_class", [True, False])
+def test_a_vit_with_register_tokens_keeps_them_at_another_image_size(no_embed_class):
+    """DINOv2 *_reg4 backbones: the any-size token path (multi-crop's small views) is timm's own, so it keeps the
+    register tokens; at the model's own size it gives exactly timm's forward_features."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from semivit.models.factory import ImageClassifier, ModelSpec
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, reg_tokens=4,
+                            no_embed_class=no_embed_class, global_pool="avg", num_classes=3).eval()
+    model = ImageClassifier(vit, ModelSpec("vit_reg", 3, 3, 32))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model._vit_tokens_any_size(x), vit.forward_features(x), atol=1e-6)
+        small = model._vit_tokens_any_size(torch.rand(2, 3, 16, 16))
+    assert small.shape == (2, 1 + 4 + 4, 32)  # class token, 4 register tokens, a 2×2 grid

@@ -178,24 +178,21 @@ class ImageClassifier(nn.Module):
         return self.backbone.forward_head(tokens, pre_logits=True)
 
     def _vit_tokens_any_size(self, x: torch.Tensor) -> torch.Tensor:
-        from timm.layers import resample_abs_pos_embed
-
+        """A ViT's tokens for an image of another size than its own: timm's own position-embedding code on its
+        ``dynamic_img_size`` path (class and register tokens, ``no_embed_class``, the grid resampled), switched
+        on for this call only, so a model built for one size keeps its fixed-size fast path elsewhere."""
         vit = self.backbone
         patch = vit.patch_embed.patch_size[0]
         if x.shape[-1] % patch or x.shape[-2] % patch:
             raise ValueError(f"a {tuple(x.shape[-2:])} image is not a multiple of the {patch}-px patch")
-        grid = vit.patch_embed.proj(x)  # B×D×h×w
-        h, w = grid.shape[-2:]
-        t = vit.patch_embed.norm(grid.flatten(2).transpose(1, 2))
-        prefix = vit.num_prefix_tokens if not getattr(vit, "no_embed_class", False) else 0
-        pos = resample_abs_pos_embed(vit.pos_embed, [h, w], num_prefix_tokens=prefix)
-        cls = [vit.cls_token.expand(len(t), -1, -1)] if vit.cls_token is not None else []
-        if prefix:
-            t = torch.cat([*cls, t], 1) + pos
-        else:
-            t = torch.cat([*cls, t + pos], 1)
-        t = vit.norm_pre(vit.patch_drop(vit.pos_drop(t)))
-        return vit.norm(vit.blocks(t))
+        t = vit.patch_embed.norm(vit.patch_embed.proj(x).permute(0, 2, 3, 1))  # B×h×w×D, as that path takes it
+        was = vit.dynamic_img_size
+        vit.dynamic_img_size = True
+        try:
+            t = vit._pos_embed(t)
+        finally:
+            vit.dynamic_img_size = was
+        return vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(t))))
 
     #: the names :meth:`heads` returns, the main prediction first (what ``forward`` gives)
     head_names: tuple[str, ...] = ("logits",)
