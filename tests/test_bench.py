@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from semivit.bench import apply_budget, cell_configs, load_suite, run_suite, summarise, write_reports
+from semivit.bench import apply_budget, cell_configs, load_suite, run_suite
+from semivit.bench_report import summarise, write_reports
 from semivit.cli import main
 from semivit.config import Config, apply_overrides
 from semivit.engine.trainer import train
