@@ -80,7 +80,7 @@ def test_evaluate_reads_the_runs_own_data_by_default(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--labels", "2-per-class", "--out", str(tmp_path), "--name", "r",
                  *TINY]) == 0
     capsys.readouterr()
-    from semivit.cli import _run_data
+    from semivit.cli_evaluate import _run_data
 
     assert _run_data(str(tmp_path / "r"), None) == ("digits", None)
     npz = tmp_path / "own.npz"

@@ -103,18 +103,15 @@ def fit(data: Any = "digits", method: str = "supervised", model: str | nn.Module
         return Run(result.run_dir, result.metrics, result.model)
     cfg = apply_overrides(Config(), values)
     prepared = _data(data, cfg)
-    if isinstance(model, nn.Module):
+    own = None
+    if isinstance(model, nn.Module):  # wrapping needs the data's classes, channels and size: load it now
+        from semivit.data import prepare_data
         from semivit.models.factory import wrap_module
 
-        sample = (prepared.train if prepared is not None else None)
-        if sample is None:
-            from semivit.data import prepare_data
-
-            prepared = prepare_data(cfg.data, cfg.train.seed)
-        model = wrap_module(model, prepared.train.num_classes, prepared.train.channels, prepared.train.image_size[0],
-                            prepared.train.classes)
-    result = Trainer(cfg, prepared, model=model if isinstance(model, nn.Module) else None,
-                     callbacks=callbacks).fit()
+        prepared = prepared or prepare_data(cfg.data, cfg.train.seed)
+        train = prepared.train
+        own = wrap_module(model, train.num_classes, train.channels, train.image_size[0], train.classes)
+    result = Trainer(cfg, prepared, model=own, callbacks=callbacks).fit()
     return Run(result.run_dir, result.metrics, result.model)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from semivit.core.io import atomic_write, atomic_write_json
@@ -169,19 +170,18 @@ def embed_dataset(embed: Callable[[torch.Tensor], torch.Tensor], backbone: str, 
     jobs += [("train", data.train, kind, k) for kind in ("weak", "strong") for k in range(plan.views)]
     if data.test is not None and len(data.test):
         jobs.append(("test", data.test, "none", 0))
-    todo = sum(min(CHUNK, len(images) - c * CHUNK) for part, images, kind, k in jobs
-               for c in _missing(folder, part, kind, k, len(images), views_key))
+    missing = [set(_missing(folder, part, kind, k, len(images), views_key)) for part, images, kind, k in jobs]
+    todo = sum(min(CHUNK, len(job[1]) - c * CHUNK) for job, cs in zip(jobs, missing) for c in cs)
     bar = _Progress(todo, progress)
     device = torch.device(device)
     computed, start = 0, time.perf_counter()
     out: dict[str, dict[str, list[torch.Tensor]]] = {"train": {}, "test": {}}
     try:
-        for part, images, kind, k in jobs:
-            missing = set(_missing(folder, part, kind, k, len(images), views_key))
+        for (part, images, kind, k), todo_chunks in zip(jobs, missing):
             chunks = []
             for c in range((len(images) + CHUNK - 1) // CHUNK):
                 path = _chunk_path(folder, part, kind, k, c, views_key)
-                if c in missing:
+                if c in todo_chunks:
                     idx = torch.arange(c * CHUNK, min((c + 1) * CHUNK, len(images)))
                     feats = _embed_chunk(embed, images, idx, kind, k, c, plan, batch_size, device)
                     atomic_write(path, lambda tmp, f=feats: save_file({"features": f}, tmp))
@@ -218,8 +218,9 @@ def _missing(folder: Path, part: str, kind: str, k: int, n: int, views: dict[str
         if not path.is_file():
             out.append(c)
             continue
-        try:
-            rows = load_file(str(path))["features"].shape[0]
+        try:  # the header says the rows: the features themselves are read once, by the caller
+            with safe_open(str(path), framework="pt") as f:
+                rows = f.get_slice("features").get_shape()[0]
         except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed, whatever its fault
             rows = -1
         if rows != min(CHUNK, n - c * CHUNK):

@@ -39,20 +39,27 @@ class StageEvaluation:
 
     def validate(self, net: nn.Module, step: int, progress: dict, logger: RunLogger) -> float | None:
         """Top-1 on the validation split (rank 0); keeps the best weights as best.safetensors."""
+        return self._validate(net, step, progress, logger)[0]
+
+    def _validate(self, net: nn.Module, step: int, progress: dict,
+                  logger: RunLogger) -> tuple[float | None, dict[str, torch.Tensor]]:
+        """:meth:`validate`, also returning each head's validation logits (one pass gives all heads)."""
+        heads: dict[str, torch.Tensor] = {}
         if not self.dist.is_main or len(self.split.val) == 0:
             barrier()
-            return None
+            return None, heads
         if self.pretraining:
             acc, _ = self.knn(net, "val")
             logger.log(step, {"knn_top1": acc}, prefix="val")
         else:
-            acc = top1(self.inputs.logits(net, "val"), self.inputs.labels("val"))
+            heads = self.inputs.head_logits(net, "val")
+            acc = top1(next(iter(heads.values())), self.inputs.labels("val"))
             logger.log(step, {"top1": acc}, prefix="val")
         if acc > progress["best_val"]:
             progress["best_val"], progress["best_step"] = acc, step
             self._export(net, "best.safetensors")
         barrier()
-        return acc
+        return acc, heads
 
     def method_validation(self, method: Any, step: int, logger: RunLogger) -> None:
         """Hand the method its model's logits on the validation split (every rank computes them, so a
@@ -79,7 +86,7 @@ class StageEvaluation:
                extra: dict[str, Any]) -> dict[str, Any]:
         """The last validation, the exported model, and one pass over the test set: ``results.json`` (the
         headline numbers) and ``test_report.json`` (per class, confusion, calibration, each head)."""
-        val = self.validate(net, step, progress, logger)
+        val, heads = self._validate(net, step, progress, logger)
         metrics: dict[str, Any] = {"method": method, "steps": step,
                                    # labels training and validation each used (validation may add labels)
                                    **self.split.label_counts(), "val_top1": val,
@@ -90,13 +97,11 @@ class StageEvaluation:
             return metrics
         self._export(net, "model.safetensors")
         run_dir = self.ckpt_dir.parent
-        if len(self.split.val):
-            heads = self.inputs.head_logits(net, "val")
-            if len(heads) > 1:  # a dual-stream model (Semiformer): each head alone, and fused
-                labels = self.inputs.labels("val")
-                accs = {k: top1(v, labels) for k, v in heads.items()}
-                metrics.update({f"val_top1_{k}": v for k, v in accs.items()})
-                logger.log(step, {f"top1_{k}": v for k, v in accs.items()}, prefix="val")
+        if len(heads) > 1:  # a dual-stream model (Semiformer): each validation head alone, and fused
+            labels = self.inputs.labels("val")
+            accs = {k: top1(v, labels) for k, v in heads.items()}
+            metrics.update({f"val_top1_{k}": v for k, v in accs.items()})
+            logger.log(step, {f"top1_{k}": v for k, v in accs.items()}, prefix="val")
         if has_test(self.inputs):
             heads = self.inputs.head_logits(net, "test")
             labels, classes = self.inputs.labels("test"), self.inputs.data.test.classes  # type: ignore[union-attr]
