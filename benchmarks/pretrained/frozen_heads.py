@@ -4,7 +4,10 @@ Rows, all on one cache of the backbone's features (embedded once; every row read
 - k-NN and the linear probe (scikit-learn) on the labels alone; label spreading and self-training (scikit-learn)
   as the classic semi-supervised baselines on the same features;
 - the heads the training loop trains (semivit's recipes): ``supervised`` (the labels alone), ``frozen-fixmatch``
-  and ``frozen-semivit`` (EMA-Teacher with pseudo mixup in feature space), each stage 2 from stage 1's head.
+  and ``frozen-semivit`` (EMA-Teacher with pseudo mixup in feature space), each stage 2 from stage 1's head;
+- partial fine-tuning (``partial-fixmatch``: the backbone's last block trained on the cached activation before
+  it): ``partial-supervised`` (its stage 1, the labels alone) and ``partial-fixmatch``. Their cache is of the
+  cut's activation maps, another cache than the pooled features'.
 
 Settings are chosen on a validation split held out of the 250 labels (``data.val=20%-of-labels``: 200 train, 50
 validate); the final rows train on all 250 with those settings and no validation split, so every row consumes
@@ -45,7 +48,13 @@ GRID: dict[str, dict[str, list[Any]]] = {
     "supervised": {"optim.lr": [1e-3, 3e-3]},
     "frozen-fixmatch": {"optim.lr": [1e-3, 3e-3], "method.threshold": [0.7, 0.95]},
     "frozen-semivit": {"optim.lr": [1e-3, 3e-3], "method.threshold": [0.7, 0.9]},
+    # partial fine-tuning (the last block trained on the cached activation before it): the labels alone, and
+    # FixMatch from it
+    "partial-supervised": {"features.tail_lr": [0.1, 1.0]},
+    "partial-fixmatch": {"method.threshold": [0.7, 0.95]},
 }
+#: a row's recipe and how many of its stages it runs (the labels-only rows are their recipe's first stage)
+RECIPES = {"supervised": ("frozen-fixmatch", 1), "partial-supervised": ("partial-fixmatch", 1)}
 
 
 def base_overrides(args: argparse.Namespace, val: str, seed: int) -> dict[str, Any]:
@@ -58,11 +67,9 @@ def base_overrides(args: argparse.Namespace, val: str, seed: int) -> dict[str, A
 def run_row(row: str, overrides: dict[str, Any], data: Any, root: Path) -> tuple[dict[str, Any], float]:
     """One row's final stage metrics and its wall time (stages after the cache is built)."""
     start = time.perf_counter()
-    if row == "supervised":
-        recipe = load_yaml(find_recipe("frozen-fixmatch"))
-        recipe["stages"] = recipe["stages"][:1]
-    else:
-        recipe = load_yaml(find_recipe(row))
+    name, stages = RECIPES.get(row, (row, None))
+    recipe = load_yaml(find_recipe(name))
+    recipe["stages"] = recipe["stages"][:stages]
     method_keys = {k: v for k, v in overrides.items() if k.startswith("method.")}
     rest = {k: v for k, v in overrides.items() if not k.startswith("method.")}
     _, configs = stage_configs(recipe, rest)
@@ -82,15 +89,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(GRID))
     parser.add_argument("--no-tune", action="store_true", help="use the recipes' settings as shipped")
+    parser.add_argument("--baseline-views", type=int, default=None,
+                        help="views in the pooled-feature cache the baselines read (default --views; 0 when only "
+                             "partial rows run: the baselines need the images' own features alone)")
     args = parser.parse_args()
+    if args.baseline_views is None:
+        args.baseline_views = 0 if all(r.startswith("partial") for r in args.rows) else args.views
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"args": vars(args), "rows": {}, "chosen": {}}
 
-    # the cache (embedded once, or read), and the baselines on the images' own features
-    cfg = apply_overrides(Config(), base_overrides(args, "0", 0))
+    # the cache (embedded once, or read), and the baselines on the images' own (pooled) features
+    cfg = apply_overrides(Config(), {**base_overrides(args, "0", 0), "features.views": args.baseline_views})
     start = time.perf_counter()
     data = prepare_data(cfg.data, 0)
     report["data_seconds"] = time.perf_counter() - start
@@ -114,6 +126,8 @@ def main() -> None:
     tune_data = prepare_data(apply_overrides(Config(), base_overrides(args, "20%-of-labels", 0)).data, 0)
     for row in args.rows:
         grid = {} if args.no_tune else GRID[row]
+        if row == "partial-fixmatch" and "partial-supervised" in report["chosen"]:  # its stage 1 is that row
+            grid = {**{k: [v] for k, v in report["chosen"]["partial-supervised"]["settings"].items()}, **grid}
         best, best_val = {}, -1.0
         for values in itertools.product(*grid.values()):
             choice = dict(zip(grid, values))

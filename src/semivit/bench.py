@@ -14,6 +14,7 @@ A suite is YAML (see ``benchmarks/suites/``)::
       supervised: {method: supervised}                 # one stage
       semivit: {recipe: semivit, set: {...}}           # a shipped recipe or a YAML file
       paws: {recipe: paws, params: {paws: {multicrop: 6}}}   # params of the stages of one method
+      probe: {recipe: frozen-fixmatch, stages: 1}      # a recipe's first stages only
 
 ``set`` keys apply to every stage of a cell (``method.*`` keys too: give a recipe's stage settings as
 ``params`` keyed by the stage's method).
@@ -21,7 +22,8 @@ A suite is YAML (see ``benchmarks/suites/``)::
 Budgets (USB's rule: every method gets the same number of optimizer steps): ``steps: N`` rescales a
 recipe's stages so they sum to N, keeping their proportions; ``seconds: S`` gives each stage its share of S
 as ``train.time_limit`` (the run stops when it is spent: accuracy at a time budget; the schedules stay planned
-over ``train.steps``, so a cut-short run ends mid-schedule). Each cell runs in
+over ``train.steps``, so a cut-short run ends mid-schedule); ``plan: S`` times each cell's stages and plans
+their steps and schedules to fit S seconds, as ``semivit run --budget`` does (semivit/planning.py). Each cell runs in
 ``OUT/SUITE/DATA/LABELS/METHOD/seedS``; a finished cell is skipped and an interrupted one resumes at its
 step, so the same command continues a stopped suite; ``--jobs N`` trains N cells side by side in worker
 processes. The table (markdown + CSV: the labels each row consumed — training + validation —, test top-1 of
@@ -48,8 +50,8 @@ log = logging.getLogger("semivit")
 SUITE_DIRS = (Path("benchmarks") / "suites", Path("benchmarks"))
 _SUITE_KEYS = {"name", "description", "out", "seeds", "budget", "set", "data", "methods"}
 _DATA_KEYS = {"source", "labels", "seeds", "budget", "set", "requires", "split", "test"}
-_METHOD_KEYS = {"method", "recipe", "params", "set", "budget", "label", "data"}
-_BUDGET_KEYS = {"steps", "seconds"}
+_METHOD_KEYS = {"method", "recipe", "stages", "params", "set", "budget", "label", "data"}
+_BUDGET_KEYS = {"steps", "seconds", "plan"}
 
 
 def _check_keys(found: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -71,7 +73,8 @@ def _settings(value: Any, where: str) -> dict[str, Any]:
 
 def _budget(value: Any, where: str) -> dict[str, float]:
     if not isinstance(value, dict) or len(value) != 1 or not set(value) <= _BUDGET_KEYS:
-        raise SemivitError(f"budget in {where} must be one of {{steps: N}} or {{seconds: S}}, got {value!r}")
+        raise SemivitError(f"budget in {where} must be one of {{steps: N}}, {{seconds: S}} or {{plan: S}}, got "
+                           f"{value!r}")
     (kind, amount), = value.items()
     if not isinstance(amount, (int, float)) or amount <= 0:
         raise SemivitError(f"budget {kind} in {where} must be a positive number, got {amount!r}")
@@ -94,7 +97,12 @@ def find_suite(name: str | Path) -> Path:
 def load_suite(name: str | Path, out: str | None = None) -> Suite:
     """Read and check a suite; data sets whose ``requires`` path is missing are marked skipped."""
     path = find_suite(name)
-    raw = load_yaml(path)
+    return suite_from_dict(load_yaml(path), path, out)
+
+
+def suite_from_dict(raw: dict[str, Any], path: Path, out: str | None = None) -> Suite:
+    """Check a suite given as a mapping (the YAML's content; ``semivit compare`` builds one from its command
+    line); ``path`` names it in errors."""
     _check_keys(raw, _SUITE_KEYS, str(path))
     if not raw.get("data") or not raw.get("methods"):
         raise SemivitError(f"{path}: a suite needs 'data' and 'methods' mappings")
@@ -111,6 +119,9 @@ def load_suite(name: str | Path, out: str | None = None) -> Suite:
         _check_keys(m, _METHOD_KEYS, f"{path}: methods.{mname}")
         if ("method" in m) == ("recipe" in m):
             raise SemivitError(f"{path}: methods.{mname} needs exactly one of 'method' (one stage) or 'recipe'")
+        if "stages" in m and (not isinstance(m["stages"], int) or m["stages"] < 1 or "recipe" not in m):
+            raise SemivitError(f"{path}: methods.{mname}.stages (a recipe's first N stages) must be a positive "
+                               f"integer beside 'recipe', got {m['stages']!r}")
         m["set"] = _settings(m.get("set"), f"methods.{mname}")
         if "budget" in m:
             m["budget"] = _budget(m["budget"], f"methods.{mname}")
@@ -137,6 +148,7 @@ def cell_configs(suite: Suite, cell: Cell) -> list[Config]:
     d, m = suite.data[cell.data], suite.methods[cell.method]
     if "recipe" in m:
         recipe = load_yaml(find_recipe(m["recipe"]))
+        recipe["stages"] = recipe.get("stages", [])[:m.get("stages")]
     else:
         recipe = {"name": cell.method, "stages": [{"method": m["method"], "params": m.get("params") or {}}]}
     overrides = {**suite.settings, **d["set"], **m["set"],
@@ -149,9 +161,12 @@ def cell_configs(suite: Suite, cell: Cell) -> list[Config]:
     if "recipe" in m:  # params per stage method: {paws: {multicrop: 6}} reaches only the paws stage
         for cfg in configs:
             cfg.method.update((m.get("params") or {}).get(cfg.train.method) or {})
-    budget = m.get("budget") or d.get("budget") or suite.budget
-    apply_budget(configs, budget)
+    apply_budget(configs, _cell_budget(suite, cell))
     return configs
+
+
+def _cell_budget(suite: Suite, cell: Cell) -> dict[str, float]:
+    return suite.methods[cell.method].get("budget") or suite.data[cell.data].get("budget") or suite.budget
 
 
 def apply_budget(configs: list[Config], budget: dict[str, float]) -> None:
@@ -160,6 +175,8 @@ def apply_budget(configs: list[Config], budget: dict[str, float]) -> None:
     if not all(planned):
         raise SemivitError("every stage of a benchmarked recipe needs train.steps (not epochs) to be budgeted")
     total = sum(planned)
+    if "plan" in budget:  # planned by run_cell, which has the data the timing needs
+        return
     if "steps" in budget:
         steps = [max(1, round(budget["steps"] * s / total)) for s in planned]
         steps[-1] += int(budget["steps"]) - sum(steps)  # rounding: the last stage takes the remainder
@@ -190,6 +207,11 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
     data = prepare_data(dcfg, cell.seed, bundle=data_cache[source_key])
     split, bundle = data.split, data.bundle
     start = time.perf_counter()
+    budget = _cell_budget(suite, cell)
+    if "plan" in budget:
+        from semivit.planning import plan_run
+
+        plan_run(configs, data, budget["plan"], cell_dir)
     result = run_stages(configs, cell_dir, data)
     wall = time.perf_counter() - start
     stages = [json.loads((cell_dir / f"stage{k}-{c.train.method}" / "results.json").read_text())
@@ -210,13 +232,13 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
            **split.label_counts(), "classes": bundle.train.num_classes,
            "labels_per_class": len(split.labeled) / bundle.train.num_classes,
            "test_top1_last": last, "test_top1_best": best, "best_val_top1": metrics.get("best_val_top1"),
+           "val_top1": metrics.get("val_top1"),
            "steps": sum(st["steps"] for st in stages),
            "images_per_sec": images / max(seconds, 1e-9), "train_seconds": seconds, "wall_seconds": wall,
            "pseudo_acc": last_pseudo_accuracy([cell_dir / f"stage{k}-{c.train.method}"
                                                for k, c in enumerate(configs, 1)])}
     # cell.json marks the cell finished, and with --jobs the parent reads it while workers write theirs:
     # written in place, a half-written file could be read (or left by a crash) as a finished cell
-    # cell.json marks the cell finished, and with --jobs the parent reads it while workers write theirs
     atomic_write_json(cell_dir / "cell.json", row)
     return row
 
@@ -240,7 +262,7 @@ def _trains_classifier(cfg: Config) -> bool:
     return method_class(cfg.train.method).trains_classifier
 
 
-def run_suite(name: str | Path, out: str | None = None, only: str | None = None,
+def run_suite(name: str | Path | Suite, out: str | None = None, only: str | None = None,
               dry_run: bool = False, jobs: int = 1) -> Path:
     """Run (or continue) every cell of a suite; returns the folder with table.md, the CSVs and the plots.
     ``only``: comma-separated substrings; a cell runs when its ``DATA/LABELS/METHOD/seedS`` contains one.
@@ -249,7 +271,7 @@ def run_suite(name: str | Path, out: str | None = None, only: str | None = None,
     several small models share one GPU)."""
     if jobs < 1:
         raise SemivitError(f"--jobs must be 1 or more, got {jobs}")
-    suite = load_suite(name, out)
+    suite = name if isinstance(name, Suite) else load_suite(name, out)
     root = suite.out / suite.name
     for dname, why in suite.skipped.items():
         log.warning("skipping data set %s: %s", dname, why)

@@ -76,6 +76,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from semivit.compare import compare_suite, run_compare
+
+    settings = parse_set_args(args.set)
+    if args.pretrained:
+        settings["model.pretrained"] = args.pretrained
+    suite = compare_suite(args.data, args.labels, model=args.model, budget=args.budget, steps=args.steps,
+                          split=args.split,
+                          test=args.test, seeds=args.seeds, val=args.val, resolution=args.resolution,
+                          rows=args.rows, settings=settings, out=args.out, name=args.name)
+    root, table, line = run_compare(suite, jobs=args.jobs)
+    print(table)
+    print(line)
+    print(f"table, per-seed cells and plots: {root}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from semivit.demo import run_demo
 
@@ -201,6 +218,31 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="cells trained side by side, one process each (CPU: the "
                    "number of cores; one GPU: 4-8 small models share it)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("compare", help="does my unlabeled data help? linear probe and fine-tuning on the labels "
+                       "alone against the semi-supervised paths, on your data at one budget")
+    p.add_argument("--data", required=True, help="your data (folder, .zip, .csv, .npz or a built-in name)")
+    p.add_argument("--labels", help="all | N-per-class | N | P%% (default all labeled images)")
+    p.add_argument("--split", help="a list file of labeled images, or a split.json")
+    p.add_argument("--test", help="a separate test part (when --data has no test/ folder)")
+    p.add_argument("--model", required=True, help="the pretrained backbone: a hub name, local-dir:FOLDER, or an "
+                   "architecture with --pretrained FILE")
+    p.add_argument("--pretrained", help="a weights file for --model (bare .safetensors/.pth)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget", default="30m", help="wall-clock time of each path's run (default 30m): its "
+                        "stages are timed and planned to fit, as semivit run --budget does")
+    budget.add_argument("--steps", type=int, help="instead of --budget: this many optimizer steps for every path")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per path (default 0 1 2)")
+    p.add_argument("--val", default="20%-of-labels", help="validation labels carved out of --labels, which the "
+                   "recommendation reads (default 20%%-of-labels)")
+    p.add_argument("--resolution", default="96", help="the backbone's input size for every path (default 96)")
+    p.add_argument("--rows", nargs="+", help="paths to run (default: linear-probe fine-tuning frozen-fixmatch "
+                   "partial-fixmatch)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every path")
+    p.add_argument("--out", default="runs/compare", help="folder (default runs/compare)")
+    p.add_argument("--name", default="compare", help="the comparison's folder under --out")
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side, one process each")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="supervised-only vs Semi-ViT on digits with 4 labels per class")
     p.add_argument("--out")

@@ -142,6 +142,11 @@ class FeaturesConfig:
     # the seed of the cached views' augmentation; not train.seed, so runs of every seed share one cache (their
     # seeds still draw their own heads, batches and which cached view each image gets at each step)
     seed: int = 0
+    # partial fine-tuning: 0 = a linear head on the pooled features; N > 0 = the backbone's last N blocks (and the
+    # layers after them) train with the head, on the cached output of the blocks before them (models/tail.py)
+    train_blocks: int = 0
+    # the trained blocks' learning rate as a share of optim.lr (the head's): pretrained blocks take smaller steps
+    tail_lr: float = 0.1
 
 
 @dataclass

@@ -51,13 +51,30 @@ def half_life(momentum: float) -> float:
 
 
 class ModelEMA(nn.Module):
-    """A frozen copy of ``model`` that tracks its weights; buffers (e.g. BatchNorm stats) are copied.
-    ``decay`` is the per-step momentum m (already scaled to the stage: :func:`scaled_momentum`)."""
+    """A frozen copy of ``model`` that tracks its weights. ``decay`` is the per-step momentum m (already scaled
+    to the stage: :func:`scaled_momentum`).
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    ``buffers``: ``"copy"`` takes the student's buffers (e.g. BatchNorm statistics) as they are; ``"ema"``
+    averages floating-point buffers with the same momentum (integer ones, BatchNorm's batch counter, are
+    copied), as Semi-ViT's teacher does through timm's ``ModelEma`` (it averages the whole state dict) and as
+    Mean Teacher's teacher keeps statistics of its own weights: a BatchNorm teacher then normalises with
+    statistics that match its averaged weights, not the student's latest ones.
+
+    Examples:
+        >>> ema = ModelEMA(nn.BatchNorm1d(4), decay=0.9, buffers="ema")
+        >>> student = nn.BatchNorm1d(4)
+        >>> _ = student.train()(torch.randn(8, 4) + 10)  # the student's running mean moves to ~1
+        >>> ema.update(student)
+        >>> bool((ema.module.running_mean - 0.1 * student.running_mean).abs().max() < 1e-6)
+        True
+    """
+
+    def __init__(self, model: nn.Module, decay: float, buffers: str = "copy") -> None:
         super().__init__()
+        if buffers not in ("copy", "ema"):
+            raise ValueError(f"buffers must be 'copy' or 'ema', got {buffers!r}")
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
+        self.decay, self.average_buffers = decay, buffers == "ema"
 
     @torch.no_grad()
     def update(self, model: nn.Module, decay: float | None = None) -> None:
@@ -67,7 +84,10 @@ class ModelEMA(nn.Module):
         # θ' ← m·θ' + (1−m)·θ, as one fused op over all tensors
         torch._foreach_lerp_(ema_params, params, 1.0 - m)
         for ema_b, b in zip(self.module.buffers(), model.buffers()):
-            ema_b.copy_(b)
+            if self.average_buffers and ema_b.is_floating_point():
+                ema_b.lerp_(b, 1.0 - m)
+            else:
+                ema_b.copy_(b)
 
     def train(self, mode: bool = True) -> ModelEMA:
         """The average always runs in eval mode (no dropout / drop-path), even inside a training method."""

@@ -102,9 +102,10 @@ def data_fingerprint(data: PreparedData) -> str:
     return h.hexdigest()[:16]
 
 
-def weights_fingerprint(module: torch.nn.Module, skip: str = "") -> str:
+def weights_fingerprint(module: torch.nn.Module, skip: str | tuple[str, ...] = "") -> str:
     """A digest of a module's weights and buffers (names, shapes and values), leaving out those whose names
-    start with ``skip`` (a classifier, which features do not depend on: a later stage then reuses the cache)."""
+    start with ``skip`` (one prefix or several: a classifier, or a cut backbone's trained tail, which the cached
+    features do not depend on: a later stage then reuses the cache)."""
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
         if skip and name.startswith(skip):

@@ -32,7 +32,9 @@ def _layer_id(name: str, num_layers: int) -> int:
 def param_groups(modules: dict[str, nn.Module], weight_decay: float, layer_decay: float) -> list[dict]:
     """Parameter groups for every trainable parameter in ``modules`` (each a named part of a method).
 
-    Layer decay applies to ViT backbones (modules with ``blocks``); other parts get the full LR.
+    Layer decay applies to ViT backbones (modules with ``blocks``); other parts get the full LR. A parameter
+    may carry its own ``lr_scale`` attribute (the pretrained blocks of a cut backbone, models/tail.py), which
+    multiplies its group's.
     """
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     seen: set[int] = set()
@@ -45,6 +47,7 @@ def param_groups(modules: dict[str, nn.Module], weight_decay: float, layer_decay
             seen.add(id(p))
             no_decay = p.ndim <= 1 or any(k in name for k in _NO_DECAY_NAMES)
             scale = layer_decay ** (num_layers + 1 - _layer_id(name, num_layers)) if num_layers else 1.0
+            scale *= getattr(p, "lr_scale", 1.0)
             groups.setdefault((0.0 if no_decay else weight_decay, scale), []).append(p)
     return [{"params": ps, "weight_decay": wd, "lr_scale": scale} for (wd, scale), ps in groups.items()]
 

@@ -45,6 +45,14 @@ def check_train_settings(cfg: Config) -> None:
                              ("train.eval_every", t.eval_every, 0)):
         if value < low:
             raise SemivitError(f"{name} must be ≥ {low}, got {value}")
+    f = cfg.features
+    if f.train_blocks < 0 or f.tail_lr <= 0:
+        raise SemivitError(f"features.train_blocks must be ≥ 0 and features.tail_lr > 0, got {f.train_blocks} and "
+                           f"{f.tail_lr}")
+    if f.train_blocks and not f.frozen:
+        raise SemivitError("features.train_blocks trains the last blocks on the cached output of a frozen backbone's "
+                           "earlier ones: set features.frozen=true (--frozen) too, or leave it 0 to train the whole "
+                           "network")
     check_tracker(t.tracker)
 
 

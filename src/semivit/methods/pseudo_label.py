@@ -204,7 +204,8 @@ class EMATeacher(PseudoLabelMethod):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.momentum = scaled_momentum(self.params.ema, self.params.ema_ref_steps, self.total_steps, "method.ema")
-        self.teacher = ModelEMA(self.model, self.momentum)
+        # BatchNorm statistics averaged with the weights, as Semi-ViT's timm ModelEma does (no-op for ViTs)
+        self.teacher = ModelEMA(self.model, self.momentum, buffers="ema")
 
     def effective_settings(self) -> dict[str, Any]:
         if self.params.ema_ref_steps is None:

@@ -1,0 +1,146 @@
+"""``semivit compare``: does my unlabeled data help, on my data, with my backbone, at my budget?
+
+Users of pretrained backbones keep asking whether semi-supervised training would beat fine-tuning on their
+labels alone; recent studies find that on strong backbones it often does not, so the answer depends on the data.
+``compare`` answers it on the user's own data: it is ``semivit bench`` with a suite built from the command line
+(one data set, one label set, the seeds), whose rows are
+
+- ``linear-probe``: a linear head on the frozen backbone's cached features, trained on the labels alone
+  (``frozen-fixmatch``'s first stage);
+- ``fine-tuning``: the whole network fine-tuned on the labels alone (``semivit-pretrained``'s first stage);
+- ``frozen-fixmatch`` and ``partial-fixmatch``: the semi-supervised paths that fit a CPU (FixMatch on the frozen
+  backbone's cached features, and with its last block trained too).
+
+Every row gets the same budget (``--budget``: its stages planned to fit, as ``semivit run --budget`` plans
+them; or ``--steps``: the same number of optimizer steps), the same backbone at the same input resolution, and
+the same labels: a validation split is carved out of them (``--val``, 20% by default), so every row consumes
+exactly the user's labels. The recommendation reads the validation accuracy only; the test accuracy, when the
+data has a test part, is reported beside it.
+
+Examples:
+    >>> suite = compare_suite("~/images", "10%", model="local-dir:lite0-hub", budget="30m")
+    >>> sorted(suite.methods)
+    ['fine-tuning', 'frozen-fixmatch', 'linear-probe', 'partial-fixmatch']
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from semivit.bench import run_suite, suite_from_dict
+from semivit.bench_suite import Suite
+from semivit.core.io import atomic_write
+from semivit.errors import SemivitError
+from semivit.planning import parse_budget
+
+#: the rows: the two labels-only baselines first, then the semi-supervised paths
+ROWS: dict[str, dict[str, Any]] = {
+    "linear-probe": {"recipe": "frozen-fixmatch", "stages": 1},
+    "fine-tuning": {"recipe": "semivit-pretrained", "stages": 1},
+    "frozen-fixmatch": {"recipe": "frozen-fixmatch"},
+    "partial-fixmatch": {"recipe": "partial-fixmatch"},
+}
+BASELINES = ("linear-probe", "fine-tuning")
+
+
+def compare_suite(data: str, labels: str | None, *, model: str, budget: str | float | None = "30m",
+                  steps: int | None = None,
+                  split: str | None = None, test: str | None = None, seeds: list[int] | None = None,
+                  val: str = "20%-of-labels", resolution: str = "96", rows: list[str] | None = None,
+                  settings: dict[str, Any] | None = None, out: str = "runs/compare",
+                  name: str = "compare") -> Suite:
+    """The suite ``compare`` runs: ``rows`` (default all of :data:`ROWS`) on one data set and label set, each
+    path planned to fit ``budget`` (wall-clock), or, with ``steps``, given that many optimizer steps over its
+    stages (USB's equal-steps rule)."""
+    if not model or model == "auto":
+        raise SemivitError("compare measures what a pretrained backbone gains from your unlabeled images: name it "
+                           "with --model (a hub name, local-dir:FOLDER, or an architecture with --pretrained FILE)")
+    chosen = rows or list(ROWS)
+    unknown = [r for r in chosen if r not in ROWS]
+    if unknown:
+        raise SemivitError(f"unknown compare rows {unknown}: use some of {', '.join(ROWS)}")
+    dataset: dict[str, Any] = {"source": data, "labels": [labels or "all"]}
+    for key, value in (("split", split), ("test", test)):
+        if value:
+            dataset[key] = value
+    plan = {"steps": steps} if steps else {"plan": parse_budget(budget or "30m")}
+    raw = {"name": name, "out": out, "seeds": seeds or [0, 1, 2], "budget": plan,
+           "set": {"model.name": model, "model.resolution": resolution, "data.val": val,
+                   **(settings or {})},
+           "data": {"data": dataset}, "methods": {r: dict(ROWS[r]) for r in chosen}}
+    return suite_from_dict(raw, Path(f"compare:{name}"))
+
+
+def compare_table(root: Path) -> tuple[str, str]:
+    """The markdown table of a finished compare (one row per path: labels, validation and test top-1 as mean ±
+    std over seeds, the gain over the best labels-only baseline, wall time) and the one-line recommendation."""
+    cells = _cell_rows(root)
+    if not cells:
+        raise SemivitError(f"no finished cell in {root}: run the comparison first")
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for cell in cells:
+        by_row.setdefault(cell["method"], []).append(cell)
+    stats = {name: _row_stats(rs) for name, rs in by_row.items()}
+    base = max((n for n in BASELINES if n in stats), key=lambda n: stats[n]["val"][0], default=None)
+    lines = ["| path | labels (train + val) | val top-1 | test top-1 | test gain over " +
+             (f"{base} (points)" if base else "the baseline") + " | seeds | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for name in [n for n in ROWS if n in stats]:
+        s = stats[name]
+        gain = "—" if base is None or s["test"] is None or stats[base]["test"] is None else \
+            f"{100 * (s['test'][0] - stats[base]['test'][0]):+.1f}"
+        lines.append(f"| {name} | {s['labels']} | {_fmt(s['val'])} | {_fmt(s['test'])} | {gain} | {s['seeds']} | "
+                     f"{s['wall']:.0f} |")
+    return "\n".join(lines), recommend(stats)
+
+
+def _cell_rows(root: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted(root.glob("*/*/*/seed*/cell.json"))]
+
+
+def _row_stats(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean_std(key: str) -> tuple[float, float] | None:
+        values = [float(c[key]) for c in cells if c.get(key) is not None]
+        if not values:
+            return None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    first = cells[0]
+    return {"val": mean_std("val_top1") or (float("nan"), 0.0), "test": mean_std("test_top1_last"),
+            "seeds": len(cells), "wall": statistics.fmean(c["wall_seconds"] for c in cells),
+            "labels": f"{first.get('labeled', '?')} + {first.get('val_labeled', '?')}"}
+
+
+def _fmt(value: tuple[float, float] | None) -> str:
+    return "—" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
+
+
+def recommend(stats: dict[str, dict[str, Any]]) -> str:
+    """One line from the validation accuracies: the best semi-supervised path against the best labels-only
+    baseline, and whether its gain is larger than the seeds' spread (the larger of the two rows' std)."""
+    baselines = {n: s for n, s in stats.items() if n in BASELINES}
+    semis = {n: s for n, s in stats.items() if n not in BASELINES}
+    if not baselines or not semis:
+        return "recommendation: needs a labels-only baseline and a semi-supervised row"
+    base = max(baselines, key=lambda n: baselines[n]["val"][0])
+    semi = max(semis, key=lambda n: semis[n]["val"][0])
+    gain = semis[semi]["val"][0] - baselines[base]["val"][0]
+    spread = max(semis[semi]["val"][1], baselines[base]["val"][1])
+    if gain > spread and gain > 0:
+        return (f"recommendation: use {semi} — your unlabeled images help: +{100 * gain:.1f} points over {base} on "
+                f"validation (seed spread {100 * spread:.1f})")
+    return (f"recommendation: use {base} — at this budget your unlabeled images do not help beyond the seeds' "
+            f"spread: {semi} {100 * gain:+.1f} points on validation (spread {100 * spread:.1f})")
+
+
+def run_compare(suite: Suite, jobs: int = 1) -> tuple[Path, str, str]:
+    """Run (or continue: finished cells are kept) the comparison; returns its folder, table and recommendation,
+    also written to ``compare.md`` there."""
+    root = run_suite(suite, jobs=jobs)
+    table, line = compare_table(root)
+    atomic_write(root / "compare.md", lambda tmp: Path(tmp).write_text(f"{table}\n\n{line}\n"))
+    return root, table, line
