@@ -9,8 +9,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+import semivit
 from semivit.cli import main
-from semivit.compare import compare_suite, recommend
+from semivit.comparison import compare_suite, recommend
 from semivit.errors import SemivitError
 
 
@@ -39,6 +40,8 @@ def test_a_suite_is_built_from_the_command_line_and_bad_input_is_one_line():
     assert list(suite.methods) == ["linear-probe", "fine-tuning", "frozen-fixmatch", "partial-fixmatch"]
     with pytest.raises(SemivitError, match="name it with --model"):
         compare_suite("digits", "10-per-class", model="auto")
+    with pytest.raises(SemivitError, match="name it with --model"):  # the Python API checks the same way
+        semivit.compare("digits", "10-per-class", model="auto")
     with pytest.raises(SemivitError, match="unknown compare rows"):
         compare_suite("digits", None, model="x", rows=["mystery"])
     with pytest.raises(SemivitError, match="cannot read the budget"):

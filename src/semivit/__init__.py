@@ -25,7 +25,8 @@ from importlib.abc import MetaPathFinder
 from typing import Any
 
 _API = {"fit": "semivit.api", "load": "semivit.api", "predict": "semivit.api", "evaluate": "semivit.api",
-        "suggest": "semivit.api", "export": "semivit.api", "list_methods": "semivit.api", "Run": "semivit.api",
+        "suggest": "semivit.api", "compare": "semivit.api", "export": "semivit.api", "list_methods": "semivit.api",
+        "Run": "semivit.api",
         "Config": "semivit.config", "create_model": "semivit.models.factory", "run_recipe": "semivit.pipeline",
         "Trainer": "semivit.engine.trainer", "SemivitError": "semivit.errors"}
 __all__ = [*_API, "__version__"]

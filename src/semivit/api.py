@@ -171,6 +171,20 @@ def suggest(data: str = "digits", budget: int = 10, *, labels: str = "0", run: s
     return [pool.train.ids[int(i)] for i in chosen.indices]
 
 
+def compare(data: str, labels: str | None = None, *, model: str, budget: str | float | None = "30m",
+            steps: int | None = None, seeds: list[int] | None = None, **options: Any) -> dict[str, Any]:
+    """``semivit compare``: the linear probe and fine-tuning on the labels alone against the semi-supervised
+    paths, on ``data`` with the backbone ``model`` at one budget. ``options``: ``split``, ``test``, ``val``,
+    ``resolution``, ``rows``, ``settings`` (``{"model.pretrained": FILE}``), ``out``, ``name``. Returns the
+    folder, the markdown table and the one-line recommendation (read from validation accuracy only)."""
+    from semivit.comparison import compare_suite, run_compare
+
+    jobs = int(options.pop("jobs", 1))
+    suite = compare_suite(str(data), labels, model=model, budget=budget, steps=steps, seeds=seeds, **options)
+    folder, table, line = run_compare(suite, jobs=jobs)
+    return {"folder": folder, "table": table, "recommendation": line}
+
+
 def export(run: str | Path, fmt: str = "hub", out: str | Path | None = None) -> Path:
     """Export a run's classifier: ``hub`` (a timm-layout folder), ``onnx`` or ``torchscript``."""
     from semivit.export import export_run

@@ -77,7 +77,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from semivit.compare import compare_suite, run_compare
+    from semivit.comparison import compare_suite, run_compare
 
     settings = parse_set_args(args.set)
     if args.pretrained:
