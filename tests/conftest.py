@@ -27,6 +27,27 @@ def tiny_config(tmp_path: Path, **overrides) -> Config:
     return apply_overrides(Config(), base)
 
 
+def random_timm_weights(tmp_path: Path, arch: str = "test_efficientnet") -> str:
+    """A bare weights file of a tiny timm CNN (seeded: the same weights on every call), as if downloaded."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = Path(tmp_path) / f"{arch}.safetensors"
+    save_file(timm.create_model(arch, num_classes=10).state_dict(), str(path))
+    return str(path)
+
+
+def frozen_config(tmp_path: Path, **overrides) -> Config:
+    """:func:`tiny_config` for a frozen-backbone run: the tiny timm CNN's weights as the backbone, one cached view
+    of each kind, the cache in ``tmp_path``."""
+    weights = random_timm_weights(tmp_path)
+    return tiny_config(tmp_path, **{"model.name": "test_efficientnet", "model.pretrained": weights,
+                                    "model.resolution": "32", "features.frozen": True, "features.views": 1,
+                                    "features.cache": str(Path(tmp_path) / "cache"), "train.overwrite": True,
+                                    **overrides})
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -5,20 +5,12 @@ carved out of them), and a recommendation read from validation accuracy only."""
 from __future__ import annotations
 
 import pytest
-import timm
-import torch
-from safetensors.torch import save_file
 
 import semivit
 from semivit.cli import main
 from semivit.comparison import compare_suite, recommend
 from semivit.errors import SemivitError
-
-
-def _weights(tmp_path):
-    torch.manual_seed(0)
-    save_file(timm.create_model("test_efficientnet", num_classes=10).state_dict(), str(tmp_path / "w.safetensors"))
-    return str(tmp_path / "w.safetensors")
+from tests.conftest import random_timm_weights
 
 
 def test_the_recommendation_reads_validation_and_the_seeds_spread():
@@ -52,7 +44,7 @@ def test_a_suite_is_built_from_the_command_line_and_bad_input_is_one_line():
 @pytest.mark.slow
 def test_compare_runs_every_path_on_the_same_labels_and_prints_one_recommendation(tmp_path, capsys):
     args = ["compare", "--data", "digits", "--labels", "10-per-class", "--model", "test_efficientnet",
-            "--pretrained", _weights(tmp_path), "--steps", "16", "--seeds", "0", "1", "--resolution", "32",
+            "--pretrained", random_timm_weights(tmp_path), "--steps", "16", "--seeds", "0", "1", "--resolution", "32",
             "--out", str(tmp_path / "out"), "--set", f"features.cache={tmp_path / 'cache'}",
             "--set", "features.views=1"]
     assert main(args) == 0

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
 
 from semivit.data import prepare_data
 from semivit.data.features import CachedFeatures
@@ -19,21 +18,13 @@ from semivit.engine.trainer import Trainer
 from semivit.errors import SemivitError
 from semivit.models.factory import create_model
 from semivit.models.heads import FeatureHead, fold_feature_head
-from tests.conftest import tiny_config
+from tests.conftest import frozen_config, tiny_config
 
 ARCH = "test_efficientnet"
 
 
-def _weights(tmp_path):
-    torch.manual_seed(0)
-    save_file(timm.create_model(ARCH, num_classes=10).state_dict(), str(tmp_path / "w.safetensors"))
-    return str(tmp_path / "w.safetensors")
-
-
 def _frozen(tmp_path, **settings):
-    return tiny_config(tmp_path, **{"model.name": ARCH, "model.pretrained": _weights(tmp_path),
-                                    "model.resolution": "32", "features.frozen": True, "features.views": 1,
-                                    "features.cache": str(tmp_path / "cache"), "train.overwrite": True, **settings})
+    return frozen_config(tmp_path, **settings)
 
 
 def _count_backbone_calls(monkeypatch):

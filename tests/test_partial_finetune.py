@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from semivit.core.ema import ModelEMA
 from semivit.data import prepare_data
@@ -19,7 +19,7 @@ from semivit.engine.trainer import Trainer
 from semivit.errors import SemivitError
 from semivit.models.factory import create_model, wrap_module
 from semivit.models.tail import BackboneTail, split_backbone
-from tests.conftest import tiny_config
+from tests.conftest import frozen_config, tiny_config
 
 ARCH = "test_efficientnet"
 
@@ -62,17 +62,8 @@ def test_the_trained_blocks_take_the_tail_learning_rate():
         p.numel() for p in g["params"]) for g in optimizer.param_groups)
 
 
-def _weights(tmp_path):
-    torch.manual_seed(0)
-    save_file(timm.create_model(ARCH, num_classes=10).state_dict(), str(tmp_path / "w.safetensors"))
-    return str(tmp_path / "w.safetensors")
-
-
 def _partial(tmp_path, **settings):
-    return tiny_config(tmp_path, **{"model.name": ARCH, "model.pretrained": _weights(tmp_path),
-                                    "model.resolution": "32", "features.frozen": True, "features.views": 1,
-                                    "features.train_blocks": 2, "features.cache": str(tmp_path / "cache"),
-                                    "train.overwrite": True, **settings})
+    return frozen_config(tmp_path, **{"features.train_blocks": 2, **settings})
 
 
 @pytest.mark.slow
