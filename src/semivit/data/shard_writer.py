@@ -17,7 +17,7 @@ from semivit.data.sources.common import (
     Decoder,
     decode_pil,
 )
-from semivit.data.sources.shards import IMAGE_EXTS, sidecar
+from semivit.data.sources.shard_index import IMAGE_EXTS, sidecar
 from semivit.errors import SemivitError
 
 

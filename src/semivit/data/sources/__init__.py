@@ -7,7 +7,8 @@ a new format is a new module added to :data:`FAMILIES`:
   ``fashion-mnist``) and folders of IDX files (MNIST format);
 - :mod:`.hf`: Hugging Face ``datasets`` (``hf:ORG/NAME``, ``save_to_disk`` folders, Parquet files, the
   ``imagefolder`` layout with ``metadata.csv``);
-- :mod:`.shards`: WebDataset-style tar shards (``train-{000000..000127}.tar``);
+- :mod:`.shards`: WebDataset-style tar shards (``train-{000000..000127}.tar``; their sample index in
+  :mod:`.shard_index`);
 - :mod:`.arrays`: ``.npz`` arrays (``x``/``y``, Keras, MedMNIST keys);
 - :mod:`.files`: image folders (``train/`` + ``test/``/``val/`` parts, class sub-folders, or loose unlabeled
   images), the same tree in a ``.zip``, and ``.csv`` manifests (``path,label``).
