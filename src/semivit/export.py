@@ -86,41 +86,42 @@ def timm_architecture(model: Any) -> tuple[str, dict[str, Any]]:
 
 
 def export_hub(model: Any, out: Path) -> Path:
-    """Write ``out/config.json`` + ``out/model.safetensors`` in the timm / hub layout (see module doc)."""
-    from safetensors.torch import save_file
+    """Write ``out/config.json`` + ``out/model.safetensors`` in the timm / hub layout through timm's own
+    ``save_for_hf`` (see module doc): the backbone's state dict, and a config whose ``pretrained_cfg`` holds the
+    input size, mean/std and interpolation the model really uses (a pretrained backbone's resize inside the model
+    included), plus a ``semivit`` entry that rebuilds the whole classifier."""
+    from timm.models import save_for_hf
 
     spec = model.spec
     arch, args = timm_architecture(model)
     size = spec.kwargs.get("backbone_size") or spec.image_size
     classes = spec.classes or [str(i) for i in range(spec.num_classes)]
-    config = {
+    pretrained_cfg = {
         "architecture": arch,
-        "num_classes": spec.num_classes,
-        "num_features": int(model.num_features),
-        "label_names": classes,
-        "model_args": args,
-        "pretrained_cfg": {
-            "input_size": [spec.in_chans, size, size],
-            "fixed_input_size": hasattr(model.backbone, "patch_embed"),
-            "interpolation": spec.kwargs.get("interpolation", "bilinear"),  # what the model resizes with
-            "crop_pct": 1.0,
-            "crop_mode": "center",
-            "mean": [round(float(v), 6) for v in model.mean.flatten()],
-            "std": [round(float(v), 6) for v in model.std.flatten()],
-            "num_classes": spec.num_classes,
-            "classifier": model.classifier_attr,
-            "first_conv": "patch_embed.proj" if hasattr(model.backbone, "patch_embed") else "conv1",
-            "license": "other",
-        },
-        # how semivit rebuilds the whole classifier (its input size, and the resize inside the model)
-        "semivit": {"spec": spec.to_dict()},
+        "input_size": [spec.in_chans, size, size],
+        "interpolation": spec.kwargs.get("interpolation", "bilinear"),  # what the model resizes with
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "mean": [round(float(v), 6) for v in model.mean.flatten()],
+        "std": [round(float(v), 6) for v in model.std.flatten()],
+        "classifier": model.classifier_attr,
+        # the stem timm adapts when a user loads the folder with another in_chans
+        "first_conv": next((n for n, m in model.backbone.named_modules() if isinstance(m, nn.Conv2d)), None),
+        "license": "other",
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
+    # how semivit rebuilds the whole classifier (its input size, and the resize inside the model)
+    config = {"pretrained_cfg": pretrained_cfg, "label_names": classes, "semivit": {"spec": spec.to_dict()}}
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        (tmp / "README.md").write_text(_model_card(config))
+        backbone = model.backbone
+        saved = getattr(backbone, "pretrained_cfg", None)
+        backbone.pretrained_cfg = {**(saved or {}), **pretrained_cfg}  # timm reads the input settings from it
+        try:
+            save_for_hf(backbone, str(tmp), model_config=config, model_args=args, safe_serialization=True)
+        finally:
+            backbone.pretrained_cfg = saved
+        written = json.loads((tmp / "config.json").read_text())
+        (tmp / "README.md").write_text(_model_card(written))
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
