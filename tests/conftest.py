@@ -48,6 +48,16 @@ def frozen_config(tmp_path: Path, **overrides) -> Config:
                                     **overrides})
 
 
+def assert_reported_top1(model: torch.nn.Module, reported: float, source: str = "digits") -> None:
+    """The test top-1 a run reported is what its exported model gives on the test images (a run that trains
+    for 2 steps can score anything; what it reports must still be what it saved)."""
+    from semivit.data import prepare_data
+    from semivit.engine.evaluate import predict_logits, top1
+
+    test = prepare_data(apply_overrides(Config(), {"data.source": source}).data, 0).test
+    assert abs(top1(predict_logits(model.eval(), test), test.labels) - float(reported)) < 1e-6
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

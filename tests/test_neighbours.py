@@ -24,6 +24,7 @@ from semivit.methods.s4l import S4L, S4LParams, rotate_batch
 from semivit.methods.uda import UDA, UDAParams
 from semivit.models.factory import create_model, set_head_dropout
 from semivit.models.heads import MLPHead
+from tests.conftest import assert_reported_top1
 
 
 def tiny_vit(classes: int = 3, **kwargs) -> torch.nn.Module:
@@ -493,4 +494,4 @@ def test_new_recipes_run_end_to_end(recipe, tmp_path):
         if stage["method"] in ("noisy_student", "feature_distill"):  # the previous stage is the teacher
             assert f"stage{k - 1}-{stages[k - 2]['method']}/checkpoints/model.safetensors" in config
             assert "pretrained: auto" in config  # and the student starts from scratch (vit_nano: no weights)
-    assert 0.0 <= result.metrics["test_top1"] <= 1.0
+    assert_reported_top1(result.model, result.metrics["test_top1"])
