@@ -52,6 +52,7 @@ GRID: dict[str, dict[str, list[Any]]] = {
     # FixMatch from it
     "partial-supervised": {"features.tail_lr": [0.1, 1.0]},
     "partial-fixmatch": {"method.threshold": [0.7, 0.95]},
+    "partial-semivit": {"method.threshold": [0.7, 0.9]},
 }
 #: a row's recipe and how many of its stages it runs (the labels-only rows are their recipe's first stage)
 RECIPES = {"supervised": ("frozen-fixmatch", 1), "partial-supervised": ("partial-fixmatch", 1)}
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(GRID))
     parser.add_argument("--no-tune", action="store_true", help="use the recipes' settings as shipped")
+    parser.add_argument("--no-baselines", action="store_true", help="skip k-NN, the probe, label spreading and "
+                        "self-training (rows of a later call on the same cache)")
     parser.add_argument("--baseline-views", type=int, default=None,
                         help="views in the pooled-feature cache the baselines read (default --views; 0 when only "
                              "partial rows run: the baselines need the images' own features alone)")
@@ -118,7 +121,7 @@ def main() -> None:
                  "linear probe (sklearn)": lambda: linear_probe_top1(train_feats[lab], y[lab], test_feats, test_y),
                  "label spreading (sklearn)": lambda: label_spreading_top1(train_feats, pool_y, test_feats, test_y),
                  "self-training (sklearn)": lambda: self_training_top1(train_feats, pool_y, test_feats, test_y)}
-    for name, fn in baselines.items():
+    for name, fn in ({} if args.no_baselines else baselines).items():
         start = time.perf_counter()
         report["rows"][name] = {"test_top1": [fn()], "seconds": [time.perf_counter() - start]}
         log.info("%s: %.4f (%.0f s)", name, report["rows"][name]["test_top1"][0], report["rows"][name]["seconds"][0])
@@ -126,8 +129,9 @@ def main() -> None:
     tune_data = prepare_data(apply_overrides(Config(), base_overrides(args, "20%-of-labels", 0)).data, 0)
     for row in args.rows:
         grid = {} if args.no_tune else GRID[row]
-        if row == "partial-fixmatch" and "partial-supervised" in report["chosen"]:  # its stage 1 is that row
-            grid = {**{k: [v] for k, v in report["chosen"]["partial-supervised"]["settings"].items()}, **grid}
+        stage1 = report["chosen"].get("partial-supervised") if row.startswith("partial-") else None
+        if stage1 and row != "partial-supervised":  # its stage 1 is that row: its choice carries over
+            grid = {**{k: [v] for k, v in stage1["settings"].items()}, **grid}
         best, best_val = {}, -1.0
         for values in itertools.product(*grid.values()):
             choice = dict(zip(grid, values))
@@ -148,7 +152,7 @@ def main() -> None:
         report["rows"][row] = {"test_top1": tops, "seconds": secs, "labels_total": labels}
         (out / "frozen_heads.json").write_text(json.dumps(report, indent=2))
 
-    probe = statistics.mean(report["rows"]["linear probe (sklearn)"]["test_top1"])
+    probe = statistics.mean(report["rows"].get("linear probe (sklearn)", {"test_top1": [float("nan")]})["test_top1"])
     lines = ["| row | test top-1 | vs linear probe (points) | seconds (after the cache) |", "|---|---|---|---|"]
     for name, r in report["rows"].items():
         t = r["test_top1"]
