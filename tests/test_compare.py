@@ -18,10 +18,10 @@ def test_the_recommendation_reads_validation_and_the_seeds_spread():
         return {"val": (val, std), "test": (test, 0.0)}
 
     helps = {"linear-probe": row(0.60, 0.01, 0.99), "fine-tuning": row(0.62, 0.01, 0.10),
-             "frozen-fixmatch": row(0.66, 0.01, 0.10), "partial-fixmatch": row(0.64, 0.02, 0.99)}
+             "frozen-fixmatch": row(0.66, 0.01, 0.10), "partial-semivit": row(0.64, 0.02, 0.99)}
     line = recommend(helps)
     assert line.startswith("recommendation: use frozen-fixmatch") and "+4.0 points over fine-tuning" in line
-    within_spread = {**helps, "frozen-fixmatch": row(0.63, 0.03, 0.99), "partial-fixmatch": row(0.5, 0.0, 0.99)}
+    within_spread = {**helps, "frozen-fixmatch": row(0.63, 0.03, 0.99), "partial-semivit": row(0.5, 0.0, 0.99)}
     assert recommend(within_spread).startswith("recommendation: use fine-tuning")  # +1.0 < 3.0 spread
 
 
@@ -29,7 +29,7 @@ def test_a_suite_is_built_from_the_command_line_and_bad_input_is_one_line():
     suite = compare_suite("digits", "10-per-class", model="local-dir:x", budget="10m", seeds=[3])
     assert suite.budget == {"plan": 600.0} and suite.seeds == [3]
     assert suite.settings["data.val"] == "20%-of-labels" and suite.settings["model.name"] == "local-dir:x"
-    assert list(suite.methods) == ["linear-probe", "fine-tuning", "frozen-fixmatch", "partial-fixmatch"]
+    assert list(suite.methods) == ["linear-probe", "fine-tuning", "frozen-fixmatch", "partial-semivit"]
     with pytest.raises(SemivitError, match="name it with --model"):
         compare_suite("digits", "10-per-class", model="auto")
     with pytest.raises(SemivitError, match="name it with --model"):  # the Python API checks the same way
@@ -51,7 +51,7 @@ def test_compare_runs_every_path_on_the_same_labels_and_prints_one_recommendatio
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| path")]
     assert [r.split(" | ")[0][2:] for r in rows] == ["linear-probe", "fine-tuning", "frozen-fixmatch",
-                                                    "partial-fixmatch"]
+                                                    "partial-semivit"]
     assert all(" | 80 + 20 | " in r for r in rows), rows  # 100 labels: 80 train, 20 validate, in every path
     assert sum(line.startswith("recommendation: use ") for line in out.splitlines()) == 1
     assert (tmp_path / "out" / "compare" / "compare.md").is_file()

@@ -237,7 +237,7 @@ def make_parser() -> argparse.ArgumentParser:
                    "recommendation reads (default 20%%-of-labels)")
     p.add_argument("--resolution", default="96", help="the backbone's input size for every path (default 96)")
     p.add_argument("--rows", nargs="+", help="paths to run (default: linear-probe fine-tuning frozen-fixmatch "
-                   "partial-fixmatch)")
+                   "partial-semivit; also partial-fixmatch, frozen-semivit)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every path")
     p.add_argument("--out", default="runs/compare", help="folder (default runs/compare)")
     p.add_argument("--name", default="compare", help="the comparison's folder under --out")

@@ -8,8 +8,9 @@ labels alone; recent studies find that on strong backbones it often does not, so
 - ``linear-probe``: a linear head on the frozen backbone's cached features, trained on the labels alone
   (``frozen-fixmatch``'s first stage);
 - ``fine-tuning``: the whole network fine-tuned on the labels alone (``semivit-pretrained``'s first stage);
-- ``frozen-fixmatch`` and ``partial-fixmatch``: the semi-supervised paths that fit a CPU (FixMatch on the frozen
-  backbone's cached features, and with its last block trained too).
+- ``frozen-fixmatch`` and ``partial-semivit``: the semi-supervised paths that fit a CPU (FixMatch on the frozen
+  backbone's cached features; the EMA-Teacher with the backbone's last block trained too); ``--rows`` adds
+  ``partial-fixmatch`` and ``frozen-semivit``.
 
 Every row gets the same budget (``--budget``: its stages planned to fit, as ``semivit run --budget`` plans
 them; or ``--steps``: the same number of optimizer steps), the same backbone at the same input resolution, and
@@ -20,7 +21,7 @@ data has a test part, is reported beside it.
 Examples:
     >>> suite = compare_suite("~/images", "10%", model="local-dir:lite0-hub", budget="30m")
     >>> sorted(suite.methods)
-    ['fine-tuning', 'frozen-fixmatch', 'linear-probe', 'partial-fixmatch']
+    ['fine-tuning', 'frozen-fixmatch', 'linear-probe', 'partial-semivit']
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ ROWS: dict[str, dict[str, Any]] = {
     "fine-tuning": {"recipe": "semivit-pretrained", "stages": 1},
     "frozen-fixmatch": {"recipe": "frozen-fixmatch"},
     "partial-fixmatch": {"recipe": "partial-fixmatch"},
+    "partial-semivit": {"recipe": "partial-semivit"},
+    "frozen-semivit": {"recipe": "frozen-semivit"},
 }
+#: the rows run when none are named: the baselines and the best path of each kind on CIFAR-10's validation split
+DEFAULT_ROWS = ("linear-probe", "fine-tuning", "frozen-fixmatch", "partial-semivit")
 BASELINES = ("linear-probe", "fine-tuning")
 
 
@@ -51,13 +56,13 @@ def compare_suite(data: str, labels: str | None, *, model: str, budget: str | fl
                   val: str = "20%-of-labels", resolution: str = "96", rows: list[str] | None = None,
                   settings: dict[str, Any] | None = None, out: str = "runs/compare",
                   name: str = "compare") -> Suite:
-    """The suite ``compare`` runs: ``rows`` (default all of :data:`ROWS`) on one data set and label set, each
+    """The suite ``compare`` runs: ``rows`` (default :data:`DEFAULT_ROWS`) on one data set and label set, each
     path planned to fit ``budget`` (wall-clock), or, with ``steps``, given that many optimizer steps over its
     stages (USB's equal-steps rule)."""
     if not model or model == "auto":
         raise SemivitError("compare measures what a pretrained backbone gains from your unlabeled images: name it "
                            "with --model (a hub name, local-dir:FOLDER, or an architecture with --pretrained FILE)")
-    chosen = rows or list(ROWS)
+    chosen = rows or list(DEFAULT_ROWS)
     unknown = [r for r in chosen if r not in ROWS]
     if unknown:
         raise SemivitError(f"unknown compare rows {unknown}: use some of {', '.join(ROWS)}")
