@@ -172,14 +172,13 @@ def suggest(data: str = "digits", budget: int = 10, *, labels: str = "0", run: s
 
 
 def compare(data: str, labels: str | None = None, *, model: str, budget: str | float | None = "30m",
-            steps: int | None = None, seeds: list[int] | None = None, **options: Any) -> dict[str, Any]:
+            steps: int | None = None, seeds: list[int] | None = None, jobs: int = 1, **options: Any) -> dict[str, Any]:
     """``semivit compare``: the linear probe and fine-tuning on the labels alone against the semi-supervised
     paths, on ``data`` with the backbone ``model`` at one budget. ``options``: ``split``, ``test``, ``val``,
     ``resolution``, ``rows``, ``settings`` (``{"model.pretrained": FILE}``), ``out``, ``name``. Returns the
     folder, the markdown table and the one-line recommendation (read from validation accuracy only)."""
     from semivit.comparison import compare_suite, run_compare
 
-    jobs = int(options.pop("jobs", 1))
     suite = compare_suite(str(data), labels, model=model, budget=budget, steps=steps, seeds=seeds, **options)
     folder, table, line = run_compare(suite, jobs=jobs)
     return {"folder": folder, "table": table, "recommendation": line}

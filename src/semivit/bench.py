@@ -294,8 +294,8 @@ def run_suite(name: str | Path | Suite, out: str | None = None, only: str | None
             log.info("bench %d/%d: %s", n, len(todo), cell.key)
             row = run_cell(suite, cell, _cell_dir(root, cell), data_cache)
             _log_row(cell, row)
-            write_reports(suite, _finished_rows(suite, root), root)
-    write_reports(suite, _finished_rows(suite, root), root)
+            write_reports(suite, finished_rows(suite, root), root)
+    write_reports(suite, finished_rows(suite, root), root)
     return root
 
 
@@ -343,7 +343,7 @@ def _run_cells_in_processes(suite: Suite, root: Path, cells: list[Cell], jobs: i
                 log.warning("bench %d/%d: %s failed: %s", n, len(cells), cell.key, error)
                 continue
             _log_row(cell, row, done=f"{n}/{len(cells)} done: ")
-            write_reports(suite, _finished_rows(suite, root), root)
+            write_reports(suite, finished_rows(suite, root), root)
     if failed:
         raise SemivitError(f"{len(failed)} cell(s) failed ({', '.join(failed)}): the reasons are above; "
                            "fix them and run the same command again (finished cells are kept)")
@@ -353,7 +353,7 @@ def _cell_dir(root: Path, cell: Cell) -> Path:
     return root / cell.data / cell.labels.replace("/", "_") / cell.method / f"seed{cell.seed}"
 
 
-def _finished_rows(suite: Suite, root: Path) -> list[dict[str, Any]]:
+def finished_rows(suite: Suite, root: Path) -> list[dict[str, Any]]:
     """Every finished cell of the suite (whichever command ran it: reports cover the whole suite)."""
     files = (_cell_dir(root, c) / "cell.json" for c in suite.cells())
     return [_read_cell(f) for f in files if f.is_file()]

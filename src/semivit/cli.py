@@ -83,9 +83,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.pretrained:
         settings["model.pretrained"] = args.pretrained
     suite = compare_suite(args.data, args.labels, model=args.model, budget=args.budget, steps=args.steps,
-                          split=args.split,
-                          test=args.test, seeds=args.seeds, val=args.val, resolution=args.resolution,
-                          rows=args.rows, settings=settings, out=args.out, name=args.name)
+                          split=args.split, test=args.test, seeds=args.seeds, val=args.val,
+                          resolution=args.resolution, rows=args.rows, settings=settings, out=args.out, name=args.name)
     root, table, line = run_compare(suite, jobs=args.jobs)
     print(table)
     print(line)

@@ -30,7 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from semivit.bench import run_suite, suite_from_dict
+from semivit.bench import finished_rows, run_suite, suite_from_dict
 from semivit.bench_suite import Suite
 from semivit.core.io import atomic_write
 from semivit.errors import SemivitError
@@ -78,17 +78,17 @@ def compare_suite(data: str, labels: str | None, *, model: str, budget: str | fl
     return suite_from_dict(raw, Path(f"compare:{name}"))
 
 
-def compare_table(root: Path) -> tuple[str, str]:
+def compare_table(suite: Suite, root: Path) -> tuple[str, str]:
     """The markdown table of a finished compare (one row per path: labels, validation and test top-1 as mean ±
     std over seeds, the gain over the best labels-only baseline, wall time) and the one-line recommendation."""
-    cells = _cell_rows(root)
+    cells = finished_rows(suite, root)
     if not cells:
         raise SemivitError(f"no finished cell in {root}: run the comparison first")
     by_row: dict[str, list[dict[str, Any]]] = {}
     for cell in cells:
         by_row.setdefault(cell["method"], []).append(cell)
     stats = {name: _row_stats(rs) for name, rs in by_row.items()}
-    base = max((n for n in BASELINES if n in stats), key=lambda n: stats[n]["val"][0], default=None)
+    base = best_on_validation(stats, baselines=True)
     lines = ["| path | labels (train + val) | val top-1 | test top-1 | test gain over " +
              (f"{base} (points)" if base else "the baseline") + " | seeds | wall s |",
              "|---|---|---|---|---|---|---|"]
@@ -99,12 +99,6 @@ def compare_table(root: Path) -> tuple[str, str]:
         lines.append(f"| {name} | {s['labels']} | {_fmt(s['val'])} | {_fmt(s['test'])} | {gain} | {s['seeds']} | "
                      f"{s['wall']:.0f} |")
     return "\n".join(lines), recommend(stats)
-
-
-def _cell_rows(root: Path) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(p.read_text()) for p in sorted(root.glob("*/*/*/seed*/cell.json"))]
 
 
 def _row_stats(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -124,17 +118,20 @@ def _fmt(value: tuple[float, float] | None) -> str:
     return "—" if value is None else f"{value[0]:.3f} ± {value[1]:.3f}"
 
 
+def best_on_validation(stats: dict[str, dict[str, Any]], baselines: bool) -> str | None:
+    """The row with the best mean validation top-1 among the labels-only baselines (or the other rows)."""
+    names = [n for n in stats if (n in BASELINES) == baselines]
+    return max(names, key=lambda n: stats[n]["val"][0], default=None)
+
+
 def recommend(stats: dict[str, dict[str, Any]]) -> str:
     """One line from the validation accuracies: the best semi-supervised path against the best labels-only
     baseline, and whether its gain is larger than the seeds' spread (the larger of the two rows' std)."""
-    baselines = {n: s for n, s in stats.items() if n in BASELINES}
-    semis = {n: s for n, s in stats.items() if n not in BASELINES}
-    if not baselines or not semis:
+    base, semi = best_on_validation(stats, baselines=True), best_on_validation(stats, baselines=False)
+    if base is None or semi is None:
         return "recommendation: needs a labels-only baseline and a semi-supervised row"
-    base = max(baselines, key=lambda n: baselines[n]["val"][0])
-    semi = max(semis, key=lambda n: semis[n]["val"][0])
-    gain = semis[semi]["val"][0] - baselines[base]["val"][0]
-    spread = max(semis[semi]["val"][1], baselines[base]["val"][1])
+    gain = stats[semi]["val"][0] - stats[base]["val"][0]
+    spread = max(stats[semi]["val"][1], stats[base]["val"][1])
     if gain > spread and gain > 0:
         return (f"recommendation: use {semi} — your unlabeled images help: +{100 * gain:.1f} points over {base} on "
                 f"validation (seed spread {100 * spread:.1f})")
@@ -146,6 +143,6 @@ def run_compare(suite: Suite, jobs: int = 1) -> tuple[Path, str, str]:
     """Run (or continue: finished cells are kept) the comparison; returns its folder, table and recommendation,
     also written to ``compare.md`` there."""
     root = run_suite(suite, jobs=jobs)
-    table, line = compare_table(root)
+    table, line = compare_table(suite, root)
     atomic_write(root / "compare.md", lambda tmp: Path(tmp).write_text(f"{table}\n\n{line}\n"))
     return root, table, line

@@ -110,12 +110,13 @@ def export_hub(model: Any, out: Path) -> Path:
         "license": "other",
     }
     # how semivit rebuilds the whole classifier (its input size, and the resize inside the model)
-    config = {"pretrained_cfg": pretrained_cfg, "label_names": classes, "semivit": {"spec": spec.to_dict()}}
+    config = {"label_names": classes, "semivit": {"spec": spec.to_dict()}}
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         backbone = model.backbone
         saved = getattr(backbone, "pretrained_cfg", None)
-        backbone.pretrained_cfg = {**(saved or {}), **pretrained_cfg}  # timm reads the input settings from it
+        # timm's config writer reads the input settings from the model's pretrained_cfg
+        backbone.pretrained_cfg = {**(saved or {}), **pretrained_cfg}
         try:
             save_for_hf(backbone, str(tmp), model_config=config, model_args=args, safe_serialization=True)
         finally:

@@ -56,6 +56,15 @@ def backbone_blocks(model: ImageClassifier) -> tuple[str, list[str], list[str]]:
                        f"(a head on the pooled features)")
 
 
+def cut_point(model: ImageClassifier, blocks: int) -> tuple[str, list[str], list[str]]:
+    """:func:`backbone_blocks`, checked that the model has ``blocks`` blocks to train (1 to all of them)."""
+    family, names, after = backbone_blocks(model)
+    if not 1 <= blocks <= len(names):
+        raise SemivitError(f"features.train_blocks must be between 1 and {len(names)} (the blocks of "
+                           f"'{model.spec.name}'), got {blocks}")
+    return family, names, after
+
+
 class BackboneTail(nn.Module):
     """The part of a backbone after the cut — its last blocks, the layers after them, the pooling, any kept
     projection-head layers — and a :class:`~semivit.models.heads.FeatureHead` on the pooled features. Its
@@ -69,10 +78,7 @@ class BackboneTail(nn.Module):
 
     def __init__(self, model: ImageClassifier, blocks: int, lr_scale: float = 1.0) -> None:
         super().__init__()
-        family, names, after = backbone_blocks(model)
-        if not 1 <= blocks <= len(names):
-            raise SemivitError(f"features.train_blocks must be between 1 and {len(names)} (the blocks of "
-                               f"'{model.spec.name}'), got {blocks}")
+        family, names, after = cut_point(model, blocks)
         self.family, self.cut = family, len(names) - blocks
         self.net = copy.deepcopy(model)
         backbone = self.net.backbone
@@ -149,10 +155,7 @@ class BackboneTail(nn.Module):
 def prefix_of(model: ImageClassifier, blocks: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation before ``model``'s last ``blocks`` blocks, from images as float [0, 1] (normalised and
     resized as the model does). It runs on ``model`` itself: keep it in eval mode."""
-    family, names, _ = backbone_blocks(model)
-    if not 1 <= blocks <= len(names):
-        raise SemivitError(f"features.train_blocks must be between 1 and {len(names)} (the blocks of "
-                           f"'{model.spec.name}'), got {blocks}")
+    family, names, _ = cut_point(model, blocks)
     b = model.backbone
     prefix_blocks = [b.get_submodule(n) for n in names[:len(names) - blocks]]
 
