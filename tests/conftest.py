@@ -27,6 +27,19 @@ def tiny_config(tmp_path: Path, **overrides) -> Config:
     return apply_overrides(Config(), base)
 
 
+#: a video run small enough for tests: 4-frame 16-px clips through an R3D-18 of width 4, batches of 8 clips
+TINY_VIDEO = {"video.width": 4, "video.num_frames": 4, "video.size": 16, "video.blur": False,
+              "train.batch_size": 8, "train.progress": False, "train.device": "cpu"}
+
+
+def tiny_sprites(path: Path) -> Path:
+    """30 training + 10 test moving-digit videos of 12 frames at 16 px (5 motion classes), seeded."""
+    from semivit.video.sprites import write_sprite_videos
+
+    return Path(write_sprite_videos(str(path), num_train=30, num_test=10, frames=12, canvas=16, sprite=8,
+                                    source="digits"))
+
+
 def random_timm_weights(tmp_path: Path, arch: str = "test_efficientnet") -> str:
     """A bare weights file of a tiny timm CNN (seeded: the same weights on every call), as if downloaded."""
     import timm

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from semivit.core.distributed import cleanup
 from semivit.engine.trainer import Trainer
 from semivit.methods import METHODS
-from tests.conftest import tiny_config
+from semivit.video.train import video_config, video_trainer
+from tests.conftest import TINY_VIDEO, tiny_config, tiny_sprites
 
 # settings a method needs to run at all on the tiny set (a teacher, PAWS's small support set, a gate
 # that opens so its memory fills); everything else is the method's default
@@ -53,7 +54,13 @@ if __name__ == "__main__":
     assert torch.distributed.get_world_size() == 2
     for name in names:
         settings = {k: (str(teacher.run_dir) if v == "TEACHER" else v) for k, v in NEEDS.get(name, {}).items()}
-        trainer = Trainer(tiny_config(out, **{**common, "train.method": name, "train.name": name, **settings}))
+        if name == "cvrl":  # trains on clips only (the video recipes run the others on clips too)
+            clips = tiny_sprites(out / f"sprites{rank}.npz")  # the same seeded videos, each rank its own copy
+            trainer = video_trainer(video_config({**TINY_VIDEO, **common, "data.source": str(clips),
+                                                  "data.val": "0", "train.batch_size": 8, "train.out": str(out),
+                                                  "train.method": name, "train.name": name}))
+        else:
+            trainer = Trainer(tiny_config(out, **{**common, "train.method": name, "train.name": name, **settings}))
         result = trainer.fit()
         state = {f"model.{k}": v for k, v in result.model.state_dict().items()}
         state.update({f"method.{k}": v for k, v in trainer.method.named_buffers()})

@@ -12,6 +12,9 @@ from safetensors.torch import save_file
 from semivit.config import load_yaml
 from semivit.core.distributed import cleanup
 from semivit.pipeline import RECIPES, run_stages, stage_configs
+from semivit.video.train import RECIPES as VIDEO_RECIPES
+from semivit.video.train import run_video_recipe
+from tests.conftest import TINY_VIDEO, tiny_sprites
 
 TINY = {"data.source": "digits", "data.labels": "5-per-class", "model.depth": 2, "model.embed_dim": 48,
         "model.num_heads": 2, "train.batch_size": 16, "train.eval_every": 0, "train.log_every": 1,
@@ -47,4 +50,11 @@ if __name__ == "__main__":
         result = run_stages(configs, out / path.stem)
         state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
         save_file(state, str(out / path.stem / f"rank{rank}.safetensors"))
+    clips = tiny_sprites(out / f"sprites{rank}.npz")  # the video recipes on clips: the same videos on each rank
+    for path in sorted(VIDEO_RECIPES.glob("*.yaml")):
+        result = run_video_recipe(str(path), {**TINY_VIDEO, "data.source": str(clips), "data.labels": "2-per-class",
+                                              "train.steps": 2, "train.out": str(out), "train.log_every": 1},
+                                  run_name=f"video-{path.stem}")
+        state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
+        save_file(state, str(out / f"video-{path.stem}" / f"rank{rank}.safetensors"))
     cleanup()

@@ -112,7 +112,7 @@ def test_a_zero_byte_frame_strip(tmp_path, capsys):
         for i in range(3):
             Image.fromarray(np.zeros((8, 32, 3), np.uint8)).save(tmp_path / "vid" / c / f"clip{i}.png")
     (tmp_path / "vid" / "a" / "empty.png").write_bytes(b"")
-    _one_line(capsys, main(["video", "finetune", "--data", str(tmp_path / "vid"), "--frame-width", "8", "--out",
+    _one_line(capsys, main(["video", "train", "--data", str(tmp_path / "vid"), "--frame-width", "8", "--out",
                             str(tmp_path / "out"), "--steps", "1"]), "empty.png", "empty or not an image")
 
 

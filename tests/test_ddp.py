@@ -108,10 +108,13 @@ def test_first_steps_of_every_shipped_recipe_under_two_gloo_ranks(tmp_path):
     """Every stage of every recipe for 2 steps under torchrun (half the recipes used to stop at their first
     pre-training stage); both ranks end each recipe with the same weights."""
     from semivit.pipeline import RECIPES
+    from semivit.video.train import RECIPES as VIDEO_RECIPES
 
     torchrun_two_gloo_ranks("ddp_recipes_worker.py", tmp_path, 29521, expect=None)
-    for path in sorted(RECIPES.glob("*.yaml")):
-        a, b = (load_file(str(tmp_path / path.stem / f"rank{r}.safetensors")) for r in range(2))
-        assert a.keys() == b.keys() and a, path.stem
+    folders = [p.stem for p in sorted(RECIPES.glob("*.yaml"))] + [f"video-{p.stem}" for p in
+                                                                   sorted(VIDEO_RECIPES.glob("*.yaml"))]
+    for name in folders:
+        a, b = (load_file(str(tmp_path / name / f"rank{r}.safetensors")) for r in range(2))
+        assert a.keys() == b.keys() and a, name
         for key in a:
-            assert torch.equal(a[key], b[key]), f"{path.stem}: {key} differs between the ranks"
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs between the ranks"

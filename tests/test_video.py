@@ -3,7 +3,6 @@ its formula, clip-consistent augmentation, video InfoNCE against Eq. 1, grouped 
 
 from __future__ import annotations
 
-import json
 import math
 import zipfile
 from pathlib import Path
@@ -14,11 +13,10 @@ import torch
 from PIL import Image
 
 from semivit.errors import SemivitError
+from semivit.methods.cvrl import video_info_nce
 from semivit.video.augment import ClipAugment, augment_clips, cvrl_views
-from semivit.video.cvrl import video_info_nce
 from semivit.video.data import (
     group_holdout,
-    labeled_subset,
     leave_one_group_out,
     load_videos,
     read_frame_folder,
@@ -201,7 +199,7 @@ def test_video_info_nce_matches_eq1() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- splits
-def test_labeled_subset_and_group_folds() -> None:
+def test_group_folds_keep_each_group_on_one_side() -> None:
     from semivit.video.data import VideoSet
 
     videos = [torch.zeros(3, 1, 4, 4, dtype=torch.uint8)] * 12
@@ -212,10 +210,6 @@ def test_labeled_subset_and_group_folds() -> None:
     assert [f[0] for f in folds] == ["p0", "p1", "p2", "p3"]
     for g, train, test in folds:
         assert {groups[i] for i in test} == {g} and g not in {groups[i] for i in train}
-    chosen = labeled_subset(data, torch.arange(12), "1-per-class", seed=0)
-    assert sorted(labels[chosen].tolist()) == [0, 1, 2]
-    with pytest.raises(SemivitError, match="--labels"):
-        labeled_subset(data, torch.arange(12), "some")
 
 
 @pytest.mark.skipif(not WEIZMANN.is_file(), reason="../shared/data/weizmann_actions4.zip is absent")
@@ -233,51 +227,3 @@ def test_weizmann_performer_splits_keep_performers_and_mirrors_together() -> Non
         stems = lambda idx: {Path(data.names[i]).stem.split("_")[0] for i in idx}  # noqa: E731
         assert stems(test) == {group} and group not in stems(train)
         assert len(test) == 8  # 4 actions × (orig + mirror)
-
-
-# ------------------------------------------------------------------------------------------------ the CLI
-def test_cli_sprites_pretrain_finetune_probe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from semivit.cli import main
-
-    data = tmp_path / "s.npz"
-    assert main(["video", "sprites", "--out", str(data), "--train", "30", "--test", "10", "--frames", "12",
-                 "--size", "16", "--sprite-size", "8", "--sprites", "digits"]) == 0
-    small = ["--data", str(data), "--width", "4", "--frames", "4", "--stride", "2", "--size", "16",
-             "--batch-size", "8", "--quiet", "--seed", "0"]
-    assert main(["video", "pretrain", *small, "--out", str(tmp_path / "pre"), "--steps", "4",
-                 "--ckpt-every", "2", "--no-blur"]) == 0
-    capsys.readouterr()
-    first = (tmp_path / "pre" / "model.safetensors").read_bytes()
-    # resuming a finished run does no step and leaves the same weights
-    assert main(["video", "pretrain", *small, "--out", str(tmp_path / "pre"), "--steps", "4", "--resume",
-                 "--no-blur"]) == 0
-    assert (tmp_path / "pre" / "model.safetensors").read_bytes() == first
-    capsys.readouterr()
-    assert main(["video", "finetune", *small, "--out", str(tmp_path / "ft"), "--steps", "3",
-                 "--init", str(tmp_path / "pre"), "--labels", "2-per-class"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["labeled"] == 10 and out["test"] == 10 and 0 <= out["test_top1"] <= 1
-    for semi in ("fixmatch", "ema_teacher"):  # clip-level weak/strong views on the unlabeled videos
-        assert main(["video", "finetune", *small, "--out", str(tmp_path / semi), "--steps", "2", "--semi", semi,
-                     "--labels", "1-per-class", "--threshold", "0.0", "--mu", "1"]) == 0
-        out = json.loads(capsys.readouterr().out)
-        assert out["method"] == semi and out["unlabeled"] == 25
-        rows = (tmp_path / semi / "metrics.csv").read_text().splitlines()
-        assert "train/mask" in rows[0] and float(rows[-1].split(",")[rows[0].split(",").index("train/mask")]) == 1.0
-    assert main(["video", "probe", "--data", str(data), "--run", str(tmp_path / "pre"),
-                 "--labels", "all", "--json", str(tmp_path / "p.json")]) == 0
-    probe = json.loads((tmp_path / "p.json").read_text())
-    assert probe["labeled"] == 30 and 0 <= probe["linear_top1"] <= 1
-    assert main(["video", "finetune", *small, "--out", str(tmp_path / "bad"), "--width", "8",
-                 "--init", str(tmp_path / "pre")]) == 2  # a SemivitError: one line, exit status 2
-    assert "width" in capsys.readouterr().err
-
-
-def test_the_shipped_cvrl_recipe_is_found_and_complete():
-    from semivit.video.commands import _recipe
-
-    for section in ("pretrain", "finetune"):
-        values = _recipe("cvrl", section)
-        assert values["arch"] == "r3d_18" and values["steps"] > 0
-    with pytest.raises(SemivitError, match="not found"):
-        _recipe("no-such-recipe", "pretrain")

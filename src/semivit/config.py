@@ -150,12 +150,32 @@ class FeaturesConfig:
 
 
 @dataclass
+class VideoConfig:
+    """Clips for video runs (``semivit video train|run``; the data is a video source, the model a 3D ResNet
+    named by ``model.name``: r3d_18 or r2plus1d_18)."""
+
+    width: int = 16  # the 3D ResNet's stage widths (w, 2w, 4w, 8w); torchvision's is 64
+    num_frames: int = 8  # frames per clip
+    stride: int = 2  # frames between a clip's frames
+    size: int = 32  # frames are cropped and resized to size × size
+    flip: bool = True  # horizontal flips (off for motion that a flip changes)
+    blur: bool = True  # Gaussian blur in CVRL's views (off on tiny frames: it erases them)
+    eval_clips: int = 4  # evenly spaced clips whose predictions (or features) are averaged per video
+    # the test side: auto (the file's split, else 20% of the groups), a fraction of the groups, or groups:A,B
+    holdout: str = "auto"
+    channels: int | None = None  # convert every clip to 1 or 3 channels
+    frame_width: int | None = None  # frame width of strip images (default: their height)
+    group_pattern: str | None = None  # regex whose first group names a clip's group (default: name w/o _mirror)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     method: dict[str, Any] = field(default_factory=dict)  # checked against the method's own settings
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,7 +183,7 @@ class Config:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
-            "features": FeaturesConfig}
+            "features": FeaturesConfig, "video": VideoConfig}
 
 
 def _nearest(key: str, valid: typing.Iterable[str]) -> str:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from semivit.config import Config, apply_overrides, load_yaml
 from semivit.core.runlock import RunLock
 from semivit.data import prepare_data
-from semivit.engine.trainer import TrainResult, train
+from semivit.engine.trainer import Trainer, TrainResult
 from semivit.errors import SemivitError
 from semivit.methods import method_class, method_params
 
@@ -161,17 +162,21 @@ def _fmt(value: float | None) -> str:
 
 
 def run_stages(configs: list[Config], root: Path, data: Any = None, budget: float | None = None,
-               start: float | None = None) -> TrainResult:
+               start: float | None = None, trainer: Callable[[Config, Any, Path], Trainer] = Trainer,
+               load: Callable[[Path], Any] | None = None) -> TrainResult:
     """Run resolved stage configs in ``root/stageK-METHOD`` (``data``: already prepared, to share it;
-    ``budget``: seconds for all stages together, counted from ``start``)."""
+    ``budget``: seconds for all stages together, counted from ``start``). ``trainer(cfg, data, stage_dir)``
+    builds each stage's Trainer (video runs build one on clips) and ``load(file)`` reads a finished stage's
+    exported model (default: an image classifier)."""
     start = time.perf_counter() if start is None else start
     if int(os.environ.get("RANK", "0")) == 0:  # one run per folder: the recipe's, besides each stage's
         with RunLock(root):
-            return _run_stages(configs, root, data, budget, start)
-    return _run_stages(configs, root, data, budget, start)
+            return _run_stages(configs, root, data, budget, start, trainer, load)
+    return _run_stages(configs, root, data, budget, start, trainer, load)
 
 
-def _run_stages(configs: list[Config], root: Path, data: Any, budget: float | None, start: float) -> TrainResult:
+def _run_stages(configs: list[Config], root: Path, data: Any, budget: float | None, start: float,
+                trainer: Callable[[Config, Any, Path], Trainer], load: Callable[[Path], Any] | None) -> TrainResult:
     data = data if data is not None else prepare_data(configs[0].data, configs[0].train.seed)
     if budget:
         from semivit.planning import plan_run
@@ -193,14 +198,14 @@ def _run_stages(configs: list[Config], root: Path, data: Any, budget: float | No
             previous = exported
             continue
         log.info("stage %d/%d: %s → %s", k, len(configs), cfg.train.method, stage_dir)
-        result = train(cfg, data, stage_dir)
+        result = trainer(cfg, data, stage_dir).fit()
         previous = exported
     if result is None:  # every stage had finished before: report the last one
         import json
 
         from semivit.engine.checkpoint import load_model
 
-        model, _ = load_model(previous)  # type: ignore[arg-type]
+        model = load(previous) if load is not None else load_model(previous)[0]  # type: ignore[arg-type]
         metrics = json.loads((stage_dir / "results.json").read_text())
         result = TrainResult(stage_dir, metrics, model)  # type: ignore[arg-type]
     return result

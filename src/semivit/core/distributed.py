@@ -42,6 +42,18 @@ def init_distributed(device_kind: str) -> DistInfo:
     return DistInfo(rank, world, local_rank)
 
 
+def device_and_ranks(name: str) -> tuple[torch.device, DistInfo]:
+    """The device ``name`` (cpu | cuda | auto) of this process, and its place among the torchrun processes
+    (joining their group): under DDP each process takes the GPU of its local rank."""
+    from semivit.core.device import resolve_device
+
+    device = resolve_device(name)
+    info = init_distributed(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    return device, info
+
+
 def world_size() -> int:
     """The number of DDP processes (1 without an initialised process group)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

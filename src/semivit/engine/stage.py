@@ -15,6 +15,7 @@ import torch
 from semivit.config import Config
 from semivit.core.distributed import DistInfo, barrier
 from semivit.data import PreparedData, channel_stats
+from semivit.data.augment import VIEW_NAMES
 from semivit.data.loaders import BatchMaker
 from semivit.data.splits import steps_for_epochs
 from semivit.engine.checkpoint import read_export_meta, read_spec
@@ -190,6 +191,10 @@ def image_batches(cfg: Config, request: DataRequest, data: PreparedData, device:
                   dist: DistInfo) -> BatchMaker:
     """The image batches ``request`` asks for, each rank its own share."""
     d = cfg.data
+    unknown = [v for v in request.views if v not in VIEW_NAMES]
+    if unknown:  # CVRL's clip pairs: made by video batches only
+        raise SemivitError(f"method '{cfg.train.method}' asks for {', '.join(unknown)} views, which images cannot "
+                           f"give: it trains on clips (semivit video train --method {cfg.train.method})")
     labeled, unlabeled = per_rank_batches(cfg, request, data, dist.world)
     strong = {"num_ops": d.strong_ops, "magnitude": strong_magnitude(cfg, data), "erase": d.strong_erase}
     return BatchMaker(data.train, data.split.labeled, data.split.unlabeled, labeled_views=request.labeled_views,

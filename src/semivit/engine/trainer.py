@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from semivit.config import Config, save_config
-from semivit.core.device import amp_dtype, resolve_device
-from semivit.core.distributed import DistInfo, barrier, broadcast_buffers, init_distributed
+from semivit.core.device import amp_dtype
+from semivit.core.distributed import barrier, broadcast_buffers, device_and_ranks
 from semivit.core.runlock import RunLock
 from semivit.data import PreparedData, prepare_data
 from semivit.data.splits import save_split
@@ -72,10 +72,7 @@ class Trainer:
                  model: nn.Module | None = None, inputs: StageInputs | None = None,
                  callbacks: Sequence[cb.Callback] = ()) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
-        self.dist: DistInfo = init_distributed(self.device.type)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+        self.device, self.dist = device_and_ranks(cfg.train.device)
         check_train_settings(cfg)  # before any data loads
         self.params = method_params(cfg.train.method, cfg.method)  # validate before loading data
         torch.manual_seed(cfg.train.seed)

@@ -2,6 +2,7 @@
 
 from semivit.methods import (  # noqa: F401  (importing registers)
     byol,
+    cvrl,
     distill,
     feature_distill,
     mae,

@@ -49,7 +49,7 @@ class SimCLR(Method):
         self.projector = torch.nn.Sequential(*head.blocks[p.finetune_layer:])
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
-        x1, x2 = batch.u["contrastive"], batch.u["contrastive:2"]
+        x1, x2 = (batch.u[view] for view in self.unlabeled_views)  # CVRL's subclass: two clips of a video
         # one forward pass over both views, so the head's BatchNorm normalises them together
         h = self.model.features(torch.cat([x1, x2]))
         for block in self.kept:

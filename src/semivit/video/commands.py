@@ -1,8 +1,9 @@
-"""``semivit video``: sprites | pretrain | finetune | probe (see docs/video.md).
+"""``semivit video``: sprites | train | run | probe (see docs/video.md).
 
-Settings come from dataclass defaults (:class:`~semivit.video.train.VideoTrainConfig`), then a recipe's
-section (``--recipe cvrl`` reads ``video/recipes/cvrl.yaml``: its ``pretrain:`` or ``finetune:`` keys), then the
-flags given on the command line.
+``train`` and ``run`` are the image commands on clips: the same arguments (``--data``, ``--labels``,
+``--model``, ``--pretrained``, ``--steps``, ``--out``/``--name``, ``--resume``, ``--overwrite``, ``--set``,
+``-q``), the one Trainer, and recipes with stages (``video/recipes/``). Settings resolve as
+:data:`~semivit.video.train.VIDEO_DEFAULTS` < a recipe < ``--config`` < the flags and ``--set``.
 """
 
 from __future__ import annotations
@@ -13,65 +14,38 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from semivit.errors import SemivitError
-
 log = logging.getLogger("semivit")
 
-# flag → VideoTrainConfig field (flags default to None: only the ones given override the recipe)
-_TRAIN_FLAGS = {"arch": str, "width": int, "frames": int, "stride": int, "size": int, "steps": int,
-                "batch_size": int, "lr": float, "weight_decay": float, "temperature": float, "power": float,
-                "eval_clips": int, "seed": int, "ckpt_every": int, "log_every": int, "time_limit": float}
-_SEMI_FLAGS = {"semi": str, "threshold": float, "mu": int, "lambda_u": float, "ema": float}
-_FIELD = {"frames": "num_frames"}
+# video flags, each a shortcut for a --set key
+_VIDEO_FLAGS = {"holdout": ("video.holdout", str, "test side: auto (the file's split, else 20%% of the groups), a "
+                            "fraction of the groups, or groups:A,B (groups:actor0 leaves one performer out)"),
+                "channels": ("video.channels", int, "convert every clip to 1 or 3 channels"),
+                "frame_width": ("video.frame_width", int, "frame width of strip images (default: their height)"),
+                "group_pattern": ("video.group_pattern", str, "regex whose first group names a clip's group "
+                                  "(default: the clip name without _orig/_mirror)"),
+                "frames": ("video.num_frames", int, "frames per clip"),
+                "size": ("video.size", int, "frames are cropped and resized to SIZE×SIZE"),
+                "width": ("video.width", int, "the 3D ResNet's stage widths (w, 2w, 4w, 8w)")}
 
 
-def _recipe(name: str | None, section: str) -> dict[str, Any]:
-    if not name:
-        return {}
-    from semivit.config import load_yaml
-
-    path = Path(name)
-    if not path.is_file():
-        # video recipes live beside this module: their pretrain/finetune sections are not image-stage recipes
-        path = Path(__file__).resolve().parent / "recipes" / f"{name.removesuffix('.yaml')}.yaml"
-    if not path.is_file():
-        raise SemivitError(f"recipe '{name}' not found: pass a YAML file or a name in semivit/video/recipes (cvrl)")
-    values = load_yaml(path).get(section) or {}
-    if not isinstance(values, dict):
-        raise SemivitError(f"recipe '{path}': '{section}' must be a mapping of settings")
-    return values
+def _video_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("video (each is a shortcut for a --set video.KEY)")
+    for flag, (_, kind, text) in _VIDEO_FLAGS.items():
+        g.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None, help=text)
 
 
-def _config(args: argparse.Namespace, section: str) -> Any:
-    from semivit.config import build_dataclass
-    from semivit.video.train import VideoTrainConfig
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from semivit.arguments import overrides_from_args
 
-    values = _recipe(args.recipe, section)
-    for flag in (*_TRAIN_FLAGS, *_SEMI_FLAGS):
-        if getattr(args, flag, None) is not None:
-            values[_FIELD.get(flag, flag)] = getattr(args, flag)
-    for flag in ("no_flip", "no_blur"):
-        if getattr(args, flag, False):
-            values[flag[3:]] = False
-    if getattr(args, "per_frame_aug", False):
-        values["per_frame_aug"] = True
-    values.update(resume=args.resume, progress=not args.quiet)
-    return build_dataclass(VideoTrainConfig, values, f"video {section}")
+    out = {key: getattr(args, flag) for flag, (key, _, _) in _VIDEO_FLAGS.items() if getattr(args, flag, None)
+           is not None}
+    return {**out, **overrides_from_args(args)}
 
 
-def _data(args: argparse.Namespace, cfg: Any) -> tuple[Any, Any, Any]:
-    from semivit.video.data import group_holdout, load_videos
-
-    data = load_videos(args.data, channels=args.channels, frame_width=args.frame_width,
-                       **({"group_pattern": args.group_pattern} if args.group_pattern else {}))
-    train, test = group_holdout(data, args.holdout, cfg.seed)
-    log.info("%d videos (%d classes): %d train, %d test, %d groups", len(data), len(data.classes), len(train),
-             len(test), len(set(data.groups)))
-    return data, train, test
-
-
-def _print(metrics: dict[str, Any]) -> None:
-    print(json.dumps(metrics, indent=2))
+def _print(metrics: dict[str, Any], run_dir: Path) -> None:
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+    print(json.dumps(shown))
+    print(f"run folder: {run_dir}")
 
 
 def cmd_sprites(args: argparse.Namespace) -> int:
@@ -84,77 +58,51 @@ def cmd_sprites(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from semivit.video.train import pretrain
+def cmd_train(args: argparse.Namespace) -> int:
+    from semivit.config import load_yaml
+    from semivit.video.train import train_video, video_config
 
-    cfg = _config(args, "pretrain")
-    data, train, _ = _data(args, cfg)
-    _print(pretrain(data, train, cfg, args.out))  # labels are never read: the test side stays unseen
+    base = load_yaml(args.config) if args.config else {}
+    flat = {f"{section}.{k}": v for section, values in base.items() if isinstance(values, dict)
+            for k, v in values.items()}
+    result = train_video(video_config({**flat, **_overrides(args)}))
+    _print(result.metrics, result.run_dir)
     return 0
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    import torch
+def cmd_run(args: argparse.Namespace) -> int:
+    from semivit.pipeline import stage_table
+    from semivit.video.train import run_video_recipe
 
-    from semivit.video.data import labeled_subset
-    from semivit.video.train import finetune
-
-    cfg = _config(args, "finetune")
-    data, train, test = _data(args, cfg)
-    labeled = labeled_subset(data, train, args.labels, cfg.seed)
-    init = None if args.init in (None, "none", "scratch") else args.init
-    unlabeled = train[~torch.isin(train, labeled)]  # the training side's other videos (labels unused)
-    _print(finetune(data, labeled, test, cfg, args.out, init, unlabeled))
+    result = run_video_recipe(args.recipe, _overrides(args))
+    print(stage_table(result.run_dir.parent))
+    _print(result.metrics, result.run_dir)
     return 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from semivit.video.data import group_holdout, labeled_subset, load_videos
+    from semivit.core.io import atomic_write_json
+    from semivit.video.inputs import prepare_video
     from semivit.video.models import load_video_model
-    from semivit.video.train import probe
+    from semivit.video.train import probe, video_config
 
     model = load_video_model(args.run)
-    data = load_videos(args.data, channels=args.channels, frame_width=args.frame_width,
-                       **({"group_pattern": args.group_pattern} if args.group_pattern else {}))
-    train, test = group_holdout(data, args.holdout, args.seed or 0)
-    labeled = labeled_subset(data, train, args.labels, args.seed or 0)
-    metrics = {"run": args.run, "labeled": len(labeled), "test": len(test),
-               **probe(model, data, labeled, test, args.eval_clips or 4)}
+    cfg = video_config(_overrides(args))
+    data = prepare_video(cfg)
+    metrics = {"run": args.run, "labeled": len(data.split.labeled), "test": len(data.test),
+               **probe(model, data, cfg.video.eval_clips)}
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
-    _print(metrics)
+        atomic_write_json(Path(args.json), metrics)
+    print(json.dumps(metrics, indent=2))
     return 0
-
-
-def _data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="ROOT/<class>/<clip> (video files, frame folders, strips), a zip "
-                   "of strips, or a .npz from `semivit video sprites`")
-    p.add_argument("--holdout", default="auto", help="test side: auto (the file's split, else 20%% of the groups), "
-                   "a fraction of the groups, or groups:A,B (e.g. groups:actor0 leaves one performer out)")
-    p.add_argument("--channels", type=int, default=None, help="convert every clip to 1 or 3 channels")
-    p.add_argument("--frame-width", type=int, default=None, help="frame width of strip images (default: height)")
-    p.add_argument("--group-pattern", default=None, help="regex whose first group names a clip's group "
-                   "(default: the clip name without _orig/_mirror)")
-    p.add_argument("--seed", type=int, default=None)
-
-
-def _train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="run folder (checkpoints/, metrics.csv, model.safetensors)")
-    p.add_argument("--recipe", default=None, help="recipe name or YAML (e.g. cvrl)")
-    for flag, kind in _TRAIN_FLAGS.items():
-        if flag != "seed":
-            p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None)
-    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (motion that a flip changes)")
-    p.add_argument("--no-blur", action="store_true", help="no Gaussian blur (tiny frames)")
-    p.add_argument("--per-frame-aug", action="store_true", help="ablation: augment every frame independently")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``semivit video …`` to the main parser."""
-    video = sub.add_parser("video", help="video: CVRL contrastive pre-training, fine-tuning, probe, sprite videos")
+    from semivit.arguments import add_common_arguments
+
+    video = sub.add_parser("video", help="video: CVRL pre-training, fine-tuning and semi-supervised training on "
+                           "clips, probes, sprite videos")
     vsub = video.add_subparsers(dest="video_command", required=True)
 
     p = vsub.add_parser("sprites", help="generate moving-sprite videos labelled by motion pattern (.npz)")
@@ -169,27 +117,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sprites)
 
-    p = vsub.add_parser("pretrain", help="CVRL pre-training on the training side's videos (labels unused)")
-    _data_flags(p)
-    _train_flags(p)
-    p.set_defaults(func=cmd_pretrain)
+    p = vsub.add_parser("train", help="train one method on clips: cvrl (pre-training, labels unused), supervised, "
+                        "fixmatch, ema_teacher, uda; --pretrained RUN starts from a run's encoder")
+    p.add_argument("--method", help="cvrl, supervised (default), fixmatch, ema_teacher or uda")
+    p.add_argument("--config", help="a YAML file with data/model/optim/train/video/method sections")
+    add_common_arguments(p)
+    _video_arguments(p)
+    p.set_defaults(func=cmd_train)
 
-    p = vsub.add_parser("finetune", help="fine-tune on few labels from a CVRL run (--init RUN) or from scratch")
-    _data_flags(p)
-    _train_flags(p)
-    p.add_argument("--init", default=None, help="a `video pretrain` run folder; none = from scratch")
-    p.add_argument("--labels", default="all", help="all, N-per-class or P%% of the training side")
-    p.add_argument("--semi", default=None, help="none, fixmatch or ema_teacher: also learn from the unlabeled "
-                   "videos of the training side with clip-level weak/strong views")
-    for flag, kind in _SEMI_FLAGS.items():
-        if flag != "semi":
-            p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None)
-    p.set_defaults(func=cmd_finetune)
+    p = vsub.add_parser("run", help="a video recipe's stages (cvrl: CVRL pre-training, then fine-tuning from it)")
+    p.add_argument("recipe", help="a recipe YAML or a name in semivit/video/recipes (cvrl, cvrl-fixmatch)")
+    add_common_arguments(p)
+    _video_arguments(p)
+    p.set_defaults(func=cmd_run)
 
     p = vsub.add_parser("probe", help="linear probe and k-NN on frozen clip features of a video run")
-    _data_flags(p)
-    p.add_argument("--run", required=True, help="a `video pretrain` or `video finetune` run folder")
-    p.add_argument("--labels", default="all", help="all, N-per-class or P%% of the training side")
-    p.add_argument("--eval-clips", type=int, default=None, help="clips averaged per video (default 4)")
+    p.add_argument("--data", required=True, help="the video source (as for train)")
+    p.add_argument("--run", required=True, help="a video run folder or its model.safetensors")
+    p.add_argument("--labels", default="all", help="all, N-per-class, N or P%% of the training side")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set video.eval_clips=8")
     p.add_argument("--json", default=None, help="also write the metrics here")
+    _video_arguments(p)
     p.set_defaults(func=cmd_probe)

@@ -54,6 +54,15 @@ class VideoSet:
         return len(self.videos)
 
     @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def ids(self) -> list[str]:
+        """Each clip's name: what a run's split.json lists (as image ids)."""
+        return self.names
+
+    @property
     def channels(self) -> int:
         return int(self.videos[0].shape[1])
 
@@ -323,24 +332,3 @@ def group_holdout(data: VideoSet, holdout: str = "auto", seed: int = 0) -> tuple
 def leave_one_group_out(data: VideoSet) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """One (group, train, test) fold per group (Weizmann: leave-one-performer-out)."""
     return [(g, *group_holdout(data, f"groups:{g}")) for g in sorted(set(data.groups), key=_natural_key)]
-
-
-def labeled_subset(data: VideoSet, pool: torch.Tensor, labels: str, seed: int = 0) -> torch.Tensor:
-    """The labeled clips among ``pool``: ``all``, ``N-per-class`` (N per class, seeded) or a percentage
-    ``P%`` of each class (at least one)."""
-    y = data.labels[pool]
-    if labels == "all":
-        return pool[y >= 0]
-    g = torch.Generator().manual_seed(seed)
-    m = re.fullmatch(r"(\d+)-per-class", labels) or re.fullmatch(r"(\d+(?:\.\d+)?)%", labels)
-    if not m:
-        raise SemivitError(f"--labels '{labels}' is not understood: use all, N-per-class or P%")
-    chosen = []
-    for k in range(len(data.classes)):
-        members = pool[y == k]
-        if labels.endswith("%"):
-            n = max(1, round(float(m.group(1)) / 100 * len(members)))
-        else:
-            n = int(m.group(1))
-        chosen.append(members[torch.randperm(len(members), generator=g)[:n]])
-    return torch.cat(chosen).sort().values
