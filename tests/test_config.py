@@ -49,3 +49,21 @@ def test_yaml_booleans_reach_string_settings_as_on_off():
     cfg = apply_overrides(Config(), parse_set_args(["method.x=1", "data.labels=all"]))
     assert cfg.method == {"x": 1}
     assert method_params("ema_teacher", parse_set_args(["pseudo_mixup=off"])).pseudo_mixup == "off"
+
+
+@pytest.mark.parametrize(("key", "value", "choices"), [
+    ("optim.name", "adam", "adamw, sgd"), ("train.amp", "bf32", "auto, bf16, fp16, off"),
+    ("train.tracker", "tensorboard", "none, mlflow, wandb"), ("data.on_corrupt", "ignore", "skip, fail"),
+    ("model.head_init", "zeros", "random, imprint")])
+def test_choice_settings_are_checked_when_parsed(key: str, value: str, choices: str) -> None:
+    """A choice setting names its choices at parse time (Literal types in _coerce), before anything loads."""
+    with pytest.raises(SemivitError, match=f"{key} must be one of {choices}, got '{value}'"):
+        apply_overrides(Config(), {key: value})
+
+
+def test_method_choice_settings_are_checked_before_data_loads() -> None:
+    with pytest.raises(SemivitError, match="method.task must be one of rotation, exemplar"):
+        method_params("s4l", {"task": "rot"})
+    with pytest.raises(SemivitError, match="method.teacher_mode must be one of batch, eval, train"):
+        method_params("semiformer", {"teacher_mode": "student"})
+    assert apply_overrides(Config(), {"train.amp": False}).train.amp == "off"  # YAML's bare off is a boolean

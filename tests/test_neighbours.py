@@ -219,8 +219,10 @@ def test_s4l_exemplar_step():
 
     with pytest.raises(SemivitError, match="copies"):
         S4L(tiny_vit(), S4LParams(task="exemplar", copies=1), 3, 10)
-    with pytest.raises(SemivitError, match="rotation or exemplar"):
-        S4L(tiny_vit(), S4LParams(task="jigsaw"), 3, 10)
+    from semivit.methods import method_params
+
+    with pytest.raises(SemivitError, match="method.task must be one of rotation, exemplar"):
+        method_params("s4l", {"task": "jigsaw"})  # checked when parsed, before anything is built
 
 
 # ------------------------------------------------------------------------------------------------------ UDA

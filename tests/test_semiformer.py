@@ -14,6 +14,7 @@ from semivit.data.loaders import Batch
 from semivit.engine.checkpoint import export_weights, load_model
 from semivit.engine.trainer import train
 from semivit.errors import SemivitError
+from semivit.methods import method_params
 from semivit.methods.semiformer import BatchStats, Semiformer, SemiformerParams, unlabeled_start
 from semivit.models.factory import create_model
 from semivit.models.pretrained import load_pretrained
@@ -114,10 +115,10 @@ def test_pseudo_label_source_switch():
                                                 "fused": torch.log(0.5 * (conv.softmax(-1) + trans.softmax(-1)))}
         c, pseudo, _ = method.pseudo_labels(torch.zeros(1, 1, 8, 8))
         assert int(pseudo) == label and float(c) == pytest.approx(conf, abs=1e-3)
-    with pytest.raises(SemivitError, match="pseudo_source must be conv, transformer or fused"):
-        Semiformer(tiny(), SemiformerParams(pseudo_source="cnn"), 3, 10)
-    with pytest.raises(SemivitError, match="teacher_mode must be batch, eval or train"):
-        Semiformer(tiny(), SemiformerParams(teacher_mode="ema"), 3, 10)
+    with pytest.raises(SemivitError, match="pseudo_source must be one of conv, transformer, fused"):
+        method_params("semiformer", {"pseudo_source": "cnn"})  # checked when parsed, before anything is built
+    with pytest.raises(SemivitError, match="teacher_mode must be one of batch, eval, train"):
+        method_params("semiformer", {"teacher_mode": "ema"})
 
 
 @pytest.mark.parametrize("source", ["conv", "transformer", "fused"])

@@ -33,7 +33,7 @@ def sprites(out: Path) -> None:
     for run in ("finetune-none-10pc", "finetune-cvrl-10pc", "ema_teacher-cvrl-10pc", "fixmatch-cvrl-10pc"):
         res = _read(out / run / "results.json")
         if res:
-            init = "scratch" if res["init"] == "scratch" else "CVRL"
+            init = "scratch" if "-none-" in run else "CVRL"
             print(f"| {res['method']} | {init} | {res['steps']} | {res['test_top1']:.3f} |")
 
 

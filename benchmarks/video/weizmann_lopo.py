@@ -10,15 +10,15 @@ real clips, not a benchmark: 8 test clips per fold.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
 from semivit.video.data import leave_one_group_out, load_videos
+from semivit.video.inputs import build_video_model, prepare_video
 from semivit.video.models import load_video_model
-from semivit.video.train import VideoTrainConfig, pretrain, probe
+from semivit.video.train import probe, train_video, video_config
 
 
 def main() -> None:
@@ -31,19 +31,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     data = load_videos(args.data)
-    cfg = VideoTrainConfig(width=16, num_frames=8, stride=2, size=32, steps=args.steps, batch_size=32,
-                           lr=2e-3, blur=False, seed=args.seed, progress=False, log_every=20, ckpt_every=1000)
     out = Path(args.out)
     rows = []
     folds = leave_one_group_out(data)
     for group, train, test in folds[:args.folds or None]:
+        # the cvrl recipe's pre-training settings; every training clip labeled for the probes (labels unused
+        # by CVRL itself)
+        cfg = video_config({"data.source": args.data, "video.holdout": f"groups:{group}", "video.blur": False,
+                            "train.method": "cvrl", "train.steps": args.steps, "train.seed": args.seed,
+                            "train.progress": False, "train.log_every": 20, "train.ckpt_every": 1000,
+                            "train.out": str(out), "train.name": f"{group}-cvrl"})
+        fold = prepare_video(cfg)
         row: dict = {"performer": group, "train": len(train), "test": len(test)}
-        for name, steps in (("cvrl", args.steps), ("random", 0)):
-            run = out / f"{group}-{name}"
-            run_cfg = dataclasses.replace(cfg, steps=steps, resume=True)
-            if not (run / "model.safetensors").is_file():
-                pretrain(data, train, run_cfg, run)
-            for k, v in probe(load_video_model(str(run)), data, train, test).items():
+        run = out / f"{group}-cvrl"
+        if not (run / "results.json").is_file():
+            train_video(cfg, fold)
+        for name, model in (("cvrl", load_video_model(str(run))), ("random", build_video_model(cfg, fold))):
+            for k, v in probe(model, fold).items():
                 row[f"{name}_{k}"] = v
         rows.append(row)
         print(json.dumps(row), flush=True)

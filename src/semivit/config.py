@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -36,7 +36,7 @@ class DataConfig:
     root: str | None = None  # where torchvision sets live (default ~/.cache/semivit/datasets)
     download: bool = False  # let torchvision download a built-in set
     image_size: int | None = None  # resize folder images to this size (default: first image's size)
-    on_corrupt: str = "skip"  # "skip" (count and go on) or "fail"
+    on_corrupt: Literal["skip", "fail"] = "skip"  # count and go on, or stop at the first
     workers: int = 2  # DataLoader workers for streamed (large) folders
     # folders, zips, CSVs and shards of more images than this are streamed from disk instead of decoded into
     # memory (200,000 32-px RGB images hold ~600 MB; at 224 px 30 GB). 0 streams everything.
@@ -74,12 +74,12 @@ class ModelConfig:
     # labeled images (weight imprinting; from pre-trained weights the head starts as a nearest-class-mean
     # classifier instead of at chance: the `paws` recipe's fine-tuning, models/heads.py imprint_classifier);
     # weights whose classifier a previous stage trained keep it
-    head_init: str = "random"
+    head_init: Literal["random", "imprint"] = "random"
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
+    name: Literal["adamw", "sgd"] = "adamw"
     lr: float = 1e-3  # base learning rate for a batch of 256 (scaled by batch/256 unless scale_lr=false)
     scale_lr: bool = True
     weight_decay: float = 0.05
@@ -106,7 +106,7 @@ class TrainConfig:
     accum_steps: int = 1  # gradient accumulation
     seed: int = 0
     device: str = "auto"  # cpu | cuda | auto
-    amp: str = "auto"  # auto (bf16 on CUDA when supported) | bf16 | fp16 | off
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # auto: bf16 on CUDA when supported
     ema: float | None = None  # EMA momentum of the weights used for evaluation; None = off
     # the stage length `ema` was chosen for: the run uses ema^(ema_ref_steps / its steps), so the average
     # moves as far in a shortened stage (core/ema.py); None = `ema` is a per-step momentum, used as given
@@ -122,7 +122,7 @@ class TrainConfig:
     # an experiment tracker that also gets every logged row and the run's settings: none | mlflow | wandb
     # (optional extras: pip install 'semivit[mlflow]' or 'semivit[wandb]'; their own environment variables, e.g.
     # MLFLOW_TRACKING_URI or WANDB_PROJECT / WANDB_MODE=offline, say where to)
-    tracker: str = "none"
+    tracker: Literal["none", "mlflow", "wandb"] = "none"
     progress: bool = True
     compile: bool = False  # torch.compile the network the method trains (GPU runs: minutes to compile on a CPU)
 
@@ -199,6 +199,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     args = typing.get_args(annotation)
     if annotation is Any:
         return value
+    if origin is typing.Literal:  # a choice setting: checked when it is parsed, naming the choices
+        choice = _coerce(value, str, where) if all(isinstance(a, str) for a in args) else value
+        if choice not in args:
+            raise SemivitError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return choice
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:

@@ -30,7 +30,7 @@ DisCo distils the final embedding after the full projection MLP, which semivit d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,10 +47,10 @@ from semivit.models.heads import MLPHead
 @dataclass
 class FeatureDistillParams:
     teacher: str = ""  # the teacher's model.safetensors (or run folder); a recipe stage gets the previous one
-    loss: str = "regress"  # regress (normalised squared distance) | cosine | mse
+    loss: Literal["regress", "cosine", "mse"] = "regress"  # regress: the normalised squared distance
     head_layers: int = 4  # layers of the student's prediction MLP (dropped at export; SimReg: deeper is better)
     head_hidden: int | None = None  # its hidden width; None = 4 × the teacher's embedding width
-    teacher_embedding: str = "features"  # features | head (through the teacher's kept projection-head layers)
+    teacher_embedding: Literal["features", "head"] = "features"  # head: through the teacher's kept head layers
     view: str = "weak"  # the augmented view both networks see (with contrastive_weight > 0: two of it)
     contrastive_weight: float = 0.0  # DisCo: the student's own NT-Xent on two views, this weight; 0 = SimReg
     temperature: float = 0.2  # NT-Xent temperature (with contrastive_weight > 0)
@@ -87,10 +87,6 @@ class FeatureDistill(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
-        if p.loss not in ("regress", "cosine", "mse"):
-            raise SemivitError(f"method.loss must be regress, cosine or mse, got '{p.loss}'")
-        if p.teacher_embedding not in ("features", "head"):
-            raise SemivitError(f"method.teacher_embedding must be features or head, got '{p.teacher_embedding}'")
         if p.head_layers < 1:
             raise SemivitError(f"method.head_layers must be ≥ 1, got {p.head_layers}")
         if p.contrastive_weight < 0 or p.temperature <= 0:

@@ -21,6 +21,7 @@ size by default (``mu`` = 1, as the paper).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ ROTATIONS = 4  # 0°, 90°, 180°, 270°
 
 @dataclass
 class S4LParams:
-    task: str = "rotation"  # rotation | exemplar
+    task: Literal["rotation", "exemplar"] = "rotation"
     weight: float = 1.0  # w: weight of the self-supervised loss (1.0 in the reference configs)
     mu: float = 1.0  # unlabeled images per labeled image (S4L: equal batch sizes)
     self_on_labeled: bool = True  # also apply the self-supervised loss to the labeled images (S4L does)
@@ -68,13 +69,11 @@ class S4L(Method):
         if p.task == "rotation":
             views: tuple[str, ...] = (p.view,)
             self.rotation_head = nn.Linear(self.model.num_features, ROTATIONS)
-        elif p.task == "exemplar":
+        else:  # exemplar
             if p.copies < 2:
                 raise SemivitError(f"method.copies must be ≥ 2 for the exemplar triplet loss, got {p.copies}")
             views = (p.exemplar_view, *(f"{p.exemplar_view}:{i}" for i in range(2, p.copies + 1)))
             self.embed_head = nn.Linear(self.model.num_features, p.embed_dim)
-        else:
-            raise SemivitError(f"method.task must be rotation or exemplar, got '{p.task}'")
         self.labeled_views = self.unlabeled_views = views
         self.unlabeled_ratio = p.mu
 

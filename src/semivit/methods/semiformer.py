@@ -53,7 +53,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +66,6 @@ from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.pseudo_label import pseudo_label_diagnostics
 from semivit.models.semiformer import fuse_logits
 
-SOURCES = ("conv", "transformer", "fused")
-TEACHER_MODES = ("batch", "eval", "train")
 UNLABELED_STREAMS = {"both": ("conv", "transformer"), "transformer": ("transformer",), "conv": ("conv",)}
 
 
@@ -82,11 +80,11 @@ class SemiformerParams:
     # no unlabeled loss before this share of the steps (< 1) or this many steps (>= 1); the paper's 5% was far
     # too short on digits (recipe: 12.5%, the 125 steps of its 1,000-step stage it was tuned at)
     warmup_u: float = 0.05
-    pseudo_source: str = "conv"  # which head labels the weak views: conv | transformer | fused
-    unlabeled_streams: str = "both"  # heads that learn the pseudo-labels on strong views: both | transformer | conv
+    pseudo_source: Literal["conv", "transformer", "fused"] = "conv"  # which head labels the weak views
+    unlabeled_streams: Literal["both", "transformer", "conv"] = "both"  # heads that learn the strong views' labels
     # BatchNorm in the weak-view pass: batch (the statistics of this step's training batch) | eval (the running
     # statistics, the reference) | train (the weak batch's own statistics; the old default, it collapsed)
-    teacher_mode: str = "batch"
+    teacher_mode: Literal["batch", "eval", "train"] = "batch"
     # the strong views go through the training pass (without a loss) during the warm-up too, so BatchNorm's
     # statistics do not change composition when L_u starts (a departure; see the module docstring)
     warmup_strong: bool = True
@@ -123,13 +121,6 @@ class Semiformer(Method):
         if not {"conv", "transformer"} <= set(self.model.head_names):
             raise SemivitError(f"method semiformer needs a dual-stream model, not '{self.model.spec.name}': "
                                f"use --model semiformer_tiny (small images) or semiformer_small")
-        if p.pseudo_source not in SOURCES:
-            raise SemivitError(f"method.pseudo_source must be conv, transformer or fused, got '{p.pseudo_source}'")
-        if p.unlabeled_streams not in UNLABELED_STREAMS:
-            raise SemivitError(f"method.unlabeled_streams must be both, transformer or conv, "
-                               f"got '{p.unlabeled_streams}'")
-        if p.teacher_mode not in TEACHER_MODES:
-            raise SemivitError(f"method.teacher_mode must be batch, eval or train, got '{p.teacher_mode}'")
         if p.warmup_u < 0:
             raise SemivitError(f"method.warmup_u must be >= 0, got {p.warmup_u}")
         self.unlabeled_ratio = p.mu

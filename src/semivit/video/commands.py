@@ -82,14 +82,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from semivit.core.io import atomic_write_json
-    from semivit.video.inputs import prepare_video
+    from semivit.errors import SemivitError
+    from semivit.video.inputs import build_video_model, prepare_video
     from semivit.video.models import load_video_model
     from semivit.video.train import probe, video_config
 
-    model = load_video_model(args.run)
+    if bool(args.run) == args.random_init:
+        raise SemivitError("give --run RUN (a video run's encoder) or --random-init (the untrained encoder)")
     cfg = video_config(_overrides(args))
     data = prepare_video(cfg)
-    metrics = {"run": args.run, "labeled": len(data.split.labeled), "test": len(data.test),
+    # the untrained encoder: the weights a run of this seed and these video settings starts from
+    model = load_video_model(args.run) if args.run else build_video_model(cfg, data)
+    metrics = {"run": args.run or f"random-init (seed {cfg.train.seed})", "labeled": len(data.split.labeled),
+               "test": len(data.test),
                **probe(model, data, cfg.video.eval_clips)}
     if args.json:
         atomic_write_json(Path(args.json), metrics)
@@ -133,7 +138,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = vsub.add_parser("probe", help="linear probe and k-NN on frozen clip features of a video run")
     p.add_argument("--data", required=True, help="the video source (as for train)")
-    p.add_argument("--run", required=True, help="a video run folder or its model.safetensors")
+    p.add_argument("--run", help="a video run folder or its model.safetensors")
+    p.add_argument("--random-init", action="store_true", help="probe the untrained encoder instead (the weights a "
+                   "run of this --seed and these video settings starts from): the baseline of pre-training")
     p.add_argument("--labels", default="all", help="all, N-per-class, N or P%% of the training side")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set video.eval_clips=8")
