@@ -43,11 +43,11 @@ def suite_file(tmp_path):
 
 
 def test_budget_keeps_stage_proportions_and_sums_to_the_budget():
-    configs = [apply_overrides(Config(), {"train.steps": s}) for s in (300, 500, 2000)]
-    apply_budget(configs, {"steps": 600})
+    given = [apply_overrides(Config(), {"train.steps": s}) for s in (300, 500, 2000)]
+    configs = apply_budget(given, {"steps": 600})
     assert [c.train.steps for c in configs] == [64, 107, 429] and sum(c.train.steps for c in configs) == 600
-    configs = [apply_overrides(Config(), {"train.steps": s}) for s in (100, 300)]
-    apply_budget(configs, {"seconds": 40})
+    assert [c.train.steps for c in given] == [300, 500, 2000]  # new configs: the given ones are not written
+    configs = apply_budget([apply_overrides(Config(), {"train.steps": s}) for s in (100, 300)], {"seconds": 40})
     assert [c.train.time_limit for c in configs] == [10, 30]
 
 

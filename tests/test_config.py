@@ -67,3 +67,16 @@ def test_method_choice_settings_are_checked_before_data_loads() -> None:
     with pytest.raises(SemivitError, match="method.teacher_mode must be one of batch, eval, train"):
         method_params("semiformer", {"teacher_mode": "student"})
     assert apply_overrides(Config(), {"train.amp": False}).train.amp == "off"  # YAML's bare off is a boolean
+
+
+def test_one_schema_check_for_recipes_and_suites(tmp_path) -> None:
+    """Recipes' stages and benchmark suites go through config.check_keys: one line, the nearest valid key."""
+    from semivit.bench import load_suite
+    from semivit.pipeline import stage_configs
+
+    with pytest.raises(SemivitError, match=r"unknown keys \['parms'\] in stage 1 of the recipe \(did you mean 'params"):
+        stage_configs({"stages": [{"method": "supervised", "parms": {}}]}, {})
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nseed: [0]\ndata: {}\nmethods: {}\n")
+    with pytest.raises(SemivitError, match=r"unknown keys \['seed'\] in .*s.yaml \(did you mean 'seeds'"):
+        load_suite(suite)

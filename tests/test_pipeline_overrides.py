@@ -42,3 +42,32 @@ def test_an_override_no_stage_takes_is_an_error_before_any_data_loads(key, messa
 def test_a_bad_value_of_a_stages_setting_is_caught_before_any_data_loads():
     with pytest.raises(SemivitError, match="method.threshold"):
         _stages({"method.threshold": "high"})
+
+
+@pytest.mark.slow
+def test_a_config_is_resolved_once_into_a_new_object_and_the_callers_is_never_written(tmp_path):
+    """The Trainer resolves ``model.name: auto`` and a student's start into its own config; the pipeline hands
+    each stage the previous one's weights or teacher through new configs; the caller's objects stay as given."""
+    import copy
+
+    from semivit.engine.trainer import Trainer
+    from semivit.pipeline import run_stages
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, **{"model.name": "auto", "train.steps": 2, "train.name": "one"})
+    before = copy.deepcopy(cfg.to_dict())
+    trainer = Trainer(cfg)
+    trainer.fit()
+    assert cfg.to_dict() == before and trainer.cfg is not cfg and trainer.cfg.model.name == "vit_nano"
+    recipe = {"name": "two", "stages": [{"method": "supervised"},
+                                        {"method": "distill", "params": {"teacher_init_below": 100}}]}
+    _, configs = stage_configs(recipe, {"train.out": str(tmp_path), "train.progress": False, "train.steps": 2,
+                                        "train.tensorboard": False, "model.name": "vit_nano", "model.depth": 2,
+                                        "model.embed_dim": 48, "model.num_heads": 2, "data.labels": "5-per-class"})
+    snapshot = [copy.deepcopy(c.to_dict()) for c in configs]
+    result = run_stages(configs, tmp_path / "two")
+    assert [c.to_dict() for c in configs] == snapshot  # no teacher, no pretrained written into the given stages
+    written = load_yaml(result.run_dir / "config.yaml")  # what the distill stage really ran with
+    assert written["method"]["teacher"] == str(tmp_path / "two" / "stage1-supervised" / "checkpoints" /
+                                               "model.safetensors")
+    assert written["model"]["pretrained"] == written["method"]["teacher"]  # 2 steps: the student starts from it

@@ -57,7 +57,9 @@ def test_plan_keeps_the_recipes_proportions_and_fits_the_budget(tmp_path, monkey
     timings = {"mae": (0.02, 32), "supervised": (0.01, 16)}
     monkeypatch.setattr(planning, "time_stage", lambda cfg, data, previous=None: timings[cfg.train.method])
     plans = plan_budget(configs, data, budget=40.0)
-    assert [c.train.steps for c in configs] == [p.steps for p in plans]
+    given = [c.train.steps for c in configs]
+    configs = apply_plan(configs, plans)
+    assert [c.train.steps for c in configs] == [p.steps for p in plans] != given
     assert plans[1].steps / plans[0].steps == pytest.approx(3.0, rel=0.02)  # 300 : 100
     assert sum(p.seconds for p in plans) == pytest.approx(40.0 * 0.9, rel=0.02)  # the budget less the reserve
     assert all(c.train.time_limit == pytest.approx(p.seconds * 1.5) for c, p in zip(configs, plans))
@@ -84,7 +86,7 @@ def test_resume_reuses_the_saved_plan(tmp_path) -> None:
          "images_per_step": p.images_per_step, "seconds_per_step": p.seconds_per_step} for p in saved]}))
     for c in configs:
         c.train.resume = True
-    plan_run(configs, data, 60.0, tmp_path / "root")
+    configs = plan_run(configs, data, 60.0, tmp_path / "root")
     assert [c.train.steps for c in configs] == [37, 111]  # not re-timed: a resumed run trains the same steps
     with pytest.raises(SemivitError, match="--resume"):
         apply_plan(configs[:1], saved)

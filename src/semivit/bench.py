@@ -43,21 +43,15 @@ from typing import Any
 
 from semivit.bench_report import write_reports
 from semivit.bench_suite import Cell, Suite, _as_list
-from semivit.config import Config, load_yaml, parse_set_args
+from semivit.config import Config, apply_overrides, check_keys, load_yaml, parse_set_args
 from semivit.errors import SemivitError
 
 log = logging.getLogger("semivit")
 SUITE_DIRS = (Path("benchmarks") / "suites", Path("benchmarks"))
-_SUITE_KEYS = {"name", "description", "out", "seeds", "budget", "set", "data", "methods"}
-_DATA_KEYS = {"source", "labels", "seeds", "budget", "set", "requires", "split", "test"}
-_METHOD_KEYS = {"method", "recipe", "stages", "params", "set", "budget", "label", "data"}
+_SUITE_KEYS = ("name", "description", "out", "seeds", "budget", "set", "data", "methods")
+_DATA_KEYS = ("source", "labels", "seeds", "budget", "set", "requires", "split", "test")
+_METHOD_KEYS = ("method", "recipe", "stages", "params", "set", "budget", "label", "data")
 _BUDGET_KEYS = {"steps", "seconds", "plan"}
-
-
-def _check_keys(found: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = set(found) - allowed
-    if unknown:
-        raise SemivitError(f"unknown keys {sorted(unknown)} in {where}: use {sorted(allowed)}")
 
 
 def _settings(value: Any, where: str) -> dict[str, Any]:
@@ -103,20 +97,20 @@ def load_suite(name: str | Path, out: str | None = None) -> Suite:
 def suite_from_dict(raw: dict[str, Any], path: Path, out: str | None = None) -> Suite:
     """Check a suite given as a mapping (the YAML's content; ``semivit compare`` builds one from its command
     line); ``path`` names it in errors."""
-    _check_keys(raw, _SUITE_KEYS, str(path))
+    check_keys(raw, _SUITE_KEYS, str(path))
     if not raw.get("data") or not raw.get("methods"):
         raise SemivitError(f"{path}: a suite needs 'data' and 'methods' mappings")
     data = {str(k): dict(v or {}) for k, v in raw["data"].items()}
     methods = {str(k): dict(v or {}) for k, v in raw["methods"].items()}
     for dname, d in data.items():
-        _check_keys(d, _DATA_KEYS, f"{path}: data.{dname}")
+        check_keys(d, _DATA_KEYS, f"{path}: data.{dname}")
         if "labels" not in d:
             raise SemivitError(f"{path}: data.{dname} needs 'labels' (e.g. [4-per-class, 250])")
         d["set"] = _settings(d.get("set"), f"data.{dname}")
         if "budget" in d:
             d["budget"] = _budget(d["budget"], f"data.{dname}")
     for mname, m in methods.items():
-        _check_keys(m, _METHOD_KEYS, f"{path}: methods.{mname}")
+        check_keys(m, _METHOD_KEYS, f"{path}: methods.{mname}")
         if ("method" in m) == ("recipe" in m):
             raise SemivitError(f"{path}: methods.{mname} needs exactly one of 'method' (one stage) or 'recipe'")
         if "stages" in m and (not isinstance(m["stages"], int) or m["stages"] < 1 or "recipe" not in m):
@@ -159,32 +153,29 @@ def cell_configs(suite: Suite, cell: Cell) -> list[Config]:
             overrides[f"data.{key}"] = d[key]
     _, configs = stage_configs(recipe, overrides)
     if "recipe" in m:  # params per stage method: {paws: {multicrop: 6}} reaches only the paws stage
-        for cfg in configs:
-            cfg.method.update((m.get("params") or {}).get(cfg.train.method) or {})
-    apply_budget(configs, _cell_budget(suite, cell))
-    return configs
+        configs = [apply_overrides(cfg, {f"method.{k}": v for k, v in
+                                         ((m.get("params") or {}).get(cfg.train.method) or {}).items()})
+                   for cfg in configs]
+    return apply_budget(configs, _cell_budget(suite, cell))
 
 
 def _cell_budget(suite: Suite, cell: Cell) -> dict[str, float]:
     return suite.methods[cell.method].get("budget") or suite.data[cell.data].get("budget") or suite.budget
 
 
-def apply_budget(configs: list[Config], budget: dict[str, float]) -> None:
-    """Scale the stages to the budget, keeping the recipe's proportions between them."""
+def apply_budget(configs: list[Config], budget: dict[str, float]) -> list[Config]:
+    """The stages scaled to the budget, keeping the recipe's proportions between them (new configs)."""
     planned = [c.train.steps or 0 for c in configs] if len(configs) > 1 else [1]
     if not all(planned):
         raise SemivitError("every stage of a benchmarked recipe needs train.steps (not epochs) to be budgeted")
     total = sum(planned)
     if "plan" in budget:  # planned by run_cell, which has the data the timing needs
-        return
+        return configs
     if "steps" in budget:
         steps = [max(1, round(budget["steps"] * s / total)) for s in planned]
         steps[-1] += int(budget["steps"]) - sum(steps)  # rounding: the last stage takes the remainder
-        for c, s in zip(configs, steps):
-            c.train.steps = max(1, s)
-    else:
-        for c, s in zip(configs, planned):
-            c.train.time_limit = budget["seconds"] * s / total
+        return [apply_overrides(c, {"train.steps": max(1, s)}) for c, s in zip(configs, steps)]
+    return [apply_overrides(c, {"train.time_limit": budget["seconds"] * s / total}) for c, s in zip(configs, planned)]
 
 
 def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict[str, Any]:
@@ -196,9 +187,7 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
     from semivit.engine.evaluate import predict_logits, top1
     from semivit.pipeline import run_stages
 
-    configs = cell_configs(suite, cell)
-    for c in configs:
-        c.train.resume = True
+    configs = [apply_overrides(c, {"train.resume": True}) for c in cell_configs(suite, cell)]
     dcfg = configs[0].data
     source_key = (dcfg.source, dcfg.test, dcfg.unlabeled, dcfg.image_size)
     if source_key not in data_cache:  # decode a data set once for all its cells (one in memory at a time)
@@ -211,7 +200,7 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
     if "plan" in budget:
         from semivit.planning import plan_run
 
-        plan_run(configs, data, budget["plan"], cell_dir)
+        configs = plan_run(configs, data, budget["plan"], cell_dir)
     result = run_stages(configs, cell_dir, data)
     wall = time.perf_counter() - start
     stages = [json.loads((cell_dir / f"stage{k}-{c.train.method}" / "results.json").read_text())

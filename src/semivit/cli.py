@@ -41,8 +41,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         start = time.perf_counter()
         data = prepare_data(cfg.data, cfg.train.seed)
-        plan_run([cfg], data, parse_budget(args.budget), Path(cfg.train.out) / run_name(cfg),
-                 spent=time.perf_counter() - start)
+        cfg = plan_run([cfg], data, parse_budget(args.budget), Path(cfg.train.out) / run_name(cfg),
+                       spent=time.perf_counter() - start)[0]
         result = train(cfg, data)
     else:
         result = train(cfg)

@@ -254,16 +254,24 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def check_keys(found: typing.Iterable[str], allowed: typing.Iterable[str], where: str) -> None:
+    """The one schema check of every settings file (a config section, a recipe's stage, a benchmark suite's
+    parts): an unknown key is one line naming it, where it sits, the nearest valid key and all valid keys."""
+    allowed = list(allowed)
+    unknown = [k for k in found if k not in allowed]
+    if unknown:
+        raise SemivitError(f"unknown keys {sorted(unknown)} in {where}{_nearest(unknown[0], allowed)}; valid keys: "
+                           f"{', '.join(allowed)}")
+
+
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys and bad values."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
+    for key in values:
+        if key not in fields:  # one setting named in full: '{where}.{key}'
             raise SemivitError(f"unknown setting '{where}.{key}'{_nearest(key, fields)}; "
                                f"valid keys: {', '.join(fields)}")
-        kwargs[key] = _coerce(value, fields[key].type, f"{where}.{key}")
-    return cls(**kwargs)
+    return cls(**{key: _coerce(value, fields[key].type, f"{where}.{key}") for key, value in values.items()})
 
 
 def update_dataclass(obj: Any, values: dict[str, Any], where: str) -> Any:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from semivit.config import Config, apply_overrides, load_yaml
+from semivit.config import Config, apply_overrides, check_keys, load_yaml
 from semivit.core.runlock import RunLock
 from semivit.data import prepare_data
 from semivit.engine.trainer import Trainer, TrainResult
@@ -26,7 +26,7 @@ from semivit.methods import method_class, method_params
 
 log = logging.getLogger("semivit")
 RECIPES = Path(__file__).parent / "recipes"
-_STAGE_KEYS = {"method", "params", "model", "optim", "train"}
+_STAGE_KEYS = ("method", "params", "model", "optim", "train")
 
 
 def find_recipe(name: str | Path) -> Path:
@@ -51,9 +51,7 @@ def stage_configs(recipe: dict[str, Any], overrides: dict[str, Any]) -> tuple[st
     for k, stage in enumerate(stages, 1):
         if not isinstance(stage, dict) or "method" not in stage:
             raise SemivitError(f"stage {k} of the recipe needs a 'method'")
-        unknown = set(stage) - _STAGE_KEYS
-        if unknown:
-            raise SemivitError(f"stage {k} has unknown keys {sorted(unknown)}: use {sorted(_STAGE_KEYS)}")
+        check_keys(stage, _STAGE_KEYS, f"stage {k} of the recipe")
         values: dict[str, Any] = {"train.method": stage["method"]}
         for section in ("model", "optim", "train"):
             values.update({f"{section}.{key}": v for key, v in (stage.get(section) or {}).items()})
@@ -147,10 +145,12 @@ def stage_table(root: Path) -> str:
         if not results.is_file():
             continue
         m = json.loads(results.read_text())
-        test = m.get("test_top1", m.get("test_knn_top1"))
+        # a pre-training stage is judged by the k-NN top-1 of its features (its classifier is untrained)
+        knn = m.get("test_knn_top1")
+        test = knn if knn is not None else m.get("test_top1")
         rows.append([stage_dir.name, str(m.get("steps", "")), f"{m.get('train_seconds', 0):.0f}",
                      f"{m.get('images_per_sec', 0):.0f}", _fmt(m.get("best_val_top1")), _fmt(test),
-                     "k-NN" if "test_top1" not in m and test is not None else ""])
+                     "k-NN" if knn is not None else ""])
     header = ["stage", "steps", "seconds", "img/s", "best val top-1", "test top-1", ""]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
@@ -181,7 +181,7 @@ def _run_stages(configs: list[Config], root: Path, data: Any, budget: float | No
     if budget:
         from semivit.planning import plan_run
 
-        plan_run(configs, data, budget, root, spent=time.perf_counter() - start)
+        configs = plan_run(configs, data, budget, root, spent=time.perf_counter() - start)
     previous: Path | None = None
     result: TrainResult | None = None
     for k, cfg in enumerate(configs, 1):
@@ -189,9 +189,10 @@ def _run_stages(configs: list[Config], root: Path, data: Any, budget: float | No
         if previous is not None and method_class(cfg.train.method).previous_stage_is_teacher:
             # the previous stage is the teacher; the student starts from scratch (unless the stage sets
             # model.pretrained itself)
-            cfg.method.setdefault("teacher", str(previous))
+            if "teacher" not in cfg.method:
+                cfg = apply_overrides(cfg, {"method.teacher": str(previous)})
         elif previous is not None:
-            cfg.model.pretrained = str(previous)
+            cfg = apply_overrides(cfg, {"model.pretrained": str(previous)})
         exported = stage_dir / "checkpoints" / "model.safetensors"
         if cfg.train.resume and (stage_dir / "results.json").is_file() and exported.is_file():
             log.info("stage %d (%s) already finished: %s", k, cfg.train.method, stage_dir)

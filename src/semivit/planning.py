@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from semivit.config import Config
+from semivit.config import Config, apply_overrides
 from semivit.errors import SemivitError
 
 log = logging.getLogger("semivit")
@@ -122,8 +122,8 @@ def time_stage(cfg: Config, data: Any, previous: Config | None = None, steps: in
 
 
 def plan_budget(configs: list[Config], data: Any, budget: float, spent: float = 0.0) -> list[StagePlan]:
-    """Scale every stage's ``train.steps`` (in place) so the recipe fits ``budget`` seconds, ``spent`` of
-    which are gone already (data loading); returns the plan. See the module docstring."""
+    """The steps of every stage that make the recipe fit ``budget`` seconds, ``spent`` of which are gone already
+    (data loading): the plan, which :func:`apply_plan` turns into new stage configs. See the module docstring."""
     if any(c.train.steps is None for c in configs):
         raise SemivitError("--budget plans from each stage's train.steps: give the recipe's stages steps, not epochs")
     start = time.perf_counter()
@@ -152,17 +152,15 @@ def plan_budget(configs: list[Config], data: Any, budget: float, spent: float = 
         torch.distributed.broadcast(steps, 0)
         for p, n in zip(plans, steps.tolist()):
             p.steps = int(n)
-    apply_plan(configs, plans)
     return plans
 
 
-def plan_run(configs: list[Config], data: Any, budget: float, root: Path, spent: float = 0.0) -> list[StagePlan]:
-    """Plan ``configs`` for ``budget`` (or, with ``train.resume``, reuse ``root/plan.json``), apply it, log it
-    and save it."""
+def plan_run(configs: list[Config], data: Any, budget: float, root: Path, spent: float = 0.0) -> list[Config]:
+    """Plan ``configs`` for ``budget`` (or, with ``train.resume``, reuse ``root/plan.json``), log and save the
+    plan, and return the planned stage configs (new objects: the given ones are not written)."""
     path = root / "plan.json"
     saved = load_plan(path) if configs[0].train.resume else None
     if saved is not None:
-        apply_plan(configs, saved)
         log.info("resuming with the plan saved in %s", path)
         plans = saved
     else:
@@ -171,16 +169,16 @@ def plan_run(configs: list[Config], data: Any, budget: float, root: Path, spent:
                 torch.distributed.get_rank() == 0:
             save_plan(plans, budget, path)
     log.info(describe_plan(plans, budget))
-    return plans
+    return apply_plan(configs, plans)
 
 
-def apply_plan(configs: list[Config], plans: list[StagePlan]) -> None:
+def apply_plan(configs: list[Config], plans: list[StagePlan]) -> list[Config]:
+    """New stage configs with the plan's steps and time limits (the given ones are left as they are)."""
     if len(plans) != len(configs):
         raise SemivitError(f"the saved plan has {len(plans)} stages but the recipe {len(configs)}: start a new run "
                            f"(another --name) instead of --resume")
-    for cfg, p in zip(configs, plans):
-        cfg.train.steps, cfg.train.epochs = p.steps, None
-        cfg.train.time_limit = p.seconds * TIME_LIMIT_GUARD
+    return [apply_overrides(cfg, {"train.steps": p.steps, "train.epochs": None,
+                                  "train.time_limit": p.seconds * TIME_LIMIT_GUARD}) for cfg, p in zip(configs, plans)]
 
 
 def describe_plan(plans: list[StagePlan], budget: float) -> str:

@@ -122,24 +122,25 @@ def imprint(model: ImageClassifier, local: str | None, data: PreparedData, devic
                  "images (%d of %d classes)", len(labeled), n, classifier.out_features)
 
 
-def student_start(cfg: Config, method_cls: type[Method], params: object, total: int, verbose: bool) -> None:
-    """Start a distillation student from its teacher's weights (model.pretrained becomes the teacher's file,
-    so config.yaml records it) when ``model.pretrained: teacher`` says so, or when the stage is shorter than
-    ``method.teacher_init_below`` steps and the student would otherwise start from random weights: a short
-    stage cannot train a student from scratch up to its teacher."""
+def student_start(cfg: Config, method_cls: type[Method], params: object, total: int, verbose: bool) -> str | None:
+    """Where a distillation student starts: its teacher's weights (the teacher's file, returned as the
+    stage's ``model.pretrained``, so config.yaml records it) when ``model.pretrained: teacher`` says so, or
+    when the stage is shorter than ``method.teacher_init_below`` steps and the student would otherwise start
+    from random weights: a short stage cannot train a student from scratch up to its teacher. None: the
+    config's own start stands."""
     m = cfg.model
     teacher, below = method_cls.teacher_start(params)
     if m.pretrained.strip().lower() == "teacher":
         if not teacher:
             raise SemivitError("model.pretrained=teacher starts a student from its teacher's weights: it needs "
                                "a method with a teacher (distill, noisy_student) and method.teacher set")
-    else:
-        if not below or total >= below or pretrained_source(m.name, m.pretrained) != (False, None):
-            return
-        if verbose:
-            log.info("the student starts from its teacher's weights: %d steps are fewer than "
-                     "method.teacher_init_below=%d (set it to 0 to train the student from scratch)", total, below)
-    m.pretrained = str(teacher)
+        return str(teacher)
+    if not below or total >= below or pretrained_source(m.name, m.pretrained) != (False, None):
+        return None
+    if verbose:
+        log.info("the student starts from its teacher's weights: %d steps are fewer than "
+                 "method.teacher_init_below=%d (set it to 0 to train the student from scratch)", total, below)
+    return str(teacher)
 
 
 def total_steps(cfg: Config, method_cls: type[Method], params: object, data: PreparedData, verbose: bool) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from semivit.config import Config, save_config
+from semivit.config import Config, apply_overrides, save_config
 from semivit.core.device import amp_dtype
 from semivit.core.distributed import barrier, broadcast_buffers, device_and_ranks
 from semivit.core.runlock import RunLock
@@ -71,7 +71,6 @@ class Trainer:
     def __init__(self, cfg: Config, data: PreparedData | None = None, run_dir: Path | None = None, *,
                  model: nn.Module | None = None, inputs: StageInputs | None = None,
                  callbacks: Sequence[cb.Callback] = ()) -> None:
-        self.cfg = cfg
         self.device, self.dist = device_and_ranks(cfg.train.device)
         check_train_settings(cfg)  # before any data loads
         self.params = method_params(cfg.train.method, cfg.method)  # validate before loading data
@@ -81,14 +80,27 @@ class Trainer:
             inputs, model = frozen_backbone_inputs(cfg, self.data, self.dist, self.device)
         self.inputs: StageInputs = inputs or ImageInputs(self.data, self.device)
         self.given_model, self.extra_callbacks = model, list(callbacks)
-        if cfg.model.name == "auto" and model is None:
-            cfg.model.name = method_class(cfg.train.method).default_model(max(self.data.train.image_size))
-            if self.dist.is_main:
-                log.info("model: %s (the default for %s; --model to choose another)", cfg.model.name,
-                         cfg.train.method)
-        self.run_dir = Path(run_dir or Path(cfg.train.out) / run_name(cfg))
+        self.cfg = self._resolve(cfg, model is None)
+        self.run_dir = Path(run_dir or Path(self.cfg.train.out) / run_name(self.cfg))
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.last = self.ckpt_dir / "last.pt"
+
+    def _resolve(self, cfg: Config, builds_model: bool) -> Config:
+        """The stage's config, resolved once into a new object that nothing writes afterwards (the caller's is
+        never changed): ``model.name: auto`` becomes the method's default for the data, the stage's length is
+        counted, and a distillation student's start (``model.pretrained``) is decided."""
+        method_cls, main = method_class(cfg.train.method), self.dist.is_main
+        resolved: dict[str, Any] = {}
+        if cfg.model.name == "auto" and builds_model:
+            resolved["model.name"] = method_cls.default_model(max(self.data.train.image_size))
+            if main:
+                log.info("model: %s (the default for %s; --model to choose another)", resolved["model.name"],
+                         cfg.train.method)
+        self.total = total_steps(cfg, method_cls, self.params, self.data, main)
+        start = student_start(cfg, method_cls, self.params, self.total, main)
+        if start is not None:
+            resolved["model.pretrained"] = start
+        return apply_overrides(cfg, resolved) if resolved else cfg
 
     def build_model(self) -> nn.Module:
         """The stage's network: the one passed in, else ``cfg.model`` built by :func:`engine.stage.build_model`."""
@@ -106,8 +118,7 @@ class Trainer:
             raise SemivitError(f"the data has {self.data.train.num_classes} class "
                                f"({', '.join(self.data.train.classes) or 'none'}): a classifier needs at least 2; "
                                f"add images of another class (class sub-folders, or a label column)")
-        self.total = total = total_steps(cfg, method_cls, self.params, self.data, self.dist.is_main)
-        student_start(cfg, method_cls, self.params, total, self.dist.is_main)
+        total = self.total
         method = self.method = method_cls(self.build_model(), self.params, self.data.train.num_classes, total)
         method.setup(len(self.data.train))
         method.to(self.device)
