@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 from semivit.errors import SemivitError
 from semivit.models import hub as hubs
-from semivit.models.factory import create_model, model_from_spec
+from semivit.models.factory import create_model
+from semivit.models.spec_check import model_from_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"

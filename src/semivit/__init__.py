@@ -3,7 +3,8 @@
 The Python surface (each name is imported on first use, so ``import semivit`` and the command line stay fast):
 
 - :func:`fit` trains a method or a recipe and returns a :class:`~semivit.api.Run`; :func:`load`, :func:`predict`,
-  :func:`evaluate`, :func:`suggest` and :func:`export` do what the commands of the same names do;
+  :func:`evaluate`, :func:`suggest` and :func:`export` do what the commands of the same names do, and
+  :func:`find_label_issues` what ``semivit labelcheck`` does;
 - :class:`Config`, :func:`create_model`, :func:`list_methods`, :func:`run_recipe`, :data:`__version__`;
 - the pieces: ``semivit.methods.losses``, ``semivit.methods.mixing``, ``semivit.models.heads``,
   ``semivit.data.augment`` (views), ``semivit.engine.callbacks``.
@@ -26,7 +27,7 @@ from typing import Any
 
 _API = {"fit": "semivit.api", "load": "semivit.api", "predict": "semivit.api", "evaluate": "semivit.api",
         "suggest": "semivit.api", "compare": "semivit.api", "export": "semivit.api", "list_methods": "semivit.api",
-        "Run": "semivit.api",
+        "find_label_issues": "semivit.api", "Run": "semivit.api",
         "Config": "semivit.config", "create_model": "semivit.models.factory", "run_recipe": "semivit.pipeline",
         "Trainer": "semivit.engine.trainer", "SemivitError": "semivit.errors"}
 __all__ = [*_API, "__version__"]

@@ -1,5 +1,5 @@
-"""The Python surface: train, load, predict, evaluate, suggest and export from a script or a notebook, with
-the same settings, checks and run folders as the command line.
+"""The Python surface: train, load, predict, evaluate, suggest, find label issues and export from a script or a
+notebook, with the same settings, checks and run folders as the command line.
 
 Examples:
     >>> import semivit
@@ -169,6 +169,38 @@ def suggest(data: str = "digits", budget: int = 10, *, labels: str = "0", run: s
     pool = pool_from_run(run) if run else pool_from_data(cfg, labels=labels)
     chosen = choose(pool, budget, strategy=strategy, seed=seed)
     return [pool.train.ids[int(i)] for i in chosen.indices]
+
+
+def find_label_issues(data: str | None = "digits", *, run: str | Path | None = None, labels: str = "all",
+               split: str | None = None, model: str | None = None, encoder: str | None = None, probs: str = "kfold",
+               folds: int = 5, seed: int = 0, out: str | Path | None = None, settings: dict[str, Any] | None = None,
+               **options: Any) -> Any:
+    """The labeled images of ``data`` (or of the finished ``run``) whose given label is most likely wrong, as
+    ``semivit labelcheck``: confident learning (Northcutt et al. 2021, through Cleanlab) on out-of-sample
+    probabilities (``probs``: ``kfold`` over the labeled set on the features of ``model`` (a pretrained backbone),
+    ``encoder`` (a run or hub folder, ``pixels``) or by default the run's model, else raw pixels; ``teacher``:
+    the run's teacher on its validation images). Returns a :class:`~semivit.labelcheck.LabelIssues` (``ids``,
+    ``indices``, ``given``, ``suggested``, ``quality``, worst first); with ``out``, also writes the CSV that
+    ``semivit labelcheck --accept`` merges and its contact sheet. ``options``: ``rank_by``, ``filter_by``,
+    ``device``.
+
+    Examples:
+        >>> issues = semivit.find_label_issues("digits", labels="all", seed=0)  # doctest: +SKIP
+        >>> issues.ids[:3], issues.quality[:3]  # doctest: +SKIP
+    """
+    from semivit.labelcheck.output import write_csv, write_sheet
+    from semivit.labelcheck.sources import check_labels, labeled_pool
+
+    values: dict[str, Any] = {"data.labels": labels, "data.split": split, "train.seed": seed}
+    if data is not None and not run:
+        values["data.source"] = str(data)
+    cfg = apply_overrides(Config(), {**{k: v for k, v in values.items() if v is not None}, **(settings or {})})
+    pool, prepared = labeled_pool(cfg, str(run) if run else None)
+    issues = check_labels(pool, prepared, probs=probs, model=model, encoder=encoder, folds=folds, seed=seed,
+                          **options)
+    if out is not None:
+        write_sheet(pool, issues, Path(write_csv(pool, issues, out)).with_suffix(".html"))
+    return issues
 
 
 def compare(data: str, labels: str | None = None, *, model: str, budget: str | float | None = "30m",

@@ -1,4 +1,5 @@
-"""``semivit train | run | bench | demo | evaluate | predict | export | probe`` — the command line.
+"""The command line: ``semivit train | run | bench | compare | demo | evaluate | predict | export | probe |
+suggest | pseudolabels | report``, and the sub-commands capabilities bring (``video``, ``continual``, ``labelcheck``).
 
 User errors (bad paths, data, settings) print one line and exit with status 2, never a traceback.
 """
@@ -190,7 +191,7 @@ def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
 
 # Modules with ``add_parser(sub)``: each adds its sub-command(s), so a new capability keeps its CLI with it
 # rather than growing this file.
-COMMAND_MODULES = ("semivit.continual.commands", "semivit.video.commands")
+COMMAND_MODULES = ("semivit.continual.commands", "semivit.video.commands", "semivit.labelcheck.commands")
 
 
 def make_parser() -> argparse.ArgumentParser:

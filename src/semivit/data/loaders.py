@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from semivit.config import DataConfig
 from semivit.data.augment import make_view, to_float
 from semivit.data.imageset import ImageSet
 
@@ -297,7 +298,7 @@ class BatchMaker(LabeledAndUnlabeled):
     def __init__(self, train: ImageSet, labeled: torch.Tensor, unlabeled: torch.Tensor, *,
                  labeled_views: tuple[str, ...], unlabeled_views: tuple[str, ...], batch_size: int,
                  unlabeled_batch_size: int, device: torch.device, seed: int, flip: bool, rank: int = 0,
-                 world: int = 1, workers: int = 2, view_options: dict[str, dict] | None = None,
+                 world: int = 1, workers: int = DataConfig.workers, view_options: dict[str, dict] | None = None,
                  support: tuple[int | None, int] | None = None, shuffle_buffer: int | None = None) -> None:
         """``support = (classes per batch, images per class)`` makes the labeled stream class-balanced
         (:class:`BalancedIndexStream`; ``batch_size`` is then ignored for it)."""

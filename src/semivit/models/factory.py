@@ -15,6 +15,7 @@ import timm
 import torch
 from torch import nn
 
+from semivit.config import ModelConfig
 from semivit.errors import SemivitError
 from semivit.models.sizes import VIT_SIZES
 
@@ -96,7 +97,7 @@ class ImageClassifier(nn.Module):
         return list(head)[:-1] if isinstance(head, nn.Sequential) else []
 
     def attach_embedding(self, desc: dict[str, Any], module: nn.Module | None = None) -> nn.Module:
-        """Install the embedding described by ``desc`` and record it in the spec (so ``model_from_spec``
+        """Install the embedding described by ``desc`` and record it in the spec (so ``spec_check.model_from_spec``
         rebuilds it); returns the module. ``desc`` describes projection-head blocks ``start:`` of a
         :class:`~semivit.models.heads.ProjectionHead` (``in_dim``, ``hidden_dim``, ``out_dim``,
         ``num_layers``, ``start``, ``last_bn``); ``module`` is the already-built module (a method passes
@@ -273,8 +274,9 @@ def _resnet(name: str, spec: ModelSpec, drop_path: float) -> nn.Module:
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32, *,
                  patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
-                 num_heads: int | None = None, drop_path: float = 0.1, classes: list[str] | None = None,
-                 mean: torch.Tensor | None = None, std: torch.Tensor | None = None, head_layers: int = 0,
+                 num_heads: int | None = None, drop_path: float = ModelConfig.drop_path,
+                 classes: list[str] | None = None, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                 head_layers: int = 0,
                  head_hidden: int | None = None, pretrained: bool = False, cache_dir: str | None = None,
                  resolution: str = "auto", hub: Any = None) -> ImageClassifier:
     """Build a classifier: a semivit ViT size (``vit_nano`` … ``vit_huge``), a ResNet, any timm name, or a
@@ -364,33 +366,6 @@ def attach_head_layers(model: ImageClassifier, layers: list[nn.Module], hidden: 
     and record them in the spec so the model can be rebuilt."""
     setattr(model.backbone, model.classifier_attr, nn.Sequential(*layers, nn.Linear(hidden, model.spec.num_classes)))
     model.spec.kwargs.update(head_layers=len(layers), head_hidden=hidden)
-
-
-def model_from_spec(spec: dict[str, Any], where: str = "the model file") -> ImageClassifier:
-    """Rebuild a model from :meth:`ModelSpec.to_dict` (as stored in checkpoint metadata), after checking every
-    field (:func:`~semivit.models.spec_check.check_spec`: a forged file is one line, not a huge allocation)."""
-    from semivit.models.spec_check import check_spec
-
-    check_spec(spec, where)
-    kwargs = dict(spec.get("kwargs") or {})
-    drop_path = kwargs.pop("drop_path", kwargs.pop("drop_path_rate", 0.0))
-    allowed = {k: kwargs[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "head_layers",
-                                      "head_hidden") if k in kwargs}
-    hub = None
-    if "timm_architecture" in kwargs:  # a pretrained backbone: rebuilt offline from what the spec recorded
-        from semivit.models.hub import HubModel
-
-        hub = HubModel(spec["name"], kwargs["timm_architecture"], kwargs.get("pretrained_tag"),
-                       {"input_size": (spec["in_chans"], kwargs["backbone_size"], kwargs["backbone_size"]),
-                        "interpolation": kwargs.get("interpolation", "bilinear")},
-                       dict(kwargs.get("timm_model_args") or {}))
-        allowed.pop("patch_size", None)
-        allowed["resolution"] = str(kwargs["backbone_size"])
-    model = create_model(spec["name"], spec["num_classes"], spec["in_chans"], spec["image_size"],
-                         drop_path=drop_path, classes=spec.get("classes"), hub=hub, **allowed)
-    if kwargs.get("embedding"):  # a pre-training method's trained embedding (PAWS's projector)
-        model.attach_embedding(kwargs["embedding"])
-    return model
 
 
 def set_head_dropout(model: ImageClassifier, rate: float) -> None:

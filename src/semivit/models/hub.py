@@ -274,6 +274,6 @@ def create_backbone(hub: HubModel, num_classes: int, in_chans: int, img_size: in
 
 
 def spec_kwargs(hub: HubModel, backbone_size: int) -> dict[str, Any]:
-    """What :func:`semivit.models.factory.model_from_spec` needs to rebuild the architecture offline."""
+    """What :func:`semivit.models.spec_check.model_from_spec` needs to rebuild the architecture offline."""
     return {"timm_architecture": hub.architecture, "timm_model_args": dict(hub.model_args),
             "backbone_size": backbone_size, "pretrained_tag": hub.tag}

@@ -23,7 +23,8 @@ def load_hub_folder(path: str | Path) -> nn.Module:
     input size and normalisation), or any timm-format folder (its mean/std and input size from config.json)."""
     import timm
 
-    from semivit.models.factory import ImageClassifier, ModelSpec, model_from_spec
+    from semivit.models.factory import ImageClassifier, ModelSpec
+    from semivit.models.spec_check import model_from_spec
 
     folder = Path(path)
     try:

@@ -10,8 +10,8 @@ from torch import nn
 
 from semivit.core.checkpoint import exported_file, read_weights
 from semivit.errors import SemivitError
-from semivit.models.factory import model_from_spec
 from semivit.models.hub_folder import is_hub_folder, load_hub_folder
+from semivit.models.spec_check import model_from_spec
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

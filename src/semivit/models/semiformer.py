@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semivit.config import ModelConfig
 from semivit.errors import SemivitError
 from semivit.models.factory import MODEL_FAMILIES, ImageClassifier, ModelSpec, vit_patch_size
 
@@ -248,9 +249,9 @@ class DualStreamClassifier(ImageClassifier):
 
 def create_semiformer(spec: ModelSpec, mean: torch.Tensor | None = None, std: torch.Tensor | None = None, *,
                       patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
-                      num_heads: int | None = None, drop_path: float = 0.1) -> DualStreamClassifier:
+                      num_heads: int | None = None, drop_path: float = ModelConfig.drop_path) -> DualStreamClassifier:
     """Build ``spec.name`` (a :data:`SEMIFORMER_SIZES` key) with optional Transformer-stream overrides;
-    records the settings in ``spec.kwargs`` so :func:`~semivit.models.factory.model_from_spec` rebuilds it."""
+    records the settings in ``spec.kwargs`` so :func:`~semivit.models.spec_check.model_from_spec` rebuilds it."""
     if spec.name not in SEMIFORMER_SIZES:
         near = difflib.get_close_matches(spec.name, list(SEMIFORMER_SIZES), n=1)
         hint = f" (did you mean '{near[0]}'?)" if near else ""

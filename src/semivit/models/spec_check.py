@@ -5,9 +5,12 @@ field, never in a traceback, and never in an attempt to allocate a 10⁹-class c
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from semivit.errors import SemivitError
+
+if TYPE_CHECKING:
+    from semivit.models.factory import ImageClassifier
 
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,843
 MAX_CHANNELS = 64
@@ -117,3 +120,30 @@ def check_hub_config(config: Any, where: str) -> dict[str, Any]:
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
             raise SemivitError(f"{where}: pretrained_cfg.{key} must list numbers, got {str(value)[:80]}")
     return config
+
+
+def model_from_spec(spec: dict[str, Any], where: str = "the model file") -> ImageClassifier:
+    """Rebuild a model from :meth:`ModelSpec.to_dict` (as stored in checkpoint metadata), after checking every
+    field (:func:`check_spec`: a forged file is one line, not a huge allocation)."""
+    from semivit.models.factory import create_model
+
+    check_spec(spec, where)
+    kwargs = dict(spec.get("kwargs") or {})
+    drop_path = kwargs.pop("drop_path", kwargs.pop("drop_path_rate", 0.0))
+    allowed = {k: kwargs[k] for k in ("patch_size", "embed_dim", "depth", "num_heads", "head_layers",
+                                      "head_hidden") if k in kwargs}
+    hub = None
+    if "timm_architecture" in kwargs:  # a pretrained backbone: rebuilt offline from what the spec recorded
+        from semivit.models.hub import HubModel
+
+        hub = HubModel(spec["name"], kwargs["timm_architecture"], kwargs.get("pretrained_tag"),
+                       {"input_size": (spec["in_chans"], kwargs["backbone_size"], kwargs["backbone_size"]),
+                        "interpolation": kwargs.get("interpolation", "bilinear")},
+                       dict(kwargs.get("timm_model_args") or {}))
+        allowed.pop("patch_size", None)
+        allowed["resolution"] = str(kwargs["backbone_size"])
+    model = create_model(spec["name"], spec["num_classes"], spec["in_chans"], spec["image_size"],
+                         drop_path=drop_path, classes=spec.get("classes"), hub=hub, **allowed)
+    if kwargs.get("embedding"):  # a pre-training method's trained embedding (PAWS's projector)
+        model.attach_embedding(kwargs["embedding"])
+    return model

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from semivit.config import DataConfig
 from semivit.data.imageset import UNLABELED, DataBundle, ImageSet
 from semivit.data.sources import arrays, builtin, files, hf, shards
 from semivit.data.sources.builtin import (
@@ -62,7 +63,7 @@ FAMILIES: list[_Family] = [
 
 def load_source(spec: str, *, test: str | None = None, unlabeled: str | None = None, root: str | None = None,
                 download: bool = False, image_size: int | None = None, on_corrupt: str = "skip",
-                stream_threshold: int = 200_000) -> DataBundle:
+                stream_threshold: int = DataConfig.stream_threshold) -> DataBundle:
     """Load ``spec`` (a built-in name, a path or ``hf:ORG/NAME``) as a :class:`DataBundle`.
 
     A built-in name wins over a same-named folder in the working directory (write ``./cifar10`` for that).
@@ -88,7 +89,7 @@ def load_source(spec: str, *, test: str | None = None, unlabeled: str | None = N
 
 def load_parts(spec: str, *, test: str | None = None, unlabeled: str | None = None, root: str | None = None,
                download: bool = False, image_size: int | None = None, on_corrupt: str = "skip",
-               stream_threshold: int = 200_000) -> Parts:
+               stream_threshold: int = DataConfig.stream_threshold) -> Parts:
     """:func:`load_source` with the source's validation part kept apart (``Parts.val``, classes aligned)."""
     if on_corrupt not in ("skip", "fail"):
         raise SemivitError(f"data.on_corrupt is '{on_corrupt}': use 'skip' or 'fail'")

@@ -38,6 +38,7 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from semivit.config import DataConfig
 from semivit.data.imageset import ImageSet
 from semivit.data.sources.common import (
     _UNREADABLE,
@@ -51,7 +52,7 @@ from semivit.data.sources.common import (
 from semivit.data.sources.shard_index import ShardIndex, index_shards
 from semivit.errors import SemivitError
 
-SHUFFLE_BUFFER = 1000  # encoded samples per worker (~100 MB of ImageNet JPEGs): mixes ~ a shard's worth
+SHUFFLE_BUFFER = DataConfig.shuffle_buffer  # the one default (config.py): ~100 MB of ImageNet JPEGs per worker
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
