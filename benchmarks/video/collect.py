@@ -19,8 +19,8 @@ def sprites(out: Path) -> None:
           "k-NN, all |")
     print("|---|---|---|---|---|---|")
     for run, what in (("random", "random init (no pre-training)"), ("cvrl", "CVRL"),
-                      ("cvrl-uniform-gap", "CVRL, uniform gap (`--power 0`)"),
-                      ("cvrl-per-frame-aug", "CVRL, per-frame augmentation")):
+                      ("cvrl-uniform-gap", "CVRL, uniform gap (`method.power=0`)"),
+                      ("cvrl-per-frame-aug", "CVRL, per-frame augmentation (`method.per_frame_aug=true`)")):
         few, full = _read(out / f"probe-{run}-10-per-class.json"), _read(out / f"probe-{run}-all.json")
         res = _read(out / run / "results.json") or {}
         if few is None and full is None:
