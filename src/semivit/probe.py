@@ -25,8 +25,10 @@ log = logging.getLogger("semivit")
 
 
 def _model_for(cfg: Config, data: Any, run: str | None) -> Any:
+    from semivit.core.device import resolve_device
+    from semivit.core.distributed import DistInfo
     from semivit.engine.checkpoint import load_model
-    from semivit.engine.trainer import Trainer
+    from semivit.engine.stage import build_model
 
     train = data.train
     if run:
@@ -38,7 +40,7 @@ def _model_for(cfg: Config, data: Any, run: str | None) -> Any:
         return model
     _require_pretrained(cfg)
     # the model a training run would start from: the same weights, normalisation and resolution rules
-    return Trainer(cfg, data).build_model().eval()
+    return build_model(cfg, data, DistInfo(), resolve_device(cfg.train.device)).eval()
 
 
 def _require_pretrained(cfg: Config) -> None:
