@@ -78,9 +78,61 @@ def roc_auc(scores: torch.Tensor, positives: torch.Tensor) -> float:
     return float(roc_auc_score(positives.numpy(), scores.float().numpy()))
 
 
+#: test labels are skewed when their largest class holds at least this many times the images of their smallest
+#: (classes with no test image left out): summaries then show balanced accuracy and macro-F1 beside top-1,
+#: because top-1 alone rewards leaning towards the majority class
+SKEW_RATIO = 1.5
+
+
+def is_skewed(labels: torch.Tensor, ratio: float = SKEW_RATIO) -> bool:
+    """Whether the largest class of ``labels`` (−1: unknown, left out) has ≥ ``ratio`` × the smallest's images.
+
+    Examples:
+        >>> is_skewed(torch.tensor([0, 0, 0, 0, 1, 1, 1])), is_skewed(torch.tensor([0, 0, 0, 1, 1]))  # 4:3, 3:2
+        (False, True)
+    """
+    counts = torch.bincount(labels[labels >= 0])
+    counts = counts[counts > 0]
+    return bool(len(counts) > 1 and counts.max() >= ratio * counts.min())
+
+
+def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """The mean of the per-class recalls over the classes present in ``labels`` (scikit-learn's
+    ``balanced_accuracy_score``; Brodersen et al. 2010).
+
+    Examples:
+        >>> balanced_accuracy(torch.tensor([1, 1, 1, 1]), torch.tensor([0, 1, 1, 1]))  # (0/1 + 3/3) / 2
+        0.5
+    """
+    k = int(max(pred.max(), labels.max())) + 1 if len(labels) else 0
+    support = torch.bincount(labels, minlength=k)
+    hits = torch.bincount(labels[pred == labels], minlength=k)
+    present = support > 0
+    return float((hits[present].float() / support[present]).mean()) if present.any() else float("nan")
+
+
+def macro_f1(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """The unweighted mean of the per-class F1 = 2TP / (2TP + FP + FN) over the classes in ``labels`` or
+    ``pred`` (scikit-learn's ``f1_score(average="macro")``, a class with no true positive counting 0).
+
+    Examples:
+        >>> round(macro_f1(torch.tensor([1, 1, 1, 1]), torch.tensor([0, 1, 1, 1])), 4)  # (0 + 6/7) / 2
+        0.4286
+    """
+    if not len(labels):
+        return float("nan")
+    k = int(max(pred.max(), labels.max())) + 1
+    tp = torch.bincount(labels[pred == labels], minlength=k).float()
+    true, predicted = torch.bincount(labels, minlength=k).float(), torch.bincount(pred, minlength=k).float()
+    seen = (true + predicted) > 0
+    return float((2 * tp[seen] / (true[seen] + predicted[seen])).mean())
+
+
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """top-1, per-class accuracy, confusion matrix, ECE; top-5 above five classes (at five or fewer it is 1.0
-    by construction) and ROC AUC for two classes (it reads the scores, not only their argmax)."""
+    """top-1, balanced accuracy, macro-F1, per-class accuracy, confusion matrix, ECE; top-5 above five classes
+    (at five or fewer it is 1.0 by construction) and ROC AUC for two classes (it reads the scores, not only
+    their argmax). ``skewed``: whether the labels are (:func:`is_skewed`): summaries then show the balanced
+    accuracy and macro-F1 beside top-1."""
     k = logits.shape[1]
     keep = labels >= 0
     logits, labels = logits[keep], labels[keep]
@@ -92,6 +144,9 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
     report: dict[str, Any] = {
         "n": n,
         "top1": float((pred == labels).float().mean()) if n else float("nan"),
+        "balanced_accuracy": balanced_accuracy(pred, labels),
+        "macro_f1": macro_f1(pred, labels),
+        "skewed": is_skewed(labels),
         "per_class": {classes[c] if c < len(classes) else str(c): float(confusion[c, c] / per_class_total[c])
                       for c in range(k)},
         "confusion": confusion.tolist(),
@@ -106,8 +161,11 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
 
 
 def summary_line(report: dict[str, Any]) -> str:
-    """One line of a :func:`classification_report`: top-1, then top-5 or ROC AUC where they apply, ECE, n."""
+    """One line of a :func:`classification_report`: top-1, balanced accuracy and macro-F1 when the labels are
+    skewed, then top-5 or ROC AUC where they apply, ECE, n."""
     parts = [f"top-1 {report['top1']:.4f}"]
+    if report.get("skewed"):
+        parts += [f"balanced acc {report['balanced_accuracy']:.4f}", f"macro-F1 {report['macro_f1']:.4f}"]
     parts += [f"{name} {report[key]:.4f}" for key, name in (("top5", "top-5"), ("roc_auc", "ROC AUC"))
               if key in report]
     return "  ".join([*parts, f"ECE {report['ece']:.4f}", f"n={report['n']}"])

@@ -108,9 +108,11 @@ class StageEvaluation:
             main = next(iter(heads.values()))
             report = classification_report(main, labels, classes)
             report["predictions"] = predictions(main)
+            # balanced accuracy and macro-F1 beside top-1 when the test classes are skewed (evaluate.is_skewed)
+            skew = ("balanced_accuracy", "macro_f1") if report["skewed"] else ()
             metrics.update(test_top1=report["top1"], test_ece=report["ece"],
-                           **{f"test_{k}": report[k] for k in ("top5", "roc_auc") if k in report})
-            logger.log(step, {"top1": report["top1"]}, prefix="test")
+                           **{f"test_{k}": report[k] for k in ("top5", "roc_auc", *skew) if k in report})
+            logger.log(step, {"top1": report["top1"], **{k: report[k] for k in skew}}, prefix="test")
             if len(heads) > 1:
                 accs = {k: top1(v, labels) for k, v in heads.items()}
                 report["heads"] = accs

@@ -23,6 +23,7 @@ from torch import nn
 
 from semivit.core.ema import ModelEMA, half_life, scaled_momentum
 from semivit.data.loaders import Batch
+from semivit.methods.alignment import CLASS_THRESHOLDS, DIST_ALIGN, ClassThresholds, DistributionAlignment, check_choice
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.mixing import mix, soft_cross_entropy, soft_targets
 
@@ -42,6 +43,14 @@ class PseudoLabelParams:
     ema: float = 0.99
     ema_ref_steps: int | None = 2000
     eval_with: str = "teacher"  # ema_teacher: evaluate the teacher or the student
+    # skewed classes (methods/alignment.py): align the teacher's predictions to a target marginal (ReMixMatch's
+    # distribution alignment): off | uniform | labeled (the labeled batches' class frequencies) | pool (the
+    # unlabeled pool's marginal, estimated by EM: for class-balanced labels drawn from a skewed pool)
+    dist_align: str = "off"
+    align_window: float = 128.0  # batches the running marginal of the predictions averages (ReMixMatch: 128)
+    # per-class thresholds instead of the one τ: off | freematch (self-adaptive; τ itself then unused) |
+    # flexmatch (curriculum pseudo-labelling: τ scaled per class by how many images each class already holds)
+    class_thresholds: str = "off"
     MOMENTUM_REFERENCES: ClassVar[dict[str, str]] = {"ema": "ema_ref_steps"}
 
 
@@ -56,21 +65,25 @@ class FixMatchParams(PseudoLabelParams):
 
 
 def pseudo_mixup(x: torch.Tensor, conf: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                 mode: str, smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 mode: str, smoothing: float,
+                 passed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Probabilistic pseudo mixup (Semi-ViT, Sec. 3.3; reference util/mixup.py ``ProbPseudoMixup._mix_elem``).
 
     Each sample i is mixed with a shuffled partner j with ratio λ = p_i / (p_i + p_j); the soft target is
     λ·onehot(ŷ_i) + (1−λ)·onehot(ŷ_j) (smoothed), and the mixed sample's confidence is max(p_i, p_j).
     ``mode``: mixup, cutmix, or both (each sample draws CutMix or mixup with equal chance, as the
     reference's per-element ``use_cutmix = rand(B) < switch_prob``, util/mixup.py L59, switch_prob 0.5).
-    Returns the mixed images, targets and confidences.
+    Returns the mixed images, targets and confidences; with ``passed`` (each sample's own mask, e.g. from
+    per-class thresholds) the third is instead the mixed sample's mask, passed_i or passed_j: the same rule
+    as max(p_i, p_j) ≥ τ under one threshold.
     """
     perm = torch.randperm(len(x), device=x.device)
     lam = conf / (conf + conf[perm]).clamp_min(1e-12)
     mixed, lam = mix(x, perm, lam, mode)
     targets = soft_targets(labels, num_classes, smoothing)
     lam = lam.view(-1, 1)
-    return mixed, lam * targets + (1 - lam) * targets[perm], torch.maximum(conf, conf[perm])
+    third = torch.maximum(conf, conf[perm]) if passed is None else passed | passed[perm]
+    return mixed, lam * targets + (1 - lam) * targets[perm], third
 
 
 class PseudoLabelMethod(Method):
@@ -92,7 +105,28 @@ class PseudoLabelMethod(Method):
             from semivit.errors import SemivitError
 
             raise SemivitError(f"method.pseudo_mixup must be off, mixup, cutmix or both, got '{p.pseudo_mixup}'")
+        check_choice("dist_align", p.dist_align, DIST_ALIGN)
+        check_choice("class_thresholds", p.class_thresholds, CLASS_THRESHOLDS)
         self.unlabeled_ratio = p.mu
+        # built only when switched on, so the default runs' checkpoints keep their keys
+        self.aligner = (DistributionAlignment(self.num_classes, p.dist_align, p.align_window)
+                        if p.dist_align != "off" else None)
+        self.thresholder = (ClassThresholds(self.num_classes, p.class_thresholds, p.threshold)
+                            if p.class_thresholds != "off" else None)
+
+    def setup(self, num_train: int) -> None:
+        if self.thresholder is not None:
+            self.thresholder.setup(num_train)
+
+    def pseudo_labels(self, probs: torch.Tensor, y: torch.Tensor,
+                      index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The teacher's probabilities (aligned when ``dist_align`` is on), their confidences, pseudo-labels,
+        and the mask of those used (one τ, or per-class thresholds)."""
+        if self.aligner is not None:
+            probs = self.aligner(probs, y)
+        conf, pseudo = probs.max(-1)
+        mask = conf >= self.params.threshold if self.thresholder is None else self.thresholder(probs, index)
+        return probs, conf, pseudo, mask
 
     def teacher_logits(self, x_weak: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -106,8 +140,7 @@ class PseudoLabelMethod(Method):
             n, m = len(x_l), len(u_weak)
             logits = self.model(torch.cat([x_l, u_weak, u_strong]))
             logits_l, logits_u = logits[:n], logits[n + m:]
-            conf, pseudo = logits[n:n + m].detach().float().softmax(-1).max(-1)
-            mask = conf >= p.threshold
+            _, conf, pseudo, mask = self.pseudo_labels(logits[n:n + m].detach().float().softmax(-1), y, batch.u_index)
             loss_x = F.cross_entropy(logits_l.float(), y, label_smoothing=p.label_smoothing)
             loss_u = (F.cross_entropy(logits_u.float(), pseudo, reduction="none") * mask.float()).mean()
             return self._output(loss_x, loss_u, logits_l, y, metrics, mask, pseudo, batch.u_true)
@@ -115,15 +148,17 @@ class PseudoLabelMethod(Method):
         # from the pseudo-labels, so it cannot share their forward)
         with torch.no_grad():
             probs = self.teacher_logits(u_weak).float().softmax(-1)
-        conf, pseudo = probs.max(-1)
+        probs, conf, pseudo, own_mask = self.pseudo_labels(probs, y, batch.u_index)
         if p.pseudo_mixup != "off":
-            u_input, u_targets, mixed_conf = pseudo_mixup(u_strong, conf, pseudo, self.num_classes,
-                                                          p.pseudo_mixup, p.mixup_smoothing)
-            mask = mixed_conf >= p.threshold  # the mixed sample's confidence decides (engine_semi.py L110–111)
-            metrics["mask_unmixed"] = (conf >= p.threshold).float().mean()
+            passed = own_mask if self.thresholder is not None else None
+            u_input, u_targets, mixed = pseudo_mixup(u_strong, conf, pseudo, self.num_classes,
+                                                     p.pseudo_mixup, p.mixup_smoothing, passed)
+            # the mixed sample's confidence decides (engine_semi.py L110–111)
+            mask = mixed >= p.threshold if passed is None else mixed
+            metrics["mask_unmixed"] = own_mask.float().mean()
         else:
             u_input, u_targets = u_strong, F.one_hot(pseudo, self.num_classes).float()
-            mask = conf >= p.threshold
+            mask = own_mask
         # one forward pass over labeled and strong unlabeled images
         logits = self.model(torch.cat([x_l, u_input]))
         logits_l, logits_u = logits[:len(x_l)], logits[len(x_l):]

@@ -19,6 +19,7 @@ import torch
 
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
+from semivit.methods.alignment import DIST_ALIGN, DistributionAlignment, check_choice
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.losses import tsa_cross_entropy, tsa_threshold, uda_consistency
 from semivit.methods.pseudo_label import pseudo_label_diagnostics
@@ -31,6 +32,10 @@ class UDAParams:
     temperature: float = 0.4  # τ: sharpening of the targets (UDA CIFAR-10: 0.4; 1 = no sharpening)
     threshold: float = 0.8  # β: confidence mask on the unsharpened target (UDA: 0.8 CIFAR-10, 0.5 ImageNet)
     tsa: str = "off"  # training-signal annealing: off | linear | log | exp (exp: for very few labels)
+    # skewed classes: align the targets to a marginal before sharpening (methods/alignment.py; ReMixMatch's
+    # distribution alignment): off | uniform | labeled | pool
+    dist_align: str = "off"
+    align_window: float = 128.0  # batches the running marginal of the predictions averages (ReMixMatch: 128)
 
 
 @register_method
@@ -47,7 +52,10 @@ class UDA(Method):
             raise SemivitError(f"method.tsa must be off, linear, log or exp, got '{p.tsa}'")
         if p.temperature <= 0:
             raise SemivitError(f"method.temperature must be positive, got {p.temperature}")
+        check_choice("dist_align", p.dist_align, DIST_ALIGN)
         self.unlabeled_ratio = p.mu
+        self.aligner = (DistributionAlignment(self.num_classes, p.dist_align, p.align_window)
+                        if p.dist_align != "off" else None)
 
     def training_step(self, batch: Batch, step: int) -> StepOutput:
         p = self.params
@@ -59,6 +67,8 @@ class UDA(Method):
         n, m = len(x_l), len(u_weak)
         logits = self.model(torch.cat([x_l, u_weak, u_strong]))
         logits_l, target_logits, logits_u = logits[:n], logits[n:n + m].detach(), logits[n + m:]
+        if self.aligner is not None:  # the aligned probabilities as logits: uda_consistency sharpens and masks them
+            target_logits = self.aligner(target_logits.float().softmax(-1), y).clamp_min(1e-12).log()
         eta = tsa_threshold(p.tsa, step, self.total_steps, self.num_classes)
         loss_x, kept = tsa_cross_entropy(logits_l, y, eta)
         loss_u, mask = uda_consistency(logits_u, target_logits, p.temperature, p.threshold)
