@@ -64,3 +64,18 @@ def test_stages_do_not_share_sections():
     _, configs = stage_configs({"stages": [{"method": "supervised"}, {"method": "distill"}]}, {})
     configs[0].model.pretrained = "stage1.safetensors"
     assert configs[1].model.pretrained == "auto"  # the default, untouched by the first stage
+
+
+def test_stage_table_scores_pretraining_by_knn_and_shows_balanced_accuracy_when_skewed(tmp_path):
+    import json
+
+    from semivit.pipeline import stage_table
+
+    for name, metrics in {"stage1-mae": {"steps": 10, "test_top1": 0.11, "test_knn_top1": 0.62},
+                          "stage2-fixmatch": {"steps": 20, "test_top1": 0.75, "test_balanced_accuracy": 0.61,
+                                              "test_macro_f1": 0.6}}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(metrics))
+    mae, fixmatch = stage_table(tmp_path).splitlines()[1:]
+    assert "0.6200" in mae and "k-NN" in mae and "0.1100" not in mae  # its classifier is untrained
+    assert "0.7500" in fixmatch and "balanced acc 0.6100, macro-F1 0.6000" in fixmatch

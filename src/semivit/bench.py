@@ -222,6 +222,8 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
            "labels_per_class": len(split.labeled) / bundle.train.num_classes,
            "test_top1_last": last, "test_top1_best": best, "best_val_top1": metrics.get("best_val_top1"),
            "val_top1": metrics.get("val_top1"),
+           # present when the test classes are skewed (engine/evaluate.is_skewed): top-1 alone rewards the lean
+           **{k: metrics[k] for k in ("test_balanced_accuracy", "test_macro_f1") if metrics.get(k) is not None},
            "steps": sum(st["steps"] for st in stages),
            "images_per_sec": images / max(seconds, 1e-9), "train_seconds": seconds, "wall_seconds": wall,
            "pseudo_acc": last_pseudo_accuracy([cell_dir / f"stage{k}-{c.train.method}"

@@ -32,7 +32,8 @@ log = logging.getLogger("semivit")
 #: at most this many test images in the grid (mistakes first)
 GRID_IMAGES = 48
 #: results.json entries shown in a run's summary table, in this order
-SUMMARY_KEYS = ("method", "steps", "test_top1", "test_top5", "test_ece", "test_roc_auc", "test_knn_top1",
+SUMMARY_KEYS = ("method", "steps", "test_top1", "test_balanced_accuracy", "test_macro_f1", "test_top5", "test_ece",
+                "test_roc_auc", "test_knn_top1",
                 "test_linear_top1", "test_snn_top1", "val_top1", "best_val_top1", "best_step", "train_seconds",
                 "images_per_sec")
 
