@@ -24,6 +24,7 @@ NEEDS: dict[str, dict] = {
     "paws": {"train.batch_size": 8, "method.multicrop": 2, "method.images_per_class": 1},
     "nncsl": {"train.batch_size": 8, "method.multicrop": 2, "method.images_per_class": 1},
     "ssmae": {"method.gate": "open", "method.threshold": 0.0},
+    "openmatch": {"method.start_fix": 0, "method.threshold": 0.0},  # its FixMatch on inliers from step 0
     "semiformer": {"model.name": "semiformer_tiny", "model.embed_dim": 32, "method.warmup_u": 0,
                    "method.threshold": 0.0},
 }

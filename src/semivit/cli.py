@@ -149,7 +149,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         return 0
     print(suggest_command(pool, args.budget, args.output or "to_label.csv", strategy=args.strategy,
                           encoder=args.encoder, uncertainty=args.uncertainty, diversity=args.diversity,
-                          seed=args.seed, device=args.device, min_distance=args.min_distance))
+                          seed=args.seed, device=args.device, min_distance=args.min_distance, outliers=args.outliers))
     return 0
 
 
@@ -324,6 +324,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-distance", type=float, help="embedding distance under which an image is a near-duplicate "
                    "of a labeled one (default: a tenth of the median nearest-neighbour distance)")
     p.add_argument("--accept", metavar="CSV", help="merge the labels a person wrote into this CSV, write -o")
+    p.add_argument("--outliers", default="keep", help="with an OpenMatch run: keep (default), skip the images that "
+                   "look like none of your classes, or target them (to add a class)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --data: data settings "

@@ -71,7 +71,7 @@ class ImageInputs:
         if part == "test":
             assert self.data.test is not None
             return self.data.test, torch.arange(len(self.data.test))
-        if part not in ("labeled", "val"):
+        if part not in ("labeled", "val", "unlabeled"):
             raise ValueError(f"unknown part '{part}'")
         return self.data.train, getattr(self.data.split, part)
 
@@ -120,7 +120,7 @@ class FeatureInputs:
         if part == "test":
             assert self.feats.test is not None
             return self.feats.test
-        if part not in ("labeled", "val"):
+        if part not in ("labeled", "val", "unlabeled"):
             raise ValueError(f"unknown part '{part}'")
         return self.feats.train["none"][getattr(self.data.split, part)]
 

@@ -288,6 +288,7 @@ class Trainer:
                 metrics = self.evaluation.finish(self.eval_net(), ctx.step, self.progress, logger, t.method,
                                                  self._changed_by_length())
                 if self.dist.is_main:
+                    metrics.update(self.method.save_outputs(self.inputs, self.run_dir))
                     self.save_checkpoint(self.progress)
             finally:
                 logger.close()

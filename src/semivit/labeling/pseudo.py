@@ -17,7 +17,7 @@ import torch
 from semivit.errors import SemivitError
 from semivit.labeling.merge import merged_name
 from semivit.labeling.pool import Pool, teacher_probs, write_table
-from semivit.labeling.suggest import display_names, teacher_of
+from semivit.labeling.suggest import OUTLIER_CUTOFF, display_names, outlier_scores, teacher_of
 from semivit.report.runs import run_config
 
 #: τ for runs whose method has no threshold (supervised, …): FixMatch's (Sohn et al. 2020)
@@ -33,10 +33,20 @@ class PseudoLabels:
     confidence: np.ndarray
     margin: np.ndarray
     threshold: float
+    #: each candidate's outlier score (an openmatch run), else None; ≥ 0.5 = looks like none of the classes
+    outlier: np.ndarray | None = None
 
     @property
     def passes(self) -> np.ndarray:
-        return self.confidence >= self.threshold
+        ok = self.confidence >= self.threshold
+        return ok if self.outlier is None else ok & ~self.outside
+
+    @property
+    def outside(self) -> np.ndarray:
+        """The candidates that look like none of the classes (all False without outlier scores)."""
+        if self.outlier is None:
+            return np.zeros(len(self.indices), dtype=bool)
+        return self.outlier >= OUTLIER_CUTOFF
 
 
 def run_threshold(pool: Pool) -> float | None:
@@ -64,8 +74,10 @@ def pseudo_labels(pool: Pool, threshold: float | None = None, device: str = "cpu
     conf, label = probs.max(1)
     margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]
     order = np.argsort(conf.numpy(), kind="stable")  # least confident first: where review pays off
+    scores = outlier_scores(pool)  # an openmatch run: its pseudo-labels are for the images it calls inliers
+    outlier = None if scores is None else np.nan_to_num(scores[pool.candidates][order], nan=0.0)
     return PseudoLabels(pool.candidates[order], label.numpy()[order], conf.numpy()[order], margin.numpy()[order],
-                        float(tau))
+                        float(tau), outlier)
 
 
 def review_summary(pool: Pool, p: PseudoLabels) -> dict[str, float] | None:
@@ -100,8 +112,20 @@ def write_sheet(pool: Pool, p: PseudoLabels, path: str | Path, per_class: int = 
     path = Path(path)
     names = display_names(pool)
     sections, toc = [], []
+    far = np.nonzero(p.outside)[0]
+    if len(far):  # an openmatch run: its own sheet, most unfamiliar first, kept out of the class sections
+        assert p.outlier is not None
+        far = far[np.argsort(-p.outlier[far], kind="stable")]
+        shown = far[:per_class]
+        images = pool.train.get(torch.from_numpy(p.indices[shown]))
+        tiles = [tile(png_data_uri(images[k]), f"{esc(Path(names[p.indices[n]]).name)}<br>outlier "
+                      f"{p.outlier[n]:.2f} · guess {esc(pool.class_name(int(p.labels[n])))}", "warn",
+                      title=names[p.indices[n]]) for k, n in enumerate(shown)]
+        sections.append(f"<h2 id='none'>images that look like none of your classes: {len(far)} (outlier score ≥ "
+                        f"{OUTLIER_CUTOFF:g}; none passes)</h2>" + grid(tiles))
+        toc.append(f"<a href='#none'>none of your classes</a> ({len(far)})")
     for c in range(pool.train.num_classes):
-        rows = np.nonzero(p.labels == c)[0]
+        rows = np.nonzero((p.labels == c) & ~p.outside)[0]
         if len(rows) == 0:
             continue
         shown = rows[:per_class]

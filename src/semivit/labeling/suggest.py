@@ -46,6 +46,52 @@ class Suggestion:
         return len(self.indices)
 
 
+OUTLIERS = ("keep", "skip", "target")
+#: an image is "like none of your classes" from this outlier score on (OpenMatch's inlier cut-off)
+OUTLIER_CUTOFF = 0.5
+
+
+def outlier_scores(pool: Pool) -> np.ndarray | None:
+    """Each training image's outlier score from the run's ``outlier_scores.csv`` (an ``openmatch`` run writes
+    one for every unlabeled image; NaN for images it does not list), or None when the run has none."""
+    import csv
+
+    path = pool.run_dir / "outlier_scores.csv" if pool.run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    index = {image_id: i for i, image_id in enumerate(pool.train.ids)}
+    out = np.full(len(pool.train), np.nan)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["id"] in index:
+                out[index[row["id"]]] = float(row["outlier_score"])
+    return out
+
+
+def _outlier_candidates(pool: Pool, outliers: str) -> Pool:
+    """``pool`` with its candidates narrowed: ``skip`` drops the images that look like none of the classes
+    (outlier score ≥ 0.5), ``target`` keeps only those (to label what the classes miss: a new class?)."""
+    from dataclasses import replace
+
+    if outliers not in OUTLIERS:
+        raise SemivitError(f"unknown outliers '{outliers}': use one of {', '.join(OUTLIERS)}")
+    if outliers == "keep":
+        return pool
+    scores = outlier_scores(pool)
+    if scores is None:
+        raise SemivitError(f"outliers={outliers} needs the outlier scores of an openmatch run "
+                           f"(outlier_scores.csv in the run folder); '{pool.run_dir}' has none")
+    score = scores[pool.candidates]
+    far = score >= OUTLIER_CUTOFF
+    kept = pool.candidates[far if outliers == "target" else ~far]
+    if outliers == "target":  # most unfamiliar first
+        kept = kept[np.argsort(-scores[kept], kind="stable")]
+    log.info("suggest: outliers=%s leaves %d of %d unlabeled images", outliers, len(kept), len(pool.candidates))
+    if len(kept) == 0:
+        raise SemivitError(f"outliers={outliers}: no unlabeled image is left to choose from")
+    return replace(pool, candidates=np.sort(kept))
+
+
 def teacher_of(pool: Pool) -> Any:
     """The run's evaluation model when it has a trained classifier (None for a data pool or a pre-training
     run, whose head was never trained)."""
@@ -59,11 +105,14 @@ def teacher_of(pool: Pool) -> Any:
 
 def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | None = None,
             uncertainty: str = "margin", diversity: str = "kmeans++", seed: int = 0, device: str = "cpu",
-            min_distance: float | None = None, embedding: np.ndarray | None = None) -> Suggestion:
+            min_distance: float | None = None, embedding: np.ndarray | None = None,
+            outliers: str = "keep") -> Suggestion:
     """Choose ``budget`` images of ``pool.candidates`` to label next (distinct, unlabeled, no near-duplicate
     of a labeled image; the same seed gives the same images). ``embedding``: the pool's training images
     already embedded (one L2-normalised row per image of ``pool.train``, as :func:`embed` gives), so that a
-    loop asking one pool many times embeds it once."""
+    loop asking one pool many times embeds it once. ``outliers`` (a run of ``openmatch``): ``keep`` every
+    candidate, ``skip`` the images that look like none of the classes, or ``target`` only those."""
+    pool = _outlier_candidates(pool, outliers)
     if embedding is not None and len(embedding) != len(pool.train):
         raise SemivitError(f"the embedding has {len(embedding)} rows for {len(pool.train)} images: embed "
                            "the pool's own training images")

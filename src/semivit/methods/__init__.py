@@ -8,6 +8,7 @@ from semivit.methods import (  # noqa: F401  (importing registers)
     mae,
     nncsl,
     noisy_student,
+    openmatch,
     paws,
     pseudo_label,
     s4l,

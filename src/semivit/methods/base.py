@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -150,6 +151,13 @@ class Method(nn.Module):
     def on_validation(self, step: int, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Called every :attr:`validation_every` steps with the model's logits on the *validation* split
         (never the test set) and its labels, on every rank; returns values to log (e.g. a gate's state)."""
+        return {}
+
+    def save_outputs(self, inputs: Any, run_dir: Path) -> dict[str, Any]:
+        """Called once on rank 0 at the end of the stage, after the test pass, with the stage's inputs
+        (:mod:`semivit.engine.inputs`: ``inputs.logits(net, part)`` over ``unlabeled``, ``test``, ...): write
+        per-image outputs into the run folder (OpenMatch's outlier scores); returns metrics to add to the
+        stage's results (default: nothing)."""
         return {}
 
     def effective_settings(self) -> dict[str, Any]:
