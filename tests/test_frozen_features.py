@@ -130,8 +130,12 @@ def test_a_budget_plans_a_frozen_recipe_and_embeds_the_data_once(tmp_path, monke
     reads the cache: the backbone sees each image and view once in the whole run."""
     import json
 
+    from semivit import planning
     from semivit.pipeline import run_recipe
 
+    # the planned steps are what this checks: the 1.5× time-limit guard would cut them on a loaded machine
+    # (test_planning checks the guard itself)
+    monkeypatch.setattr(planning, "TIME_LIMIT_GUARD", 100.0)
     calls = _count_backbone_calls(monkeypatch)
     cfg = _frozen(tmp_path)
     overrides = {"model.name": ARCH, "model.pretrained": cfg.model.pretrained, "model.resolution": "32",
