@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from semivit.data import augment as A
+from semivit.data.views import VIEW_NAMES, make_view
 
 VIEWS = ("weak", "strong", "contrastive")
 
@@ -43,7 +44,7 @@ def test_to_float() -> None:
 @pytest.mark.parametrize("name", VIEWS)
 def test_views_keep_shape_dtype_and_range(name: str, c: int, size: int) -> None:
     x = batch(4, c, size)
-    out = A.make_view(name, x, gen(), flip=True)
+    out = make_view(name, x, gen(), flip=True)
     assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
     assert out.min() >= 0 and out.max() <= 1
     assert torch.equal(x, batch(4, c, size))  # the input is never modified
@@ -52,24 +53,24 @@ def test_views_keep_shape_dtype_and_range(name: str, c: int, size: int) -> None:
 def test_float64_and_non_square() -> None:
     x = batch(4, 3, 24, 40).double()
     for name in VIEWS:
-        out = A.make_view(name, x, gen(), flip=True)
+        out = make_view(name, x, gen(), flip=True)
         assert out.dtype == torch.float64 and out.shape == x.shape and 0 <= out.min() <= out.max() <= 1
 
 
 @pytest.mark.parametrize("name", VIEWS)
 def test_same_seed_same_views_other_seed_other_views(name: str) -> None:
     x = batch(8)
-    a, b = A.make_view(name, x, gen(5), flip=True), A.make_view(name, x, gen(5), flip=True)
+    a, b = make_view(name, x, gen(5), flip=True), make_view(name, x, gen(5), flip=True)
     assert torch.equal(a, b)
-    assert not torch.equal(a, A.make_view(name, x, gen(6), flip=True))
+    assert not torch.equal(a, make_view(name, x, gen(6), flip=True))
 
 
 @pytest.mark.parametrize("name", VIEWS)
 def test_randomness_drawn_does_not_depend_on_pixels(name: str) -> None:
     # Exact resume needs the generator to advance the same way whatever the images are.
     g1, g2 = gen(3), gen(3)
-    A.make_view(name, batch(8, seed=1), g1, flip=True)
-    A.make_view(name, torch.zeros(8, 3, 32, 32), g2, flip=True)
+    make_view(name, batch(8, seed=1), g1, flip=True)
+    make_view(name, torch.zeros(8, 3, 32, 32), g2, flip=True)
     assert torch.equal(g1.get_state(), g2.get_state())
 
 
@@ -189,27 +190,27 @@ def test_random_erase_masks_one_rectangle() -> None:
 
 def test_make_view_dispatch() -> None:
     x = batch(2)
-    assert A.VIEW_NAMES == ("none", "weak", "strong", "contrastive", "large", "small")
-    assert A.make_view("none", x, gen(), flip=True) is x
-    assert torch.equal(A.make_view("strong", x, gen(), flip=False, erase=False),
+    assert VIEW_NAMES == ("none", "weak", "strong", "contrastive", "large", "small")
+    assert make_view("none", x, gen(), flip=True) is x
+    assert torch.equal(make_view("strong", x, gen(), flip=False, erase=False),
                        A.strong(x, gen(), flip=False, erase=False))
     with pytest.raises(ValueError, match="none, weak, strong, contrastive, large, small"):
-        A.make_view("randaugment", x, gen(), flip=True)
+        make_view("randaugment", x, gen(), flip=True)
     with pytest.raises(ValueError, match="B×C×H×W"):
-        A.make_view("weak", torch.zeros(2, 3, 8, 8, dtype=torch.uint8), gen(), flip=True)
+        make_view("weak", torch.zeros(2, 3, 8, 8, dtype=torch.uint8), gen(), flip=True)
     x = batch(3)  # multi-crop: large views keep the size, small ones default to 9/16 of the side
-    assert A.make_view("large", x, gen(), flip=True).shape == x.shape
-    assert A.make_view("small", x, gen(), flip=True).shape[-1] == round(x.shape[-1] * 9 / 16)
-    assert A.make_view("small", x, gen(), flip=True, out_size=4).shape[-2:] == (4, 4)
+    assert make_view("large", x, gen(), flip=True).shape == x.shape
+    assert make_view("small", x, gen(), flip=True).shape[-1] == round(x.shape[-1] * 9 / 16)
+    assert make_view("small", x, gen(), flip=True, out_size=4).shape[-2:] == (4, 4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("generator_device", ["cuda", "cpu"])
 def test_cuda(generator_device: str) -> None:
     x = batch(16).cuda()
-    for name in A.VIEW_NAMES:
-        out = A.make_view(name, x, gen(0, generator_device), flip=True)
+    for name in VIEW_NAMES:
+        out = make_view(name, x, gen(0, generator_device), flip=True)
         assert out.device == x.device and out.shape == x.shape and 0 <= out.min() <= out.max() <= 1
-        assert torch.equal(out, A.make_view(name, x, gen(0, generator_device), flip=True))
+        assert torch.equal(out, make_view(name, x, gen(0, generator_device), flip=True))
     out = A.contrastive(x, gen(0, generator_device), out_size=24, blur=True)
     assert out.shape == (16, 3, 24, 24)

@@ -7,7 +7,7 @@ The Python surface (each name is imported on first use, so ``import semivit`` an
   :func:`find_label_issues` what ``semivit labelcheck`` does;
 - :class:`Config`, :func:`create_model`, :func:`list_methods`, :func:`run_recipe`, :data:`__version__`;
 - the pieces: ``semivit.methods.losses``, ``semivit.methods.mixing``, ``semivit.models.heads``,
-  ``semivit.data.augment`` (views), ``semivit.engine.callbacks``.
+  ``semivit.data.augment`` and ``semivit.data.views`` (views), ``semivit.engine.callbacks``.
 
 After ``import semivit``, timm knows semivit's ViT sizes: ``timm.create_model("vit_nano")``.
 

@@ -388,21 +388,3 @@ def multicrop_small(x: torch.Tensor, generator: torch.Generator | None, flip: bo
     size = out_size or max(1, round(x.shape[-1] * 9 / 16))
     return contrastive(x, generator, out_size=size, scale=scale, flip=flip, jitter_strength=jitter_strength,
                        **kwargs)
-
-
-# "none" is the batch as it is (evaluation view; draws no randomness).
-_VIEWS: dict[str, Callable[..., torch.Tensor]] = {"none": lambda x, generator, flip: x, "weak": weak,
-                                                   "strong": strong, "contrastive": contrastive,
-                                                   "large": multicrop_large, "small": multicrop_small}
-VIEW_NAMES: tuple[str, ...] = tuple(_VIEWS)
-
-
-def make_view(name: str, x: torch.Tensor, generator: torch.Generator | None, flip: bool,
-              **kwargs: object) -> torch.Tensor:
-    """The view ``name`` (one of :data:`VIEW_NAMES`) of batch ``x``; ``kwargs`` go to the view's function.
-    ``flip=False`` turns horizontal flips off (digits, text). Raises ValueError for an unknown name."""
-    try:
-        fn = _VIEWS[name]
-    except KeyError:
-        raise ValueError(f"unknown view '{name}': use one of {', '.join(VIEW_NAMES)}") from None
-    return fn(x, generator, flip=flip, **kwargs)

@@ -37,9 +37,10 @@ from safetensors.torch import load_file, save_file
 
 from semivit.core.io import atomic_write, atomic_write_json
 from semivit.data import PreparedData
-from semivit.data.augment import make_view, to_float
+from semivit.data.augment import to_float
 from semivit.data.imageset import ImageSet
 from semivit.data.loaders import BalancedIndexStream, Batch, IndexStream, LabeledAndUnlabeled
+from semivit.data.views import make_view
 from semivit.errors import SemivitError
 
 log = logging.getLogger("semivit")

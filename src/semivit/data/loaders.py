@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from semivit.config import DataConfig
-from semivit.data.augment import make_view, to_float
+from semivit.data.augment import to_float
 from semivit.data.imageset import ImageSet
+from semivit.data.views import make_view
 
 
 class IndexStream:

@@ -15,9 +15,9 @@ import torch
 from semivit.config import Config
 from semivit.core.distributed import DistInfo, barrier
 from semivit.data import PreparedData, channel_stats
-from semivit.data.augment import VIEW_NAMES
 from semivit.data.loaders import BatchMaker
 from semivit.data.splits import steps_for_epochs
+from semivit.data.views import VIEW_NAMES
 from semivit.engine.checkpoint import read_export_meta, read_spec
 from semivit.engine.evaluate import _batched
 from semivit.engine.logger import check_tracker
