@@ -15,7 +15,7 @@ m scaled to the stage's length (:mod:`semivit.core.ema`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ class PseudoLabelParams:
     threshold: float = 0.7  # τ: confidence needed to use a pseudo-label
     lambda_u: float = 5.0  # λ_u: weight of the unlabeled loss
     mu: float = 5.0  # μ: unlabeled images per labeled image
-    pseudo_mixup: str = "off"  # probabilistic pseudo mixup: off | mixup | cutmix | both (each image picks one)
+    pseudo_mixup: Literal["off", "mixup", "cutmix", "both"] = "off"  # probabilistic pseudo mixup (both: per image)
     mixup_smoothing: float = 0.1  # label smoothing of the mixed soft targets
     label_smoothing: float = 0.1  # ε of the labeled cross-entropy (Semi-ViT's main_semi.py L91, L403–404)
     # EMA-Teacher momentum m (ema_teacher only), declared for a stage of `ema_ref_steps` steps: a stage of K
@@ -42,15 +42,15 @@ class PseudoLabelParams:
     # (an `ema` given without `ema_ref_steps` is per step: methods.base.method_params)
     ema: float = 0.99
     ema_ref_steps: int | None = 2000
-    eval_with: str = "teacher"  # ema_teacher: evaluate the teacher or the student
+    eval_with: Literal["teacher", "student"] = "teacher"  # ema_teacher: evaluate the teacher or the student
     # skewed classes (methods/alignment.py): align the teacher's predictions to a target marginal (ReMixMatch's
     # distribution alignment): off | uniform | labeled (the labeled batches' class frequencies) | pool (the
     # unlabeled pool's marginal, estimated by EM: for class-balanced labels drawn from a skewed pool)
-    dist_align: str = "off"
+    dist_align: Literal["off", "uniform", "labeled", "pool"] = "off"
     align_window: float = 128.0  # batches the running marginal of the predictions averages (ReMixMatch: 128)
     # per-class thresholds instead of the one τ: off | freematch (self-adaptive; τ itself then unused) |
     # flexmatch (curriculum pseudo-labelling: τ scaled per class by how many images each class already holds)
-    class_thresholds: str = "off"
+    class_thresholds: Literal["off", "freematch", "flexmatch"] = "off"
     MOMENTUM_REFERENCES: ClassVar[dict[str, str]] = {"ema": "ema_ref_steps"}
 
 

@@ -26,6 +26,7 @@ split one confident image would decide the gate by itself. ``gate: open`` forces
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ class SSMAEParams(MAEParams):  # MAE's settings (mask ratio, decoder, view to re
     lambda_u: float = 1.0  # weight of a pseudo-labelled image against a labeled one (1 = the reference)
     mu: float = 2.0  # unlabeled images per labeled image (the reference: 32 unlabeled + 16 labeled, main.py L190–206)
     threshold: float = 0.95  # acceptance: both views' confidence above this, and the same class
-    gate: str = "val"  # val (the validation rule) | open (from step 0) | closed (never)
+    gate: Literal["val", "open", "closed"] = "val"  # val (the validation rule) | open (from step 0) | closed (never)
     # between gate checks, and no pseudo-labels before gate_start: each a share of the stage's steps (< 1) or a
     # number of steps (>= 1). 0.0357: the ssmae recipe's 100 of 2,800 steps, the proportion it was tuned at (the
     # reference checks once per epoch of 100, from epoch 10)

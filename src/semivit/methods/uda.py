@@ -14,6 +14,7 @@ with m_i = 1[p_θ(y_i|x_i) ≤ η_t] and η_t = α_t·(1 − 1/K) + 1/K (α_t: l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -31,10 +32,10 @@ class UDAParams:
     mu: float = 7.0  # unlabeled images per labeled image (UDA's image runs use a several-times larger batch)
     temperature: float = 0.4  # τ: sharpening of the targets (UDA CIFAR-10: 0.4; 1 = no sharpening)
     threshold: float = 0.8  # β: confidence mask on the unsharpened target (UDA: 0.8 CIFAR-10, 0.5 ImageNet)
-    tsa: str = "off"  # training-signal annealing: off | linear | log | exp (exp: for very few labels)
+    tsa: Literal["off", "linear", "log", "exp"] = "off"  # training-signal annealing (exp: for very few labels)
     # skewed classes: align the targets to a marginal before sharpening (methods/alignment.py; ReMixMatch's
     # distribution alignment): off | uniform | labeled | pool
-    dist_align: str = "off"
+    dist_align: Literal["off", "uniform", "labeled", "pool"] = "off"
     align_window: float = 128.0  # batches the running marginal of the predictions averages (ReMixMatch: 128)
 
 
