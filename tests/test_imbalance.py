@@ -229,7 +229,8 @@ def test_cli_takes_the_settings_and_refuses_bad_ones(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--name", "bad", "--set", "method.class_thresholds=flexmach"]) == 2
     err = capsys.readouterr().err
-    assert "method.class_thresholds must be one of off, freematch, flexmatch" in err and len(err.strip().splitlines()) == 1
+    assert "method.class_thresholds must be one of off, freematch, flexmatch" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def _rank_batches(rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
