@@ -266,12 +266,13 @@ def check_keys(found: typing.Iterable[str], allowed: typing.Iterable[str], where
 
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys and bad values."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in fields:  # one setting named in full: '{where}.{key}'
             raise SemivitError(f"unknown setting '{where}.{key}'{_nearest(key, fields)}; "
                                f"valid keys: {', '.join(fields)}")
-    return cls(**{key: _coerce(value, fields[key].type, f"{where}.{key}") for key, value in values.items()})
+    hints = typing.get_type_hints(cls)  # annotations resolved in their module (a Literal alias, e.g. DistAlign)
+    return cls(**{key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()})
 
 
 def update_dataclass(obj: Any, values: dict[str, Any], where: str) -> Any:

@@ -40,13 +40,15 @@ def find_recipe(name: str | Path) -> Path:
     raise SemivitError(f"recipe '{name}' not found: pass a YAML file or one of {', '.join(names)}")
 
 
-def stage_configs(recipe: dict[str, Any], overrides: dict[str, Any]) -> tuple[str, list[Config]]:
-    """The resolved config of every stage: recipe sections < stage sections < command-line overrides."""
+def stage_configs(recipe: dict[str, Any], overrides: dict[str, Any],
+                  base: Config | None = None) -> tuple[str, list[Config]]:
+    """The resolved config of every stage: ``base`` (default: Config's defaults; a video run's defaults for video
+    recipes) < recipe sections < stage sections < command-line overrides."""
     stages = recipe.get("stages")
     if not isinstance(stages, list) or not stages:
         raise SemivitError("a recipe needs a non-empty 'stages' list (each with a 'method')")
     shared = {k: v for k, v in recipe.items() if k not in ("stages", "name", "description")}
-    base = apply_overrides(Config(), shared)
+    base = apply_overrides(base or Config(), shared)
     configs = []
     for k, stage in enumerate(stages, 1):
         if not isinstance(stage, dict) or "method" not in stage:

@@ -127,15 +127,12 @@ def check_labels(pool: Pool, data: Any, *, probs: str = "kfold", model: str | No
     """
     if probs not in PROBS:
         raise SemivitError(f"unknown --probs '{probs}': use {' or '.join(PROBS)}")
-    if probs == "teacher":
-        rows, p, source = _teacher_probs(pool, device)
-    else:
-        rows = pool.labeled
+    rows, p, source = _teacher_probs(pool, device) if probs == "teacher" else (pool.labeled, None, "")
+    given = np.array([pool.known[int(i)] for i in rows])
+    if p is None:  # k-fold: each label judged by a model fitted on the other folds
         x, what = labeled_features(pool, data, model=model, encoder=encoder, device=device)
-        given = np.array([pool.known[int(i)] for i in rows])
         p = out_of_sample_probs(x, given, folds, seed, num_classes=pool.train.num_classes)
         source = f"{folds}-fold logistic regression on {what}"
-    given = np.array([pool.known[int(i)] for i in rows])
     log.info("labelcheck: %d labels, probabilities from %s", len(rows), source)
     issues = find_issues(given, p, rank_by=rank_by, filter_by=filter_by, source=source)
     issues.indices = rows[issues.indices]

@@ -21,6 +21,8 @@ and averaged over the DDP ranks (an all-reduce / all-gather: every rank keeps th
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -28,8 +30,11 @@ from torch import nn
 from semivit.core.distributed import all_gather_cat, world_size
 from semivit.errors import SemivitError
 
-DIST_ALIGN = ("off", "uniform", "labeled", "pool")
-CLASS_THRESHOLDS = ("off", "freematch", "flexmatch")
+#: the choices of ``method.dist_align`` and ``method.class_thresholds`` (the methods' Params use these types)
+DistAlign = Literal["off", "uniform", "labeled", "pool"]
+ClassThresholdScheme = Literal["off", "freematch", "flexmatch"]
+DIST_ALIGN: tuple[str, ...] = get_args(DistAlign)
+CLASS_THRESHOLDS: tuple[str, ...] = get_args(ClassThresholdScheme)
 
 
 def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -7,8 +7,10 @@ its loss in :meth:`Method.training_step`, and updates any extra state (an EMA te
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -96,6 +98,7 @@ class Method(nn.Module):
 
     def __init__(self, model: ImageClassifier, params: Any, num_classes: int, total_steps: int) -> None:
         super().__init__()
+        check_choices(params)
         self.model, self.params = model, params
         self.num_classes, self.total_steps = num_classes, total_steps
 
@@ -174,6 +177,19 @@ class Method(nn.Module):
         """The classifier the next pipeline stage starts from (an :class:`ImageClassifier` for image runs; the
         head for a run on cached features, which the Trainer puts back on its backbone at export)."""
         return self.eval_model()
+
+
+def check_choices(params: Any) -> None:
+    """Every choice setting (a ``Literal`` field) of a method's Params holds one of its choices: the config
+    checks them when it parses them, and this checks Params built directly in Python, with one line naming the
+    choices."""
+    hints = typing.get_type_hints(type(params))
+    for f in dataclasses.fields(params):
+        choices = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is typing.Literal else ()
+        value = getattr(params, f.name)
+        if choices and value not in choices:
+            raise SemivitError(f"method.{f.name} must be {', '.join(map(str, choices[:-1]))} or {choices[-1]}, "
+                               f"got '{value}'")
 
 
 def load_teacher(path: str, method: str, hint: str, num_classes: int | None = None) -> nn.Module:

@@ -171,7 +171,7 @@ class OpenMatch(Method):
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The K-way logits and the features the classifier reads (which the OVA heads read too)."""
         if isinstance(self.model, FeatureHead):
-            h = (x.float() - self.model.mean) / self.model.std
+            h = self.model.standardize(x)
             return self.model.linear(h), h
         h = self.model.classifier_input(x)
         return self.model.classifier()(h), h

@@ -23,7 +23,7 @@ from torch import nn
 
 from semivit.core.ema import ModelEMA, half_life, scaled_momentum
 from semivit.data.loaders import Batch
-from semivit.methods.alignment import CLASS_THRESHOLDS, DIST_ALIGN, ClassThresholds, DistributionAlignment, check_choice
+from semivit.methods.alignment import ClassThresholds, ClassThresholdScheme, DistAlign, DistributionAlignment
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.mixing import mix, soft_cross_entropy, soft_targets
 
@@ -46,11 +46,11 @@ class PseudoLabelParams:
     # skewed classes (methods/alignment.py): align the teacher's predictions to a target marginal (ReMixMatch's
     # distribution alignment): off | uniform | labeled (the labeled batches' class frequencies) | pool (the
     # unlabeled pool's marginal, estimated by EM: for class-balanced labels drawn from a skewed pool)
-    dist_align: Literal["off", "uniform", "labeled", "pool"] = "off"
+    dist_align: DistAlign = "off"
     align_window: float = 128.0  # batches the running marginal of the predictions averages (ReMixMatch: 128)
     # per-class thresholds instead of the one τ: off | freematch (self-adaptive; τ itself then unused) |
     # flexmatch (curriculum pseudo-labelling: τ scaled per class by how many images each class already holds)
-    class_thresholds: Literal["off", "freematch", "flexmatch"] = "off"
+    class_thresholds: ClassThresholdScheme = "off"
     MOMENTUM_REFERENCES: ClassVar[dict[str, str]] = {"ema": "ema_ref_steps"}
 
 
@@ -101,12 +101,6 @@ class PseudoLabelMethod(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
-        if p.pseudo_mixup not in ("off", "mixup", "cutmix", "both"):
-            from semivit.errors import SemivitError
-
-            raise SemivitError(f"method.pseudo_mixup must be off, mixup, cutmix or both, got '{p.pseudo_mixup}'")
-        check_choice("dist_align", p.dist_align, DIST_ALIGN)
-        check_choice("class_thresholds", p.class_thresholds, CLASS_THRESHOLDS)
         self.unlabeled_ratio = p.mu
         # built only when switched on, so the default runs' checkpoints keep their keys
         self.aligner = (DistributionAlignment(self.num_classes, p.dist_align, p.align_window)

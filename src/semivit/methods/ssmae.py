@@ -68,8 +68,6 @@ class SSMAE(MAE):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
-        if p.gate not in ("val", "open", "closed"):
-            raise SemivitError(f"method.gate is '{p.gate}': use val, open or closed")
         if p.gate_every <= 0:
             raise SemivitError(f"method.gate_every must be positive (a share of the steps below 1, or a number "
                                f"of steps), got {p.gate_every}")

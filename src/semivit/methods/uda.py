@@ -20,7 +20,7 @@ import torch
 
 from semivit.data.loaders import Batch
 from semivit.errors import SemivitError
-from semivit.methods.alignment import DIST_ALIGN, DistributionAlignment, check_choice
+from semivit.methods.alignment import DistAlign, DistributionAlignment
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.losses import tsa_cross_entropy, tsa_threshold, uda_consistency
 from semivit.methods.pseudo_label import pseudo_label_diagnostics
@@ -35,7 +35,7 @@ class UDAParams:
     tsa: Literal["off", "linear", "log", "exp"] = "off"  # training-signal annealing (exp: for very few labels)
     # skewed classes: align the targets to a marginal before sharpening (methods/alignment.py; ReMixMatch's
     # distribution alignment): off | uniform | labeled | pool
-    dist_align: Literal["off", "uniform", "labeled", "pool"] = "off"
+    dist_align: DistAlign = "off"
     align_window: float = 128.0  # batches the running marginal of the predictions averages (ReMixMatch: 128)
 
 
@@ -49,11 +49,8 @@ class UDA(Method):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
-        if p.tsa not in ("off", "linear", "log", "exp"):
-            raise SemivitError(f"method.tsa must be off, linear, log or exp, got '{p.tsa}'")
         if p.temperature <= 0:
             raise SemivitError(f"method.temperature must be positive, got {p.temperature}")
-        check_choice("dist_align", p.dist_align, DIST_ALIGN)
         self.unlabeled_ratio = p.mu
         self.aligner = (DistributionAlignment(self.num_classes, p.dist_align, p.align_window)
                         if p.dist_align != "off" else None)

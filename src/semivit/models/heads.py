@@ -107,8 +107,12 @@ class FeatureHead(nn.Module):
         self.register_buffer("std", feats.std(0).clamp_min(1e-6))
         self.linear = nn.Linear(feats.shape[1], num_classes)
 
+    def standardize(self, h: torch.Tensor) -> torch.Tensor:
+        """(h − μ)/σ: what the linear layer reads."""
+        return (h.float() - self.mean) / self.std
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear((h.float() - self.mean) / self.std)
+        return self.linear(self.standardize(h))
 
 
 @torch.no_grad()

@@ -59,13 +59,11 @@ def cmd_sprites(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from semivit.config import load_yaml
+    from semivit.config import apply_overrides, load_yaml
     from semivit.video.train import train_video, video_config
 
-    base = load_yaml(args.config) if args.config else {}
-    flat = {f"{section}.{k}": v for section, values in base.items() if isinstance(values, dict)
-            for k, v in values.items()}
-    result = train_video(video_config({**flat, **_overrides(args)}))
+    base = apply_overrides(video_config(), load_yaml(args.config)) if args.config else video_config()
+    result = train_video(apply_overrides(base, _overrides(args)))
     _print(result.metrics, result.run_dir)
     return 0
 

@@ -92,16 +92,7 @@ def run_video_recipe(recipe: str | dict[str, Any], overrides: dict[str, Any] | N
     the previous stage's export, in ``OUT/NAME/stageK-METHOD``: the image pipeline's stages on clips."""
     values = recipe if isinstance(recipe, dict) else load_yaml(find_video_recipe(recipe))
     # the video defaults sit below the recipe's own sections, as Config's defaults do for image recipes
-    merged: dict[str, Any] = {}
-    for key, value in VIDEO_DEFAULTS.items():
-        section, _, field = key.partition(".")
-        merged.setdefault(section, {})[field] = value
-    for section, content in values.items():
-        if isinstance(content, dict) and isinstance(merged.get(section), dict):
-            merged[section] = {**merged[section], **content}
-        else:
-            merged[section] = content
-    name, configs = stage_configs(merged, overrides or {})
+    name, configs = stage_configs(values, overrides or {}, base=video_config())
     first = configs[0]
     root = Path(first.train.out) / (run_name or first.train.name or name)
     if first.train.resume:
