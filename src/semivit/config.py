@@ -169,6 +169,28 @@ class VideoConfig:
 
 
 @dataclass
+class MultiLabelConfig:
+    """Data with several labels per image (an npz ``y`` of N×C 0/1, a CSV ``labels`` column of ``a|b``, a Hugging
+    Face ``Sequence(ClassLabel)``): each class is its own yes/no question, with a sigmoid output. supervised,
+    fixmatch and ema_teacher train on it (:mod:`semivit.methods.multilabel`); these settings are refused on
+    data with one label per image, where they would do nothing."""
+
+    loss: Literal["bce", "asl"] = "bce"  # asl: the asymmetric loss (Ridnik et al., ICCV 2021)
+    gamma_neg: float = 4.0  # asl: focusing of the negatives γ−
+    gamma_pos: float = 0.0  # asl: focusing of the positives γ+
+    clip: float = 0.05  # asl: the probability margin m shifted off the negatives
+    # pseudo-labels, per class (UPS, Rizve et al., ICLR 2021): positive where the teacher's p ≥ method.threshold,
+    # negative where p ≤ negative_threshold, no loss in between
+    negative_threshold: float = 0.05
+    # fixed: those two thresholds for every class; cap: per-class thresholds that make the pseudo-labels' class
+    # frequencies those of the labeled images (CAP, Xie et al., NeurIPS 2023), from running quantiles of the
+    # teacher's predictions over about cap_window batches; cap_keep < 1 labels only the most confident share
+    thresholds: Literal["fixed", "cap"] = "fixed"
+    cap_window: int = 64
+    cap_keep: float = 1.0
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -176,6 +198,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    multilabel: MultiLabelConfig = field(default_factory=MultiLabelConfig)
     method: dict[str, Any] = field(default_factory=dict)  # checked against the method's own settings
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,7 +206,7 @@ class Config:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
-            "features": FeaturesConfig, "video": VideoConfig}
+            "features": FeaturesConfig, "video": VideoConfig, "multilabel": MultiLabelConfig}
 
 
 def _nearest(key: str, valid: typing.Iterable[str]) -> str:

@@ -76,7 +76,7 @@ def _announce_flip(name: str, flip: bool) -> None:
 def _provided_val_split(train: ImageSet, val_index: torch.Tensor, labels_spec: str, seed: int) -> Split:
     """The source's own validation part as the validation split: ``--labels`` is drawn from the rest, which
     (as in every split) also forms the unlabeled pool. Its labels are extra, beyond ``--labels``."""
-    val_index = val_index[train.labels[val_index] >= 0]  # an unlabeled validation image validates nothing
+    val_index = val_index[train.known()[val_index]]  # an unlabeled validation image validates nothing
     if len(val_index) == 0:
         return make_split(train, labels_spec, "auto", seed)
     hidden = train.labels.clone()

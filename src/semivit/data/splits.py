@@ -100,9 +100,58 @@ def _per_class_counts(spec: str, available: list[int], what: str) -> list[int]:
     return counts
 
 
+def _take_multilabel(labels: torch.Tensor, pool: torch.Tensor, spec: str, generator: torch.Generator,
+                     what: str) -> torch.Tensor:
+    """Pick images of a multi-label ``pool`` (labels N×C), seeded: ``all``; ``N-per-class``: until every class
+    has N positive images (rarest class first); a total ``N`` or ``p%`` of the pool: first one positive image of
+    each class (rarest first, when the total allows one per class), the rest at random."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return torch.sort(pool).values
+    pos = labels[pool] == 1
+    k = pos.shape[1]
+    perm = torch.randperm(len(pool), generator=generator)
+    chosen = torch.zeros(len(pool), dtype=torch.bool)
+    rarest_first = torch.argsort(pos.sum(0), stable=True).tolist()
+
+    def add_positives(c: int, need: int) -> None:
+        candidates = perm[pos[perm, c] & ~chosen[perm]]
+        if need > len(candidates):
+            raise SemivitError(f"{what} '{spec}' asks for {need} more images with class {c} but only "
+                               f"{len(candidates)} are labeled (and not used elsewhere): ask for fewer labels")
+        chosen[candidates[:need]] = True
+
+    if m := re.fullmatch(r"(\d+)-?per-?class", spec):
+        for c in rarest_first:
+            add_positives(c, max(0, int(m.group(1)) - int(pos[chosen, c].sum())))
+        return torch.sort(pool[chosen]).values
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)%", spec):
+        frac = float(m.group(1)) / 100
+        if not 0 < frac <= 1:
+            raise SemivitError(f"{what} '{spec}' must be a percentage in (0, 100]")
+        total = max(1, round(frac * len(pool)))
+    elif re.fullmatch(r"\d+", spec):
+        total = int(spec)
+    else:
+        raise SemivitError(f"cannot read {what} '{spec}': {SPEC_HELP}")
+    if total > len(pool):
+        raise SemivitError(f"{what} '{spec}' asks for {total} images but only {len(pool)} are labeled (and not "
+                           f"used elsewhere): ask for fewer labels")
+    if total >= k:
+        for c in rarest_first:
+            if pos[:, c].any() and not pos[chosen, c].any():
+                add_positives(c, 1)
+    rest = perm[~chosen[perm]]
+    chosen[rest[:max(0, total - int(chosen.sum()))]] = True
+    return torch.sort(pool[chosen]).values
+
+
 def _take_per_class(labels: torch.Tensor, pool: torch.Tensor, spec: str, num_classes: int,
                     generator: torch.Generator, what: str) -> torch.Tensor:
-    """Pick ``spec`` images per class from ``pool`` (indices), seeded and class-balanced."""
+    """Pick ``spec`` images per class from ``pool`` (indices), seeded and class-balanced (multi-label data:
+    :func:`_take_multilabel`)."""
+    if labels.dim() == 2:
+        return _take_multilabel(labels, pool, spec, generator, what)
     by_class = [pool[labels[pool] == c] for c in range(num_classes)]
     counts = _per_class_counts(spec, [len(b) for b in by_class], what)
     chosen = []
@@ -139,6 +188,14 @@ def _held_out_counts(spec: str, available: list[int]) -> list[int]:
 def _hold_out(train: ImageSet, labeled: torch.Tensor, spec: str,
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``spec`` images per class of ``labeled`` (seeded) for validation; the rest train."""
+    if train.multilabel:
+        if spec.strip().lower() == "all":
+            raise SemivitError(f"data.val 'all{OF_LABELS}' would leave nothing to train on: {VAL_HELP}")
+        val_t = _take_multilabel(train.labels, labeled, spec, generator, "data.val")
+        if len(val_t) >= len(labeled):
+            raise SemivitError(f"data.val '{spec}{OF_LABELS}' holds out all {len(labeled)} labels, leaving none to "
+                               f"train on: ask for fewer (e.g. '20%{OF_LABELS}')")
+        return labeled[~torch.isin(labeled, val_t)], val_t
     k = train.num_classes
     by_class = [labeled[train.labels[labeled] == c] for c in range(k)]
     counts = _held_out_counts(spec, [len(b) for b in by_class])
@@ -155,6 +212,10 @@ def _fold(train: ImageSet, labeled: torch.Tensor, fold: int, folds: int,
     stopped, so folds differ in size by at most one and a class with ≥ 2 labels keeps one in training."""
     if folds < 2 or not 1 <= fold <= folds:
         raise SemivitError(f"data.val 'fold-{fold}-of-{folds}' needs 2 or more folds and 1 ≤ fold ≤ folds")
+    if train.multilabel:  # dealt round-robin in a seeded order (no classes to stratify by)
+        shuffled = labeled[torch.randperm(len(labeled), generator=generator)]
+        val_t = torch.sort(shuffled[torch.arange(len(shuffled)) % folds == fold - 1]).values
+        return labeled[~torch.isin(labeled, val_t)], val_t
     val, position = [], 0
     for c in range(train.num_classes):
         members = labeled[train.labels[labeled] == c]
@@ -171,7 +232,7 @@ def _fold(train: ImageSet, labeled: torch.Tensor, fold: int, folds: int,
 def make_split(train: ImageSet, labels_spec: str = "all", val_spec: str = "auto", seed: int = 0) -> Split:
     """A seeded class-balanced split of ``train`` (see the module docstring)."""
     k = train.num_classes
-    known = torch.nonzero(train.labels >= 0).flatten()
+    known = torch.nonzero(train.known()).flatten()
     if k == 0 or len(known) == 0:
         raise SemivitError("the training data has no labeled images: give a labeled source (class folders, "
                            "a CSV with labels) and add unlabeled images with --unlabeled")
@@ -188,9 +249,12 @@ def _carve_val(train: ImageSet, labeled: torch.Tensor, val_spec: str,
         return *_hold_out(train, labeled, spec[: -len(OF_LABELS)], generator), VAL_HELD_OUT
     if m := _FOLD.fullmatch(spec):
         return *_fold(train, labeled, int(m.group(1)), int(m.group(2)), generator), VAL_HELD_OUT
-    known = torch.nonzero(train.labels >= 0).flatten()
+    known = torch.nonzero(train.known()).flatten()
     rest = known[~torch.isin(known, labeled)]
-    if spec == "auto":
+    if spec == "auto" and train.multilabel:  # 10% of what is left, between one and 50 images per class
+        k = train.num_classes
+        spec = str(min(50 * k, max(k, len(rest) // 10))) if len(rest) >= k else "0"
+    elif spec == "auto":
         per_class = min(int((train.labels[rest] == c).sum()) for c in range(train.num_classes))
         spec = _auto_val_spec(per_class) if per_class else "0"
     try:
@@ -258,7 +322,7 @@ def load_split(path: str, train: ImageSet, val_spec: str = "auto", seed: int = 0
                                str(data.get("val_from", VAL_EXTRA)))
     names = [line.strip().split()[0] for line in text.splitlines() if line.strip()]
     labeled = _indices_of(train, names, path)
-    if (train.labels[labeled] < 0).any():
+    if not train.known()[labeled].all():
         raise SemivitError(f"list file '{path}' names unlabeled images: list labeled images only")
     return _with_unlabeled(train, *_carve_val(train, labeled, val_spec, torch.Generator().manual_seed(seed)))
 

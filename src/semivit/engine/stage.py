@@ -89,10 +89,14 @@ def build_model(cfg: Config, data: PreparedData, dist: DistInfo, device: torch.d
         raise SemivitError(f"model.resolution={m.resolution} applies to pretrained backbones (hub names, "
                            f"--pretrained files of a timm architecture); '{m.name}' trains from scratch at the "
                            f"data's size: set data.image_size instead")
+    model.spec.multilabel = train.multilabel  # sigmoid outputs: what predict, export and evaluation read
     if not hub_weights and bare is None:  # pretrained backbones keep the mean/std they were trained with
         model.set_normalization(*channel_stats(train, seed=cfg.train.seed))
     if local:
         load_pretrained(model, local, verbose=dist.is_main)
+    if m.head_init == "imprint" and train.multilabel:
+        raise SemivitError("model.head_init=imprint averages each class's images, which needs one class per image: "
+                           "use the default random head with multi-label data")
     if m.head_init == "imprint":
         imprint(model, local, data, device, dist.is_main)
     return model

@@ -21,6 +21,7 @@ from semivit.engine.checkpoint import export_weights
 from semivit.engine.evaluate import classification_report, knn_top1, linear_probe_top1, snn_top1, top1
 from semivit.engine.inputs import StageInputs, has_test
 from semivit.engine.logger import RunLogger
+from semivit.engine.multilabel_eval import choose_thresholds, mean_ap, multilabel_report
 from semivit.errors import SemivitError
 
 
@@ -32,10 +33,23 @@ class StageEvaluation:
         self.inputs, self.dist, self.ckpt_dir = inputs, dist, ckpt_dir
         self.pretraining, self.export_meta = pretraining, export_meta
         self.split = inputs.data.split
+        # multi-label data: judged by mAP, and each class's threshold chosen on the validation split
+        self.multilabel = inputs.data.train.multilabel
+        self.score = "map" if self.multilabel else "top1"
+        self.thresholds: list[float] = [0.5] * inputs.data.train.num_classes if self.multilabel else []
 
     def _export(self, net: nn.Module, name: str) -> None:
         model = self.inputs.exportable(net)
+        if self.multilabel:  # the exported model carries its decision thresholds (predict, ONNX)
+            model.spec.thresholds = list(self.thresholds)
         export_weights(model, self.ckpt_dir / name, model.spec.to_dict(), self.export_meta)
+
+    def _score(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        """Top-1, or on multi-label data the mAP (and the thresholds of these validation logits)."""
+        if not self.multilabel:
+            return top1(logits, labels)
+        self.thresholds = choose_thresholds(logits, labels)
+        return mean_ap(logits, labels)
 
     def validate(self, net: nn.Module, step: int, progress: dict, logger: RunLogger) -> float | None:
         """Top-1 on the validation split (rank 0); keeps the best weights as best.safetensors."""
@@ -53,8 +67,8 @@ class StageEvaluation:
             logger.log(step, {"knn_top1": acc}, prefix="val")
         else:
             heads = self.inputs.head_logits(net, "val")
-            acc = top1(next(iter(heads.values())), self.inputs.labels("val"))
-            logger.log(step, {"top1": acc}, prefix="val")
+            acc = self._score(next(iter(heads.values())), self.inputs.labels("val"))
+            logger.log(step, {self.score: acc}, prefix="val")
         if acc > progress["best_val"]:
             progress["best_val"], progress["best_step"] = acc, step
             self._export(net, "best.safetensors")
@@ -82,15 +96,27 @@ class StageEvaluation:
                   "snn_top1": snn_top1(bank, bank_y, feats, query_y)} if probe else {})
         return knn_top1(bank, bank_y, feats, query_y), extra
 
+    def _multilabel_test(self, net: nn.Module, step: int, metrics: dict[str, Any],
+                          logger: RunLogger, run_dir: Path) -> None:
+        """The test pass of a multi-label classifier: mAP, micro/macro F1 at the validation thresholds, per class."""
+        logits, labels = self.inputs.logits(net, "test"), self.inputs.labels("test")
+        report = multilabel_report(logits, labels, self.inputs.data.test.classes, self.thresholds)  # type: ignore
+        report["predictions"] = {"probs": [[round(float(p), 4) for p in row] for row in logits.float().sigmoid()]}
+        metrics.update(test_map=report["map"], test_micro_f1=report["micro_f1"], test_macro_f1=report["macro_f1"],
+                       thresholds_from="validation" if len(self.split.val) else "0.5 (no validation split)")
+        logger.log(step, {k: report[k] for k in ("map", "micro_f1", "macro_f1")}, prefix="test")
+        atomic_write_json(run_dir / "test_report.json", report)
+
     def finish(self, net: nn.Module, step: int, progress: dict, logger: RunLogger, method: str,
                extra: dict[str, Any]) -> dict[str, Any]:
         """The last validation, the exported model, and one pass over the test set: ``results.json`` (the
         headline numbers) and ``test_report.json`` (per class, confusion, calibration, each head)."""
         val, heads = self._validate(net, step, progress, logger)
+        best = progress["best_val"] if progress["best_val"] >= 0 else None
         metrics: dict[str, Any] = {"method": method, "steps": step,
                                    # labels training and validation each used (validation may add labels)
-                                   **self.split.label_counts(), "val_top1": val,
-                                   "best_val_top1": progress["best_val"] if progress["best_val"] >= 0 else None,
+                                   **self.split.label_counts(), f"val_{self.score}": val,
+                                   f"best_val_{self.score}": best,
                                    "best_step": progress.get("best_step"), "train_seconds": progress["seconds"],
                                    "images_per_sec": progress["images"] / max(progress["seconds"], 1e-9), **extra}
         if not self.dist.is_main:
@@ -102,7 +128,9 @@ class StageEvaluation:
             accs = {k: top1(v, labels) for k, v in heads.items()}
             metrics.update({f"val_top1_{k}": v for k, v in accs.items()})
             logger.log(step, {f"top1_{k}": v for k, v in accs.items()}, prefix="val")
-        if has_test(self.inputs):
+        if has_test(self.inputs) and self.multilabel:
+            self._multilabel_test(net, step, metrics, logger, run_dir)
+        elif has_test(self.inputs):
             heads = self.inputs.head_logits(net, "test")
             labels, classes = self.inputs.labels("test"), self.inputs.data.test.classes  # type: ignore[union-attr]
             main = next(iter(heads.values()))

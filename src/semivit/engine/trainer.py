@@ -46,6 +46,7 @@ from semivit.engine.stage_eval import StageEvaluation
 from semivit.errors import SemivitError
 from semivit.methods import method_class, method_params
 from semivit.methods.base import schedule_points
+from semivit.methods.multilabel import check_multilabel
 
 log = logging.getLogger("semivit")
 
@@ -76,6 +77,9 @@ class Trainer:
         self.params = method_params(cfg.train.method, cfg.method)  # validate before loading data
         torch.manual_seed(cfg.train.seed)
         self.data = inputs.data if inputs is not None else (data or prepare_data(cfg.data, cfg.train.seed))
+        method_cls = method_class(cfg.train.method)
+        check_multilabel(cfg.multilabel, self.data.train.multilabel, cfg.train.method, method_cls.supports_multilabel,
+                         method_cls.single_label_options(self.params))  # before any backbone embeds the data
         if inputs is None and model is None and cfg.features.frozen:  # a head on the backbone's cached features
             inputs, model = frozen_backbone_inputs(cfg, self.data, self.dist, self.device)
         self.inputs: StageInputs = inputs or ImageInputs(self.data, self.device)
@@ -119,7 +123,8 @@ class Trainer:
                                f"({', '.join(self.data.train.classes) or 'none'}): a classifier needs at least 2; "
                                f"add images of another class (class sub-folders, or a label column)")
         total = self.total
-        method = self.method = method_cls(self.build_model(), self.params, self.data.train.num_classes, total)
+        method = self.method = method_cls(self.build_model(), self.params, self.data.train.num_classes, total,
+                                          multilabel=cfg.multilabel if self.data.train.multilabel else None)
         method.setup(len(self.data.train))
         method.to(self.device)
         if t.compile:  # in place: state_dict keys, checkpoints and the EMA copy stay those of the plain module

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from semivit.config import Config, build_dataclass
+from semivit.config import Config, MultiLabelConfig, build_dataclass
 from semivit.core.ema import half_life, scaled_momentum
 from semivit.core.schedule import stage_steps
 from semivit.data.loaders import Batch
@@ -96,11 +96,24 @@ class Method(nn.Module):
             return "vit_nano"
         return "vit_tiny" if image_size <= 96 else "vit_small"
 
-    def __init__(self, model: ImageClassifier, params: Any, num_classes: int, total_steps: int) -> None:
+    #: whether the method trains on multi-label data (labels N×C; :mod:`semivit.methods.multilabel`)
+    supports_multilabel: ClassVar[bool] = False
+
+    def __init__(self, model: ImageClassifier, params: Any, num_classes: int, total_steps: int, *,
+                 multilabel: MultiLabelConfig | None = None) -> None:
+        """``multilabel``: the data has several labels per image, trained as these settings say (None: one class
+        per image)."""
         super().__init__()
         check_choices(params)
         self.model, self.params = model, params
         self.num_classes, self.total_steps = num_classes, total_steps
+        self.multilabel = multilabel
+
+    @classmethod
+    def single_label_options(cls, params: Any) -> dict[str, Any]:
+        """Settings that only mean something with one class per image (refused with multi-label data unless
+        off): e.g. distribution alignment of a softmax."""
+        return {}
 
     def data_request(self) -> DataRequest:
         """The views, μ and sampler this method needs (see :class:`DataRequest`); methods whose views depend on

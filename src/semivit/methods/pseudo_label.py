@@ -26,6 +26,7 @@ from semivit.data.loaders import Batch
 from semivit.methods.alignment import ClassThresholds, ClassThresholdScheme, DistAlign, DistributionAlignment
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.mixing import mix, soft_cross_entropy, soft_targets
+from semivit.methods.multilabel import MultiLabelPseudoLabels, entry_accuracy, multilabel_loss, smooth_binary
 
 
 @dataclass
@@ -97,11 +98,20 @@ class PseudoLabelMethod(Method):
     #: google-research/fixmatch and kekmodel/FixMatch-pytorch); with BatchNorm backbones the statistics then
     #: come from one batch of all three, and the weak logits see the same dropout as in the reference.
     teacher_in_student_pass: ClassVar[bool] = False
+    supports_multilabel = True
+
+    @classmethod
+    def single_label_options(cls, params: Any) -> dict[str, Any]:
+        return {"dist_align": params.dist_align, "class_thresholds": params.class_thresholds,
+                "pseudo_mixup": params.pseudo_mixup}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.params
         self.unlabeled_ratio = p.mu
+        # multi-label data: positive and negative pseudo-labels per class (methods/multilabel.py)
+        self.ml_labeler = (MultiLabelPseudoLabels(self.num_classes, self.multilabel, p.threshold)
+                           if self.multilabel is not None else None)
         # built only when switched on, so the default runs' checkpoints keep their keys
         self.aligner = (DistributionAlignment(self.num_classes, p.dist_align, p.align_window)
                         if p.dist_align != "off" else None)
@@ -129,6 +139,8 @@ class PseudoLabelMethod(Method):
         p = self.params
         x_l, y, u_weak, u_strong = batch.x["weak"], batch.y, batch.u["weak"], batch.u["strong"]
         assert y is not None
+        if self.ml_labeler is not None:
+            return self._multilabel_step(x_l, y, u_weak, u_strong, batch.u_true)
         metrics: dict[str, torch.Tensor] = {}
         if self.teacher_in_student_pass and p.pseudo_mixup == "off":  # one forward: labeled, weak, strong
             n, m = len(x_l), len(u_weak)
@@ -159,6 +171,34 @@ class PseudoLabelMethod(Method):
         loss_x = F.cross_entropy(logits_l.float(), y, label_smoothing=p.label_smoothing)
         loss_u = (soft_cross_entropy(logits_u, u_targets) * mask.float()).mean()
         return self._output(loss_x, loss_u, logits_l, y, metrics, mask, pseudo, batch.u_true)
+
+    def _multilabel_step(self, x_l: torch.Tensor, y: torch.Tensor, u_weak: torch.Tensor, u_strong: torch.Tensor,
+                         truth: torch.Tensor | None) -> StepOutput:
+        """The same step on multi-label data: the teacher's sigmoid outputs on the weak views give positive and
+        negative pseudo-labels per class (:class:`~semivit.methods.multilabel.MultiLabelPseudoLabels`), which the
+        student learns on the strong views with the per-class loss; entries between the thresholds give none."""
+        assert self.multilabel is not None and self.ml_labeler is not None
+        n, m = len(x_l), len(u_weak)
+        if self.teacher_in_student_pass:  # one forward: labeled, weak, strong
+            logits = self.model(torch.cat([x_l, u_weak, u_strong]))
+            weak, logits_u = logits[n:n + m].detach(), logits[n + m:]
+        else:
+            with torch.no_grad():
+                weak = self.teacher_logits(u_weak)
+            logits = self.model(torch.cat([x_l, u_strong]))
+            logits_u = logits[n:]
+        logits_l = logits[:n]
+        pseudo, mask = self.ml_labeler(weak.float().sigmoid(), y)
+        loss_x = multilabel_loss(logits_l, smooth_binary(y, self.params.label_smoothing), self.multilabel).mean()
+        loss_u = multilabel_loss(logits_u, pseudo, self.multilabel, mask).mean()
+        metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "acc": entry_accuracy(logits_l, y).detach(),
+                   "mask": mask.float().mean().detach(), "positives": (pseudo.bool() & mask).float().mean().detach()}
+        if truth is not None:  # hidden labels, diagnostics only
+            known = truth >= 0
+            correct = (pseudo == truth) & known
+            metrics["pseudo_acc"] = ((correct & mask).sum() / (mask & known).sum().clamp_min(1)).float()
+            metrics["pseudo_recall"] = ((correct & mask).sum() / known.sum().clamp_min(1)).float()
+        return StepOutput(loss_x + self.params.lambda_u * loss_u, metrics)
 
     def _output(self, loss_x: torch.Tensor, loss_u: torch.Tensor, logits_l: torch.Tensor, y: torch.Tensor,
                 metrics: dict[str, torch.Tensor], mask: torch.Tensor, pseudo: torch.Tensor,

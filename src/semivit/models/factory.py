@@ -59,9 +59,20 @@ class ModelSpec:
     image_size: int
     kwargs: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
+    # several labels per image: sigmoid outputs, and each class's decision threshold (chosen on the validation
+    # split at the end of training; empty = 0.5), which predict and the ONNX export apply
+    multilabel: bool = False
+    thresholds: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.multilabel:  # single-label specs keep the fields they always had
+            del out["multilabel"], out["thresholds"]
+        return out
+
+    def decision_thresholds(self) -> list[float]:
+        """Each class's threshold on σ(logit) (0.5 where none was chosen)."""
+        return list(self.thresholds) if self.thresholds else [0.5] * self.num_classes
 
 
 class ImageClassifier(nn.Module):

@@ -45,7 +45,8 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
         if key not in spec:
             raise SemivitError(f"{where}: the model spec has no '{key}': the file is damaged or forged; re-export "
                                f"the model")
-    unknown = set(spec) - {"name", "num_classes", "in_chans", "image_size", "kwargs", "classes"}
+    unknown = set(spec) - {"name", "num_classes", "in_chans", "image_size", "kwargs", "classes", "multilabel",
+                           "thresholds"}
     if unknown:
         raise SemivitError(f"{where}: unknown model spec field(s) {sorted(unknown)}: re-export the model")
     if not isinstance(spec["name"], str) or not spec["name"]:
@@ -57,6 +58,12 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or \
             (names and len(names) != classes):
         raise SemivitError(f"{where}: 'classes' must list {classes} class names, got {str(names)[:80]}")
+    if not isinstance(spec.get("multilabel", False), bool):
+        raise SemivitError(f"{where}: 'multilabel' must be true or false, got {spec['multilabel']!r}")
+    thresholds = spec.get("thresholds") or []
+    if not isinstance(thresholds, list) or (thresholds and len(thresholds) != classes) or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds):
+        raise SemivitError(f"{where}: 'thresholds' must list {classes} numbers in [0, 1], got {str(thresholds)[:80]}")
     kwargs = spec.get("kwargs") or {}
     if not isinstance(kwargs, dict):
         raise SemivitError(f"{where}: the model spec's 'kwargs' must be a mapping, got {type(kwargs).__name__}")
@@ -146,4 +153,6 @@ def model_from_spec(spec: dict[str, Any], where: str = "the model file") -> Imag
                          drop_path=drop_path, classes=spec.get("classes"), hub=hub, **allowed)
     if kwargs.get("embedding"):  # a pre-training method's trained embedding (PAWS's projector)
         model.attach_embedding(kwargs["embedding"])
+    model.spec.multilabel = bool(spec.get("multilabel", False))
+    model.spec.thresholds = [float(t) for t in spec.get("thresholds") or []]
     return model

@@ -1,4 +1,5 @@
-"""Arrays in an ``.npz``: images uint8 N×H×W, N×H×W×C or N×C×H×W (C 1 or 3), labels -1 for unlabeled.
+"""Arrays in an ``.npz``: images uint8 N×H×W, N×H×W×C or N×C×H×W (C 1 or 3), labels -1 for unlabeled;
+labels N×C of 0/1 are multi-label targets (several classes per image).
 
 Parts are found by key, in the conventions users bring:
 
@@ -49,15 +50,21 @@ def _images(x: np.ndarray, key: str, path: Path) -> np.ndarray:
 
 
 def _labels(y: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
-    """Labels as a flat vector: N×1 (MedMNIST, Keras' CIFAR) is flattened; multi-label N×K is refused."""
+    """Labels as a flat vector (N×1, as MedMNIST and Keras' CIFAR store them, is flattened), or multi-label
+    targets N×C (C ≥ 2) of 1 (present), 0 (absent) and -1 (unknown; a row of -1 is an unlabeled image)."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    if y.ndim != 1:
-        raise SemivitError(f"'{key}' in '{path}' has shape {y.shape}: semivit needs one class per image (N or "
-                           "N×1 integer labels), not multi-label targets")
     if len(y) != n:
         raise SemivitError(f"'{path}' has {n} images but {len(y)} labels in '{key}': match them")
+    if y.ndim == 2:
+        if not np.isin(y, (-1, 0, 1)).all():
+            raise SemivitError(f"'{key}' in '{path}' is N×{y.shape[1]} but holds values other than 1, 0 and -1: "
+                               "store multi-label targets as 0/1 (-1 = unknown), or one class index per image")
+        return y.astype(np.int8)
+    if y.ndim != 1:
+        raise SemivitError(f"'{key}' in '{path}' has shape {y.shape}: use N integer labels or N×C multi-label "
+                           "targets")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.issubdtype(y.dtype, np.floating) or not np.all(y == np.round(y)):
             raise SemivitError(f"'{key}' in '{path}' holds {y.dtype} values: store integer class labels")

@@ -64,7 +64,7 @@ class Files:
 
     locs: list  # paths or zip members (str); row numbers for other containers
     ids: list[str]
-    labels: list[int]
+    labels: list  # class per file, or multi-hot rows (list of 0/1, -1 unknown)
     classes: list[str]
     zip_path: str | None = None
 
@@ -292,7 +292,7 @@ def files_to_set(files: Files, where: str, size: tuple[int, int] | None, mode: s
                       f"to {dec.size[1]}×{dec.size[0]}, the most common size (bilinear, aspect ratio not kept); "
                       "set data.image_size to choose", stacklevel=2)
     keep = [i for i in range(n) if ok[i]]
-    labels = torch.tensor([files.labels[i] for i in keep], dtype=torch.long)
+    labels = torch.tensor([files.labels[i] for i in keep], dtype=torch.long)  # N, or N×C multi-hot
     ids = [files.ids[i] for i in keep]
     if stream:
         good = [probes[i] for i in keep]
@@ -333,7 +333,8 @@ def is_image(name: str) -> bool:
 def array_set(x: torch.Tensor, y: torch.Tensor, classes: list[str], ids: list[str] | None = None) -> ImageSet:
     """An in-memory ImageSet from uint8 N×C×H×W images."""
     ids = ids if ids is not None else [str(i) for i in range(len(x))]
-    return ImageSet(y.long(), ids, classes, x.shape[1], (x.shape[2], x.shape[3]), images=x.contiguous())
+    labels = y if y.dim() == 2 else y.long()  # multi-label targets stay int8
+    return ImageSet(labels, ids, classes, x.shape[1], (x.shape[2], x.shape[3]), images=x.contiguous())
 
 
 def conform(part: ImageSet, size: tuple[int, int] | None, channels: int | None) -> ImageSet:
@@ -351,13 +352,46 @@ def conform(part: ImageSet, size: tuple[int, int] | None, channels: int | None) 
     return array_set(x, part.labels, part.classes, part.ids)
 
 
+def multi_hot(indices: list[int], k: int) -> list[int]:
+    """A multi-label row of ``k`` classes with ``indices`` set; no index at all = an unlabeled image (-1s)."""
+    if not indices:
+        return [UNLABELED] * k
+    row = [0] * k
+    for i in indices:
+        row[int(i)] = 1
+    return row
+
+
+def _multilabel_parts(parts: list[tuple[np.ndarray, np.ndarray, str]], classes: list[str] | None) -> list[ImageSet]:
+    """In-memory multi-label parts: labels N×C of 0/1, -1 where unknown (a row of -1: unlabeled)."""
+    k = len(classes) if classes is not None else parts[0][1].shape[1]
+    sets = []
+    for x, y, where in parts:
+        y = np.asarray(y)
+        if y.ndim == 1 and (y == UNLABELED).all():  # a part without labels
+            y = np.full((len(y), k), UNLABELED)
+        if y.ndim != 2 or y.shape[1] != k:
+            raise SemivitError(f"the labels of {where} have shape {y.shape}, the training part's are N×{k}: give every "
+                               f"part multi-label targets with one column per class")
+        bad = y[(y != 0) & (y != 1) & (y != UNLABELED)]
+        if bad.size:
+            raise SemivitError(f"multi-label targets in {where} hold {bad.flat[0]}: use 1 (present), 0 (absent) and -1 "
+                               f"(unknown)")
+        names = list(classes) if classes is not None else [str(i) for i in range(k)]
+        sets.append(array_set(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int8)), names))
+    return sets
+
+
 def array_parts(parts: list[tuple[np.ndarray, np.ndarray, str]], classes: list[str] | None) -> list[ImageSet]:
     """In-memory parts from (uint8 N×C×H×W images, labels, where) triples, labels checked.
 
     Without ``classes`` they are "0".."K-1" for the largest label K-1 of the first (training) part, or of all
     parts when the first has no labels: a test label the training part never has (99 of 2 classes) is named
-    as such, instead of surfacing later as a shortage of labeled images of classes 2..99.
+    as such, instead of surfacing later as a shortage of labeled images of classes 2..99. Labels N×C (the
+    first part's) are multi-label targets.
     """
+    if parts and np.asarray(parts[0][1]).ndim == 2:
+        return _multilabel_parts(parts, classes)
     parts = [(x, np.asarray(y).astype(np.int64), where) for x, y, where in parts]  # IDX labels are uint8
     first = int(parts[0][1].max(initial=-1)) if parts else -1
     k = len(classes) if classes is not None else \
@@ -389,6 +423,11 @@ class _Chain:
 
 def concat(a: ImageSet, b: ImageSet) -> ImageSet:
     """``b`` appended to ``a`` (same size and channels); streamed when either is."""
+    if a.multilabel != b.multilabel and not b.known().any():  # an unlabeled pool joins multi-label data
+        b = replace(b, labels=a.unlabeled_labels(len(b)))
+    if a.multilabel != b.multilabel:
+        raise SemivitError("one part of the data has several labels per image and the other one: give both "
+                           "parts the same kind of labels")
     labels, ids = torch.cat([a.labels, b.labels]), a.ids + b.ids
     if a.images is not None and b.images is not None:
         return replace(a, labels=labels, ids=ids, images=torch.cat([a.images, b.images]))

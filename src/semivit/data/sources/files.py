@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from semivit.data.imageset import UNLABELED, ImageSet
-from semivit.data.sources.common import Decoder, Files, Opts, Parts, files_to_set, is_image
+from semivit.data.sources.common import Decoder, Files, Opts, Parts, files_to_set, is_image, multi_hot
 from semivit.errors import SemivitError
 
 
@@ -124,7 +124,8 @@ def _part_files(paths: list[str], sub: str, base: str, zip_path: str | None) -> 
 
 
 def csv_files(path: Path, on_corrupt: str = "skip") -> tuple[Files, Counter, str | None]:
-    """Rows of a ``path,label`` manifest (paths relative to the CSV's folder unless absolute), without the
+    """Rows of a ``path,label`` manifest (``path,labels`` with ``a|b`` cells: several classes per image; paths
+    relative to the CSV's folder unless absolute), without the
     rows whose file is missing: their count (and the first) are returned, or with ``on_corrupt='fail'``
     they stop the run. Labels are read from every row, so class numbering does not depend on which files
     exist."""
@@ -132,8 +133,18 @@ def csv_files(path: Path, on_corrupt: str = "skip") -> tuple[Files, Counter, str
         reader = csv.DictReader(f)
         if "path" not in (reader.fieldnames or []):
             raise SemivitError(f"'{path}' has no 'path' column: start the CSV with the header 'path,label'")
-        rows = [((r.get("path") or "").strip(), (r.get("label") or "").strip()) for r in reader]
+        multilabel = "labels" in (reader.fieldnames or [])
+        rows = [((r.get("path") or "").strip(), (r.get("labels" if multilabel else "label") or "").strip())
+                for r in reader]
     rows = [row for row in rows if row[0]]  # blank lines
+    if multilabel:  # a 'labels' column of 'a|b': several classes per image
+        cells = [[n.strip() for n in label.split("|") if n.strip()] for _, label in rows]
+        classes = sorted({n for names in cells for n in names})
+        if classes and all(re.fullmatch(r"\d+", n) for n in classes):  # integer labels: classes "0".."K-1"
+            classes = [str(k) for k in range(max(int(n) for n in classes) + 1)]
+        index = {c: k for k, c in enumerate(classes)}
+        return _existing(path, rows, [multi_hot([index[n] for n in names], len(classes)) for names in cells],
+                         classes, on_corrupt)
     names = [label for _, label in rows if label]
     if all(re.fullmatch(r"[+-]?\d+", label) for label in names):  # integer labels: classes "0".."K-1"
         values = [int(label) for label in names]
@@ -146,6 +157,12 @@ def csv_files(path: Path, on_corrupt: str = "skip") -> tuple[Files, Counter, str
         classes = sorted(set(names))
         index = {c: k for k, c in enumerate(classes)}
         labels = [index[label] if label else UNLABELED for _, label in rows]
+    return _existing(path, rows, labels, classes, on_corrupt)
+
+
+def _existing(path: Path, rows: list[tuple[str, str]], labels: list, classes: list[str],
+              on_corrupt: str) -> tuple[Files, Counter, str | None]:
+    """The manifest's rows whose file exists (see :func:`csv_files`)."""
     locs = [str(path.parent / p) for p, _ in rows]
     present = [os.path.isfile(loc) for loc in locs]
     missing = [p for (p, _), ok in zip(rows, present) if not ok]

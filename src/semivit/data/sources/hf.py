@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from semivit.data.imageset import UNLABELED, ImageSet
-from semivit.data.sources.common import Decoder, Files, Opts, Parts, concat, files_to_set
+from semivit.data.sources.common import Decoder, Files, Opts, Parts, concat, files_to_set, multi_hot
 from semivit.errors import SemivitError
 
 INSTALL = "pip install 'semivit[hf]' (or pip install datasets)"
@@ -122,7 +122,7 @@ def _columns(d: Any, where: str) -> tuple[str, str, str | None]:
     if image is None:
         raise SemivitError(f"{where} has no image column (columns: {', '.join(list(feats)[:8])}): add a column "
                            "of type datasets.Image, of image bytes, or of file paths named 'image'")
-    label = next((c for c, f in feats.items() if isinstance(f, ds.ClassLabel)), None)
+    label = next((c for c, f in feats.items() if isinstance(f, ds.ClassLabel) or _classlabel_list(f)), None)
     label = label or next((c for c in LABEL_NAMES if c in feats and c != image), None)
     return image, kind, label
 
@@ -156,12 +156,23 @@ class RowDecoder(Decoder):
         return Image.open(io.BytesIO(self._bytes(i)))
 
 
-def _labels(d: Any, label: str | None, classes: list[str] | None) -> tuple[list[int], list[str]]:
-    """Integer labels of a split and the class names (``classes`` given: map string labels onto them)."""
+def _classlabel_list(feat: Any) -> bool:
+    """Whether ``feat`` is a list of class labels (``Sequence(ClassLabel)``, shown as ``List`` by datasets ≥ 4):
+    several labels per image."""
+    inner = getattr(feat, "feature", None)
+    return type(feat).__name__ in ("Sequence", "List") and isinstance(inner, _datasets().ClassLabel)
+
+
+def _labels(d: Any, label: str | None, classes: list[str] | None) -> tuple[list, list[str]]:
+    """Integer labels of a split and the class names (``classes`` given: map string labels onto them); for a
+    ``Sequence(ClassLabel)`` column, multi-hot rows (an empty or missing list: unlabeled)."""
     ds = _datasets()
     if label is None:
         return [UNLABELED] * len(d), list(classes or [])
     feat, values = d.features[label], d[label]
+    if _classlabel_list(feat):
+        names = list(feat.feature.names)
+        return [multi_hot(v or [], len(names)) for v in values], names
     if isinstance(feat, ds.ClassLabel):
         return [UNLABELED if v is None or v < 0 else int(v) for v in values], list(feat.names)
     if all(v is None or isinstance(v, (int, bool)) for v in values):
@@ -203,7 +214,8 @@ def load(spec: str, path: Path, size: tuple[int, int] | None, mode: str | None, 
         where = f"'{spec}' split '{pool_key}'"
         image, kind, _ = _columns(d, where)
         dec = RowDecoder(d, image, kind, base, where)
-        files = Files(dec.locs, [f"{pool_key}/{i}" for i in range(len(d))], [UNLABELED] * len(d), train.classes)
+        files = Files(dec.locs, [f"{pool_key}/{i}" for i in range(len(d))], train.unlabeled_labels(len(d)).tolist(),
+                      train.classes)
         pool = files_to_set(files, where, train.image_size, "RGB" if train.channels == 3 else "L", opts,
                             decoder=dec)
         train = concat(train, pool)
