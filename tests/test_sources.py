@@ -405,9 +405,12 @@ def test_npz_unknown_keys_and_multilabel(tmp_path):
     with pytest.raises(SemivitError, match="x_train/y_train .Keras.") as err:
         load_source(str(tmp_path / "a.npz"))
     assert "\n" not in str(err.value)
-    np.savez(tmp_path / "b.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.zeros((2, 3)))
-    with pytest.raises(SemivitError, match="multi-label"):
+    np.savez(tmp_path / "b.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.zeros((2, 3, 2)))
+    with pytest.raises(SemivitError, match="N×C multi-label"):
         load_source(str(tmp_path / "b.npz"))
+    # N×C of 0/1 are multi-label targets (tests/test_multilabel.py)
+    np.savez(tmp_path / "c.npz", train_images=np.zeros((2, 4, 4), np.uint8), train_labels=np.eye(2, 3))
+    assert load_source(str(tmp_path / "c.npz")).train.multilabel
 
 
 # ------------------------------------------------------------------------------- folders as users keep them

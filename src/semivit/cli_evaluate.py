@@ -26,6 +26,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     part = bundle.test if args.part == "test" else bundle.train
     if part is None:
         raise SemivitError(f"'{data}' has no test part: pass --test PATH or --part train")
+    if part.multilabel != model.spec.multilabel:
+        raise SemivitError(f"the model predicts {'several labels' if model.spec.multilabel else 'one class'} per "
+                           f"image and the data has {'several' if part.multilabel else 'one'}: evaluate on data like "
+                           f"the data it was trained on")
+    if part.multilabel:
+        return _evaluate_multilabel(model, part, args)
     labeled = part.labels[part.labels >= 0]
     if len(labeled) and int(labeled.max()) >= model.spec.num_classes:
         raise SemivitError(f"the data has labels up to {int(labeled.max())} ({part.num_classes} classes) but the "
@@ -49,6 +55,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("  ".join(f"{name} top-1 {acc:.4f}" for name, acc in report["streams"].items()))
     for name, acc in report["per_class"].items():
         print(f"  {name:>20}: {acc:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _evaluate_multilabel(model: Any, part: Any, args: argparse.Namespace) -> int:
+    """``semivit evaluate`` of a multi-label model: mAP, micro/macro F1 at the model's thresholds, per class."""
+    from semivit.core.device import resolve_device
+    from semivit.engine.evaluate import predict_logits
+    from semivit.engine.multilabel_eval import multilabel_report, summary_line
+
+    if part.num_classes != model.spec.num_classes:
+        raise SemivitError(f"the data has {part.num_classes} classes and the model predicts "
+                           f"{model.spec.num_classes}: evaluate on data with the model's classes")
+    device = resolve_device(args.device or "auto")
+    logits = predict_logits(model.to(device), part, device=device)
+    report = multilabel_report(logits, part.labels, model.spec.classes or part.classes,
+                               model.spec.decision_thresholds())
+    print(summary_line(report))
+    for name, row in report["per_class"].items():
+        ap = "–" if row["ap"] is None else f"{row['ap']:.4f}"
+        print(f"  {name:>20}: AP {ap}  F1 {row['f1']:.4f}  threshold {row['threshold']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
@@ -110,6 +138,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     spec = model.spec
     paths, images = read_image_files(args.inputs, spec.image_size, spec.in_chans)
     classes = spec.classes or [str(i) for i in range(spec.num_classes)]
+    if spec.multilabel:
+        return _predict_multilabel(model, paths, images, classes, args.output)
     k = min(args.topk, spec.num_classes)
     main, *streams = model.head_names  # Semiformer: also each stream
     with torch.no_grad():
@@ -127,4 +157,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                           f"{float(probs[name][n].max()):.4f}")]
             writer.writerow([path, classes[i[0]], f"{c[0]:.4f}", topk, *per_stream])
     print(f"wrote {len(paths)} predictions to {args.output}")
+    return 0
+
+
+def _predict_multilabel(model: Any, paths: list[str], images: Any, classes: list[str], output: str) -> int:
+    """Predictions of a multi-label model: the classes whose probability reaches their threshold (``a|b``, the
+    CSV form training reads), and each class's probability."""
+    import torch
+
+    from semivit.data.augment import to_float
+
+    thresholds = torch.tensor(model.spec.decision_thresholds())
+    with torch.no_grad():
+        probs = torch.cat([model(to_float(images[i:i + 256])).float().sigmoid() for i in range(0, len(images), 256)])
+    with open(output, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", *classes])
+        for path, row in zip(paths, probs):
+            chosen = "|".join(c for c, p, t in zip(classes, row.tolist(), thresholds.tolist()) if p >= t)
+            writer.writerow([path, chosen, *[f"{p:.4f}" for p in row.tolist()]])
+    print(f"wrote {len(paths)} predictions to {output} (labels: classes at or above their thresholds)")
     return 0

@@ -10,7 +10,8 @@ predictors live on the method, not on the classifier).
   pretrained=True)`` loads it (feed it images normalised with the config's mean/std at its input size), as
   does ``semivit predict FOLDER``; ``huggingface_hub.upload_folder`` publishes it as it is.
 - ``onnx``: ``model.onnx`` (opset ≥ 17, dynamic batch) whose input ``images`` is float N×C×H×W in [0, 1]
-  at the run's image size, normalisation and any resize inside; output ``logits``. Checked against the
+  at the run's image size, normalisation and any resize inside; output ``logits`` (a multi-label model adds
+  ``probs`` and ``labels``, with its per-class thresholds in the graph). Checked against the
   PyTorch outputs with onnxruntime before it is kept.
 - ``torchscript``: ``model.pt`` traced with the same input convention.
 """
@@ -167,26 +168,29 @@ def export_onnx(model: Any, out: Path, opset: int = 18, exporter: str = "dynamo"
             from None
     if opset < 17:
         raise SemivitError(f"--opset {opset}: use 17 or newer (LayerNorm is a single operator from 17)")
-    model = _PlainForward(model).eval()
+    multilabel = bool(getattr(model.spec, "multilabel", False))
+    model = (_MultiLabelOutputs(model) if multilabel else _PlainForward(model)).eval()
+    names = ["logits", "probs", "labels"] if multilabel else ["logits"]
     x = _example(model.inner)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         with torch.no_grad():
             if exporter == "dynamo":
-                torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
+                torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=names,
                                   opset_version=opset, dynamo=True, external_data=False,
                                   dynamic_shapes={"images": {0: torch.export.Dim("batch")}})
             elif exporter == "legacy":
-                torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
+                torch.onnx.export(model, (x,), str(tmp), input_names=["images"], output_names=names,
                                   opset_version=opset, dynamo=False,
-                                  dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+                                  dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
             else:
                 raise SemivitError(f"unknown ONNX exporter '{exporter}': use dynamo or legacy")
         check = _example(model.inner, batch=5)
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: check.numpy()})[0])
         with torch.no_grad():
-            diff = float((got - model(check)).abs().max())
+            want = model(check)
+            diff = float((got - (want[0] if multilabel else want)).abs().max())
         if not diff < ONNX_TOLERANCE:
             raise SemivitError(f"the ONNX model's logits differ from PyTorch's by {diff:.2e} (> {ONNX_TOLERANCE}): "
                                f"try --onnx-exporter legacy or another --opset")
@@ -224,6 +228,20 @@ class _PlainForward(nn.Module):
         return out["fused"] if isinstance(out, dict) else out
 
 
+class _MultiLabelOutputs(_PlainForward):
+    """A multi-label model's ONNX outputs: ``logits``, ``probs`` (σ of each class) and ``labels`` (1 where a class's
+    probability reaches the threshold chosen on the validation split, which the graph holds as a constant)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__(inner)
+        self.register_buffer("thresholds", torch.tensor(inner.spec.decision_thresholds()).view(1, -1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        logits = super().forward(images)
+        probs = logits.sigmoid()
+        return logits, probs, (probs >= self.thresholds).to(torch.uint8)
+
+
 # ------------------------------------------------------------------------------------------- the command
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, *, weights: str = "model",
                opset: int = 18, exporter: str = "dynamo") -> tuple[Path, str]:
@@ -246,7 +264,8 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, *, weig
                    f"timm.create_model('local-dir:{target}', pretrained=True) or semivit predict {target}")
     elif fmt == "onnx":
         diff = export_onnx(model, target, opset=opset, exporter=exporter)
-        summary = (f"ONNX {target} (opset {opset}, input 'images' N×{shape} float in [0, 1], output 'logits'); "
+        outputs = "outputs 'logits', 'probs', 'labels'" if spec.multilabel else "output 'logits'"
+        summary = (f"ONNX {target} (opset {opset}, input 'images' N×{shape} float in [0, 1], {outputs}); "
                    f"onnxruntime matches PyTorch to {diff:.1e}")
     else:
         diff = export_torchscript(model, target)

@@ -151,10 +151,13 @@ def stage_table(root: Path) -> str:
         knn = m.get("test_knn_top1")
         test = knn if knn is not None else m.get("test_top1")
         note = "k-NN" if knn is not None else ""
+        if m.get("test_map") is not None:  # multi-label data: judged by mAP
+            test, note = m["test_map"], f"mAP; micro-F1 {m.get('test_micro_f1', 0):.4f}"
         if m.get("test_balanced_accuracy") is not None:  # skewed test classes: what top-1 alone hides
             note = f"balanced acc {m['test_balanced_accuracy']:.4f}, macro-F1 {m.get('test_macro_f1', 0):.4f}"
         rows.append([stage_dir.name, str(m.get("steps", "")), f"{m.get('train_seconds', 0):.0f}",
-                     f"{m.get('images_per_sec', 0):.0f}", _fmt(m.get("best_val_top1")), _fmt(test), note])
+                     f"{m.get('images_per_sec', 0):.0f}", _fmt(m.get("best_val_top1", m.get("best_val_map"))),
+                     _fmt(test), note])
     header = ["stage", "steps", "seconds", "img/s", "best val top-1", "test top-1", ""]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()

@@ -16,6 +16,7 @@ import torch
 from semivit.engine.evaluate import summary_line
 from semivit.errors import SemivitError
 from semivit.report.html import esc, figure_data_uri, grid, page, plot_img, png_data_uri, table, tile
+from semivit.report.multilabel import multilabel_section
 from semivit.report.plots import (
     confusion_figure,
     curve_figures,
@@ -32,10 +33,10 @@ log = logging.getLogger("semivit")
 #: at most this many test images in the grid (mistakes first)
 GRID_IMAGES = 48
 #: results.json entries shown in a run's summary table, in this order
-SUMMARY_KEYS = ("method", "steps", "test_top1", "test_balanced_accuracy", "test_macro_f1", "test_top5", "test_ece",
-                "test_roc_auc", "test_knn_top1",
-                "test_linear_top1", "test_snn_top1", "val_top1", "best_val_top1", "best_step", "train_seconds",
-                "images_per_sec")
+SUMMARY_KEYS = ("method", "steps", "test_top1", "test_map", "test_micro_f1", "test_balanced_accuracy",
+                "test_macro_f1", "test_top5", "test_ece", "test_roc_auc", "test_knn_top1", "test_linear_top1",
+                "test_snn_top1", "val_top1", "best_val_top1", "val_map", "best_val_map", "best_step",
+                "train_seconds", "images_per_sec")
 
 
 def _run_dirs(root: Path) -> list[Path]:
@@ -89,6 +90,8 @@ def _evaluation(run_dir: Path, cfg: Any, data: _Data, device: str) -> str:
     if test is None or len(test) == 0 or not bool((test.labels >= 0).any()):
         return "<p class='note'>The data has no labeled test part (pass --test to train), so no test evaluation.</p>"
     saved = test_report_of(run_dir)
+    if test.multilabel:
+        return multilabel_section(saved, test, GRID_IMAGES)
     keep = torch.nonzero(test.labels >= 0).flatten()
     if saved is not None and len(saved.get("predictions", {}).get("pred", [])) == len(test):
         # the one test pass the run made (engine/stage_eval.py): read, not predicted again

@@ -92,7 +92,8 @@ def chained_curve(series: dict[str, list[Path]], column: str = "val/top1") -> An
     return fig
 
 
-def per_class_figure(per_class: dict[str, float]) -> Any:
+def per_class_figure(per_class: dict[str, float], ylabel: str = "test accuracy",
+                     title: str = "per-class accuracy") -> Any:
     plt = _plt()
     names = list(per_class)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(names) + 1.5), 3.2))
@@ -101,8 +102,8 @@ def per_class_figure(per_class: dict[str, float]) -> Any:
     ax.set_xticklabels(names, rotation=60 if len(names) > 8 else 0, ha="right" if len(names) > 8 else "center",
                        fontsize=7)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("test accuracy")
-    ax.set_title("per-class accuracy")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return fig
 

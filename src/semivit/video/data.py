@@ -57,6 +57,13 @@ class VideoSet:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    #: one class per clip (the image sets' multi-label layout does not apply to clips)
+    multilabel = False
+
+    def known(self) -> torch.Tensor:
+        """Which clips carry a label."""
+        return self.labels >= 0
+
     @property
     def ids(self) -> list[str]:
         """Each clip's name: what a run's split.json lists (as image ids)."""

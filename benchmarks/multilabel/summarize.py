@@ -1,0 +1,51 @@
+"""The multi-label table of benchmarks/RESULTS.md from the runs of run_cifar10.sh / run_fmnist.sh.
+
+    python benchmarks/multilabel/summarize.py runs/multilabel
+
+One row per data set, label share and method: test mAP, micro-F1 and macro-F1 (thresholds chosen on the
+validation labels), mean ± std over the seeds found, and the labels each run consumed (training + validation).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+NAME = re.compile(r"(?P<data>[a-z0-9]+)-(?P<pct>\d+)pct-(?P<thr>fixed|cap)-s(?P<seed>\d+)")
+
+
+def main() -> int:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/multilabel")
+    rows: dict[tuple, list[dict]] = defaultdict(list)
+    for run in sorted(root.iterdir()):
+        m = NAME.fullmatch(run.name)
+        if not m:
+            continue
+        for stage, method in (("stage1-supervised", "supervised (linear head, labels only)"),
+                              ("stage2-fixmatch", f"fixmatch, {m['thr']} thresholds")):
+            results = run / stage / "results.json"
+            if not results.is_file():
+                continue
+            if stage.startswith("stage1") and m["thr"] != "fixed":
+                continue  # the same stage 1 in both variants: count it once
+            r = json.loads(results.read_text())
+            rows[(m["data"], int(m["pct"]), method)].append(r)
+    print("| data | labeled | labels used (train + val) | method | seeds | test mAP | micro-F1 | macro-F1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (data, pct, method), rs in sorted(rows.items()):
+        def stat(key: str) -> str:
+            v = np.array([r[key] for r in rs], dtype=float)
+            return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+        used = f"{rs[0]['labels_total']} ({rs[0]['labeled']} + {rs[0]['val_labeled']})"
+        print(f"| {data} | {pct}% | {used} | {method} | {len(rs)} | {stat('test_map')} | {stat('test_micro_f1')} | "
+              f"{stat('test_macro_f1')} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
