@@ -6,8 +6,8 @@ shown. No real multi-label image set can be had on this machine (no downloads), 
 
 Each mosaic holds 4 images drawn at random (seeded) from the source's training part (test mosaics: from its test
 part, so no test tile was ever a training tile); a class may appear more than once, so a mosaic has 1 to 4
-labels (3.4 on average with 10 balanced classes: 10·(1 − 0.9⁴)). The .npz holds ``x_train``/``y_train`` (N×C 0/1 targets), ``x_test``/
-``y_test`` and ``classes``: semivit reads it as multi-label data.
+labels (3.4 on average with 10 balanced classes: 10·(1 − 0.9⁴)). The .npz holds ``x_train``/``y_train`` (N×C 0/1
+targets), ``x_test``/``y_test`` and ``classes``: semivit reads it as multi-label data.
 """
 
 from __future__ import annotations

@@ -37,13 +37,14 @@ def main() -> int:
             rows[(m["data"], int(m["pct"]), method)].append(r)
     print("| data | labeled | labels used (train + val) | method | seeds | test mAP | micro-F1 | macro-F1 |")
     print("|---|---|---|---|---|---|---|---|")
+    def stat(rs: list[dict], key: str) -> str:
+        v = np.array([r[key] for r in rs], dtype=float)
+        return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+
     for (data, pct, method), rs in sorted(rows.items()):
-        def stat(key: str) -> str:
-            v = np.array([r[key] for r in rs], dtype=float)
-            return f"{v.mean():.3f} ± {v.std():.3f}" if len(v) > 1 else f"{v[0]:.3f}"
         used = f"{rs[0]['labels_total']} ({rs[0]['labeled']} + {rs[0]['val_labeled']})"
-        print(f"| {data} | {pct}% | {used} | {method} | {len(rs)} | {stat('test_map')} | {stat('test_micro_f1')} | "
-              f"{stat('test_macro_f1')} |")
+        print(f"| {data} | {pct}% | {used} | {method} | {len(rs)} | {stat(rs, 'test_map')} | "
+              f"{stat(rs, 'test_micro_f1')} | {stat(rs, 'test_macro_f1')} |")
     return 0
 
 
