@@ -232,3 +232,35 @@ def test_settings_that_cannot_apply_are_refused_in_one_line(tmp_path: Path, mosa
         Trainer(_config(tmp_path, mosaics, "fixmatch", **{"method.dist_align": "uniform"}))
     with pytest.raises(SemivitError, match="add multilabel.loss=asl"):
         Trainer(_config(tmp_path, mosaics, "supervised", **{"multilabel.gamma_neg": 2.0}))
+
+
+def test_suggest_pseudolabels_and_accept_handle_label_sets(tmp_path: Path, mosaics: Path) -> None:
+    from semivit.cli import main
+
+    run = Trainer(_config(tmp_path, mosaics, "supervised")).fit()
+    to_label = tmp_path / "to_label.csv"
+    assert main(["suggest", str(run.run_dir), "--budget", "6", "--strategy", "uncertainty", "-o",
+                 str(to_label)]) == 0
+    rows = list(csv.DictReader(to_label.open()))
+    assert len(rows) == 6 and "labels" in rows[0] and all(r["guess"] for r in rows)
+    pseudo = tmp_path / "pseudo.csv"
+    assert main(["pseudolabels", str(run.run_dir), "-o", str(pseudo), "--threshold", "0.6"]) == 0
+    rows = list(csv.DictReader(pseudo.open()))
+    assert list(rows[0]) == ["path", "labels", "unsure", "confidence", "passes", "keep"]
+    confidence = [float(r["confidence"]) for r in rows]
+    assert confidence == sorted(confidence)  # least confident first
+    for r in rows[:3]:  # a reviewer keeps three rows, one with its labels corrected
+        r["keep"] = "yes"
+    rows[0]["labels"] = "1|7"
+    with open(tmp_path / "reviewed.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "merged.npz"
+    assert main(["pseudolabels", str(run.run_dir), "--accept", str(tmp_path / "reviewed.csv"), "-o", str(out)]) == 0
+    merged = np.load(out)
+    y = merged["y"]
+    assert y.shape == (600, 10) and int((y[:, 0] >= 0).sum()) == 60 + 3
+    first = int(rows[0]["path"])
+    assert y[first].tolist() == [0, 1, 0, 0, 0, 0, 0, 1, 0, 0]
+    assert load_source(str(out)).train.multilabel

@@ -42,7 +42,8 @@ def accept(pool: Pool, labels_csv: str, out: str | None) -> str:
                            "(a --split list), labels.json or labels.npz")
     new = read_labels(labels_csv, pool)
     if not new:
-        raise SemivitError(f"'{labels_csv}' has no labeled rows: fill in the 'label' column (and 'keep' = yes for "
+        column = "labels' column (a|b" if pool.train.multilabel else "label' column"
+        raise SemivitError(f"'{labels_csv}' has no labeled rows: fill in the '{column} (and 'keep' = yes for "
                            "pseudo-labels to accept) first")
     changed = sum(1 for i, name in new.items() if i in pool.known and pool.class_name(pool.known[i]) != name)
     path, next_args = merge_labels(pool, new, out)
@@ -68,25 +69,35 @@ def suggest_command(pool: Pool, budget: int | None, out: str, *, html: bool = Tr
     coverage = hidden_coverage(pool, s)
     if coverage:
         lines.append(f"the hidden labels of the chosen images cover {coverage[0]} of {coverage[1]} classes")
-    lines.append(f"fill in the label column, then: semivit suggest {pool.origin} --accept {csv_path} "
+    column = "labels column (a|b)" if pool.train.multilabel else "label column"
+    lines.append(f"fill in the {column}, then: semivit suggest {pool.origin} --accept {csv_path} "
                  f"-o {merged_name(pool)}")
     return "\n".join(lines)
 
 
 def pseudolabels_command(pool: Pool, out: str, *, html: bool = False, threshold: float | None = None,
                          per_class: int = 120, device: str = "cpu") -> str:
-    from semivit.labeling.pseudo import pseudo_labels, review_summary, write_csv, write_sheet
+    from semivit.labeling import pseudo, pseudo_multilabel
     from semivit.report.runs import resolve_device
 
-    p = pseudo_labels(pool, threshold, resolve_device(device))
-    path = write_csv(pool, p, out)
-    lines = [f"{len(p.indices)} pseudo-labels, {int(p.passes.sum())} pass τ = {p.threshold:g}: {path}"]
-    if html:
-        lines.append(f"contact sheet: {write_sheet(pool, p, Path(out).with_suffix('.html'), per_class)}")
-    summary = review_summary(pool, p)
+    if pool.train.multilabel:  # label sets, each class settled or unsure (labeling/pseudo_multilabel.py)
+        m = found = pseudo_multilabel.multilabel_pseudo_labels(pool, threshold, resolve_device(device))
+        path = pseudo_multilabel.write_multilabel_csv(pool, m, out)
+        lines = [f"{len(m.indices)} pseudo-label sets, {int(m.passes.sum())} with every class settled "
+                 f"(p ≥ {m.positive:g} or ≤ {m.negative:g}): {path}"]
+        sheet = pseudo_multilabel.write_multilabel_sheet if html else None
+        summary, column = pseudo_multilabel.multilabel_review_summary(pool, m), "labels"
+    else:
+        p = found = pseudo.pseudo_labels(pool, threshold, resolve_device(device))
+        path = pseudo.write_csv(pool, p, out)
+        lines = [f"{len(p.indices)} pseudo-labels, {int(p.passes.sum())} pass τ = {p.threshold:g}: {path}"]
+        sheet = pseudo.write_sheet if html else None
+        summary, column = pseudo.review_summary(pool, p), "label"
+    if sheet is not None:
+        lines.append(f"contact sheet: {sheet(pool, found, Path(out).with_suffix('.html'), per_class)}")  # type: ignore
     if summary:
         lines.append("against the hidden labels: " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}"
                                                                for k, v in summary.items()))
-    lines.append(f"review (correct 'label', set 'keep'), then: semivit pseudolabels {pool.run_dir} --accept {path} "
+    lines.append(f"review (correct '{column}', set 'keep'), then: semivit pseudolabels {pool.run_dir} --accept {path} "
                  f"-o {merged_name(pool)}")
     return "\n".join(lines)

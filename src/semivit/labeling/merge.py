@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from semivit.errors import SemivitError
-from semivit.labeling.pool import Pool, image_files
+from semivit.labeling.pool import Label, Pool, image_files, label_of
 
 #: values of a ``keep`` column (pseudo-label review) that accept a row
 KEEP_YES = {"yes", "y", "1", "true", "x", "keep", "ok"}
@@ -45,15 +45,16 @@ def read_labels(path: str | Path, pool: Pool) -> dict[int, str]:
     with open(p, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
-        if "path" not in fields or "label" not in fields:
-            raise SemivitError(f"'{path}' needs 'path' and 'label' columns: use the CSV semivit suggest or "
+        column = "labels" if pool.train.multilabel else "label"  # multi-label: 'a|b' in a 'labels' column
+        if "path" not in fields or column not in fields:
+            raise SemivitError(f"'{path}' needs 'path' and '{column}' columns: use the CSV semivit suggest or "
                                "semivit pseudolabels wrote")
         rows = list(reader)
     by_id = {image_id: i for i, image_id in enumerate(pool.train.ids)}
     by_file = {str(f): i for i, f in enumerate(image_files(pool.cfg, pool.train)) if f is not None}
     out: dict[int, str] = {}
     for n, row in enumerate(rows, start=2):
-        name, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+        name, label = (row.get("path") or "").strip(), (row.get(column) or "").strip()
         if not name or not label:
             continue  # not labeled (yet)
         if "keep" in fields and (row.get("keep") or "").strip().lower() not in KEEP_YES:
@@ -86,16 +87,18 @@ def merge_labels(pool: Pool, new: dict[int, str], out: str | Path) -> tuple[Path
         raise SemivitError(f"cannot write labels to '{out}': name it .csv (a manifest), .txt (a list for "
                            "--split), .json (a split file) or .npz (arrays)")
     classes = list(pool.train.classes)
-    merged: dict[int, int] = dict(pool.known)
+    merged: dict[int, Label] = dict(pool.known)
     for index, name in new.items():
-        if name not in classes:
-            classes.append(name)  # a class the data did not have yet
-        merged[index] = classes.index(name)
+        names = [n.strip() for n in name.split("|") if n.strip()] if pool.train.multilabel else [name]
+        for n in names:
+            if n not in classes:
+                classes.append(n)  # a class the data did not have yet
+        merged[index] = tuple(sorted(classes.index(n) for n in names)) if pool.train.multilabel \
+            else classes.index(name)
     out.parent.mkdir(parents=True, exist_ok=True)
     source = pool.cfg.data.source
     if kind in (".txt", ".json"):
-        data_labels = pool.train.labels
-        differ = [i for i, c in merged.items() if c >= len(pool.train.classes) or int(data_labels[i]) != c]
+        differ = [i for i, c in merged.items() if label_of(pool.train, i) != c]
         if differ:
             raise SemivitError(f"{len(differ)} label(s) are not the data's own (e.g. '{pool.train.ids[differ[0]]}'): "
                                f"a {kind} file only names images, so write the labels with -o {out.stem}.csv "
@@ -117,24 +120,40 @@ def merge_labels(pool: Pool, new: dict[int, str], out: str | Path) -> tuple[Path
                                f"write -o {out.stem}.npz (arrays) or -o {out.stem}.txt (a --split list)")
         with open(out, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "label"])
+            writer.writerow(["path", "labels" if pool.train.multilabel else "label"])
             for i, file in enumerate(files):
-                writer.writerow([_relative(file, out.parent), classes[merged[i]] if i in merged else ""])  # type: ignore[arg-type]
+                writer.writerow([_relative(file, out.parent), _cell(merged.get(i), classes)])  # type: ignore[arg-type]
         test = f" --test {pool.cfg.data.test or source}" if pool.test is not None else ""
         return out, f"--data {out} --labels all{test}"
     train = pool.train
     if train.images is None:
         raise SemivitError(f"'{source}' is streamed from disk, too large for an .npz: write -o {out.stem}.csv")
-    y = np.full(len(train), -1, dtype=np.int64)
-    for i, c in merged.items():
-        y[i] = c
+    if train.multilabel:  # N×C targets; a class added by a person is a new column
+        y = np.full((len(train), len(classes)), -1, dtype=np.int8)
+        for i, present in merged.items():
+            y[i] = 0
+            y[i, list(present)] = 1  # type: ignore[arg-type]
+    else:
+        y = np.full(len(train), -1, dtype=np.int64)
+        for i, c in merged.items():
+            y[i] = c
     arrays: dict[str, np.ndarray] = {"x": train.images.numpy(), "y": y, "classes": np.array(classes)}
     test = pool.test
-    if test is not None and test.images is not None:
+    if test is not None and test.images is not None and train.multilabel:
+        extra = np.zeros((len(test), len(classes) - test.num_classes), np.int8)  # new classes: absent there
+        arrays.update(x_test=test.images.numpy(), y_test=np.concatenate([test.labels.numpy(), extra], 1))
+    elif test is not None and test.images is not None:
         lut = torch.tensor([classes.index(c) for c in test.classes] + [-1])  # lut[-1] keeps -1 unlabeled
         arrays.update(x_test=test.images.numpy(), y_test=lut[test.labels].numpy())
     np.savez_compressed(out, **arrays)
     return out, f"--data {out} --labels all"
+
+
+def _cell(label: Label | None, classes: list[str]) -> str:
+    """A manifest cell: a class name, a multi-label image's ``a|b``, or empty for an unlabeled image."""
+    if label is None:
+        return ""
+    return "|".join(classes[c] for c in label) if isinstance(label, tuple) else classes[label]
 
 
 def merged_name(pool: Pool) -> str:

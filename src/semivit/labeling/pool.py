@@ -22,20 +22,24 @@ log = logging.getLogger("semivit")
 
 UNLABELED_PREFIX = "unlabeled/"  # ids of images added with --unlabeled (data/sources)
 
+#: an image's label in the loop: a class index, or the classes present in a multi-label image
+Label = int | tuple[int, ...]
+
 
 @dataclass
 class Pool:
     """A training part as the labeling loop sees it.
 
-    ``known``: the labels the loop already has (image index → class index): a run's training and
-    validation labels, or, for a data source, the labels it holds (``--labels``/``--split`` narrow them).
+    ``known``: the labels the loop already has (image index → class index, or for multi-label data the tuple of
+    the classes present): a run's training and validation labels, or, for a data source, the labels it holds
+    (``--labels``/``--split`` narrow them).
     ``candidates``: every other image, in index order. ``hidden``: whether the data holds labels for some
     candidates (a simulation on a labeled set; they are used only to measure, never to choose).
     """
 
     cfg: Config
     train: ImageSet
-    known: dict[int, int]
+    known: dict[int, Label]
     candidates: np.ndarray
     run_dir: Path | None = None
     test: ImageSet | None = None
@@ -49,10 +53,21 @@ class Pool:
 
     @property
     def hidden(self) -> bool:
-        return bool(len(self.candidates)) and bool((self.train.labels[torch.from_numpy(self.candidates)] >= 0).any())
+        return bool(len(self.candidates)) and bool(self.train.known()[torch.from_numpy(self.candidates)].any())
 
-    def class_name(self, c: int) -> str:
+    def class_name(self, c: Label) -> str:
+        """A class's name; for a multi-label image's classes, their names joined as ``a|b`` (the CSV form)."""
+        if isinstance(c, tuple):
+            return "|".join(self.class_name(k) for k in c)
         return self.train.classes[c] if 0 <= c < len(self.train.classes) else str(c)
+
+
+
+def label_of(train: ImageSet, i: int) -> Label:
+    """Image ``i``'s label as the loop keeps it (see :class:`Pool`)."""
+    if train.multilabel:
+        return tuple(torch.nonzero(train.labels[i] == 1).flatten().tolist())
+    return int(train.labels[i])
 
 
 def _load(cfg: Config) -> Any:
@@ -77,7 +92,7 @@ def pool_from_run(run: str | Path) -> Pool:
         raise SemivitError(f"'{run_dir}' has no split.json: pass a finished run folder")
     split = load_split(str(split_file), train, cfg.data.val, cfg.train.seed)
     labeled = torch.cat([split.labeled, split.val]).tolist()
-    pool = _pool(cfg, train, {i: int(train.labels[i]) for i in labeled}, run_dir, bundle.test)
+    pool = _pool(cfg, train, {i: label_of(train, i) for i in labeled}, run_dir, bundle.test)
     pool.val, pool.val_from = split.val.numpy().astype(np.int64), split.val_from
     return pool
 
@@ -90,7 +105,7 @@ def pool_from_data(cfg: Config, labels: str = "all", split: str | None = None) -
 
     bundle = _load(cfg)
     train = bundle.train
-    known_idx = torch.nonzero(train.labels >= 0).flatten()
+    known_idx = torch.nonzero(train.known()).flatten()
     spec = labels.strip().lower()
     if split:
         s = load_split(split, train, "0", cfg.train.seed)
@@ -102,10 +117,10 @@ def pool_from_data(cfg: Config, labels: str = "all", split: str | None = None) -
     else:
         s = make_split(train, labels, "0", cfg.train.seed)
         chosen = s.labeled
-    return _pool(cfg, train, {int(i): int(train.labels[i]) for i in chosen}, None, bundle.test)
+    return _pool(cfg, train, {int(i): label_of(train, int(i)) for i in chosen}, None, bundle.test)
 
 
-def _pool(cfg: Config, train: ImageSet, known: dict[int, int], run_dir: Path | None,
+def _pool(cfg: Config, train: ImageSet, known: dict[int, Label], run_dir: Path | None,
           test: ImageSet | None) -> Pool:
     everything = np.arange(len(train))
     candidates = everything[~np.isin(everything, np.array(sorted(known), dtype=np.int64))]
@@ -169,10 +184,12 @@ def pixel_embedding(images: ImageSet, *others: ImageSet, seed: int = 0) -> list[
 
 
 def teacher_probs(model: Any, images: ImageSet, device: str = "cpu") -> np.ndarray:
-    """Class probabilities of the run's evaluation model (the EMA teacher where there is one)."""
+    """Class probabilities of the run's evaluation model (the EMA teacher where there is one): a softmax, or for
+    a multi-label model each class's own sigmoid."""
     from semivit.engine.evaluate import predict_logits
 
-    return predict_logits(model, images, device=device).softmax(1).numpy()
+    logits = predict_logits(model, images, device=device)
+    return (logits.sigmoid() if model.spec.multilabel else logits.softmax(1)).numpy()
 
 
 # ---------------------------------------------------------------------------------------------- files

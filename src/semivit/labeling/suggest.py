@@ -155,7 +155,8 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
                      delta, select.PURITY, k)
             chosen, scores, clusters = select.probcover(emb, labeled, pool.candidates, budget, delta, radius)
         else:
-            u = select.uncertainty(probs, uncertainty)  # type: ignore[arg-type]
+            u = (select.multilabel_uncertainty(probs, uncertainty)[0] if pool.train.multilabel  # type: ignore
+                 else select.uncertainty(probs, uncertainty))  # type: ignore[arg-type]
             if diversity == "kmeans++":
                 chosen, scores, clusters = select.weighted_kmeanspp(emb, labeled, pool.candidates, budget, u,
                                                                     seed, radius)
@@ -164,7 +165,13 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
                                                                  radius=radius)
             strategy = f"uncertainty ({uncertainty}) + {diversity}"
     out = Suggestion(chosen, scores, clusters, strategy)
-    if probs is not None:
+    if probs is not None and pool.train.multilabel:  # the label set at the model's thresholds; the surest share
+        assert teacher is not None
+        p = probs[chosen]
+        present = p >= np.array(teacher.spec.decision_thresholds())
+        out.guesses = [pool.class_name(tuple(np.nonzero(row)[0].tolist())) or "none" for row in present]
+        out.confidences = 1.0 - select.multilabel_uncertainty(p, "margin")[0]
+    elif probs is not None:
         p = torch.from_numpy(probs[chosen])
         out.guesses = [pool.class_name(int(c)) for c in p.argmax(1)]
         out.confidences = p.max(1).values.numpy()
@@ -187,6 +194,8 @@ def hidden_coverage(pool: Pool, s: Suggestion) -> tuple[int, int] | None:
     truth = pool.train.labels[torch.from_numpy(s.indices)]
     if len(truth) == 0 or (truth < 0).any():
         return None
+    if pool.train.multilabel:  # a class is covered when some chosen image shows it
+        return int((truth == 1).any(0).sum()), pool.train.num_classes
     return len(set(truth.tolist())), pool.train.num_classes
 
 
@@ -197,9 +206,11 @@ def display_names(pool: Pool) -> list[str]:
 
 
 def write_csv(pool: Pool, s: Suggestion, path: str | Path) -> Path:
-    """``path,label,cluster,score,guess,confidence``: ``label`` is empty for a person to fill in."""
+    """``path,label,cluster,score,guess,confidence``: ``label`` is empty for a person to fill in (multi-label data:
+    ``labels``, to fill with ``a|b``)."""
     names = display_names(pool)
-    return write_table(path, ["path", "label", "cluster", "score", "guess", "confidence"], (
+    column = "labels" if pool.train.multilabel else "label"
+    return write_table(path, ["path", column, "cluster", "score", "guess", "confidence"], (
         [names[i], "", int(s.clusters[n]) if s.clusters[n] >= 0 else "", f"{s.scores[n]:.6g}",
          s.guesses[n] if s.guesses else "", f"{s.confidences[n]:.4f}" if s.confidences is not None else ""]
         for n, i in enumerate(s.indices)))
