@@ -6,6 +6,7 @@ pseudo-label memory), so the test can check that both ranks agree on everything.
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -14,6 +15,7 @@ from semivit.engine.trainer import Trainer
 from semivit.methods import METHODS
 from semivit.video.train import video_config, video_trainer
 from tests.conftest import TINY_VIDEO, tiny_config, tiny_sprites
+from tests.test_multilabel import digit_mosaics
 
 # settings a method needs to run at all on the tiny set (a teacher, PAWS's small support set, a gate
 # that opens so its memory fills); everything else is the method's default
@@ -28,6 +30,15 @@ NEEDS: dict[str, dict] = {
     "semiformer": {"model.name": "semiformer_tiny", "model.embed_dim": 32, "method.warmup_u": 0,
                    "method.threshold": 0.0},
 }
+
+# the methods that train on multi-label data, on 2×2 digit mosaics (fixmatch with CAP's per-class thresholds, whose
+# running histogram the ranks share)
+MULTILABEL: dict[str, dict] = {
+    "ml-supervised": {"train.method": "supervised", "multilabel.loss": "asl"},
+    "ml-fixmatch": {"train.method": "fixmatch", "multilabel.thresholds": "cap"},
+    "ml-ema_teacher": {"train.method": "ema_teacher"},
+}
+
 
 def spy_on_ssmae_acceptances() -> list[torch.Tensor]:
     """Record the (index, label) pairs this rank accepts into SSMAE's memory, before any gathering."""
@@ -47,7 +58,7 @@ def spy_on_ssmae_acceptances() -> list[torch.Tensor]:
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     accepted = spy_on_ssmae_acceptances()
-    names = sys.argv[2].split(",") if len(sys.argv) > 2 else sorted(METHODS)
+    names = sys.argv[2].split(",") if len(sys.argv) > 2 else sorted(METHODS) + sorted(MULTILABEL)
     common = {"train.steps": 3, "train.eval_every": 0, "train.log_every": 1, "train.device": "cpu",
               "data.val": "2-per-class", "train.batch_size": 16}
     teacher = Trainer(tiny_config(out, **common, **{"train.name": "teacher", "train.method": "supervised"})).fit()
@@ -60,6 +71,12 @@ if __name__ == "__main__":
             trainer = video_trainer(video_config({**TINY_VIDEO, **common, "data.source": str(clips),
                                                   "data.val": "0", "train.batch_size": 8, "train.out": str(out),
                                                   "train.method": name, "train.name": name}))
+        elif name in MULTILABEL:
+            mosaics = out / f"mosaics{rank}.npz"  # the same seeded mosaics, each rank its own copy
+            x, y = digit_mosaics(300, 0)
+            np.savez(mosaics, x=x, y=y)
+            trainer = Trainer(tiny_config(out, **{**common, "data.source": str(mosaics), "data.labels": "10%",
+                                                  "data.val": "5", "train.name": name, **MULTILABEL[name]}))
         else:
             trainer = Trainer(tiny_config(out, **{**common, "train.method": name, "train.name": name, **settings}))
         result = trainer.fit()

@@ -87,9 +87,10 @@ def test_every_registered_method_trains_under_two_gloo_ranks_and_the_ranks_agree
     """Each method a few steps under torchrun (MAE, PAWS and SimCLR used to stop at step 2: their unused
     classifier head and DDP's find_unused_parameters=False); weights and buffers end the same on both ranks."""
     from semivit.methods import METHODS
+    from tests.ddp_methods_worker import MULTILABEL
 
     torchrun_two_gloo_ranks("ddp_methods_worker.py", tmp_path, 29520, expect=None)
-    for name in sorted(METHODS):
+    for name in sorted(METHODS) + sorted(MULTILABEL):  # and the methods that train on multi-label data
         a, b = (load_file(str(tmp_path / name / f"rank{r}.safetensors")) for r in range(2))
         assert a.keys() == b.keys() and a, name
         for key in a:

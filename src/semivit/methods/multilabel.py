@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semivit.config import MultiLabelConfig
+from semivit.methods.alignment import mean_over_ranks
 from semivit.errors import SemivitError
 
 
@@ -90,7 +91,8 @@ class MultiLabelPseudoLabels(nn.Module):
     (``cap``; Xie et al., NeurIPS 2023, Sec. 3.2): τ⁺_c and τ⁻_c such that the share π_c of the class in the
     labeled images is pseudo-positive and 1 − π_c pseudo-negative (``keep`` < 1: only the most confident share of
     each). The quantiles come from a running histogram of the teacher's predictions (``window`` batches; one
-    tensor, no host sync), and π_c from every labeled batch seen, both saved with the method for an exact resume.
+    tensor, no host sync; averaged over DDP ranks), and π_c from every labeled batch seen, both saved with the
+    method for an exact resume.
 
     Examples:
         >>> labeler = MultiLabelPseudoLabels(2, MultiLabelConfig(), threshold=0.9)
@@ -127,12 +129,13 @@ class MultiLabelPseudoLabels(nn.Module):
         else:
             with torch.no_grad():
                 known = labeled_targets >= 0
-                self.positives += ((labeled_targets == 1) & known).sum(0).float()
-                self.labeled += known.any(1).sum().float()
+                # averaged over the DDP ranks (a collective, no host sync), so every rank keeps the same thresholds
+                self.positives += mean_over_ranks(((labeled_targets == 1) & known).sum(0).float())
+                self.labeled += mean_over_ranks(known.any(1).sum().float())
                 bins = (probs.float().clamp(0, 1 - 1e-6) * self.BINS).long()
                 counts = torch.zeros_like(self.histogram).scatter_add_(
                     1, bins.t(), torch.ones_like(bins.t(), dtype=self.histogram.dtype))
-                counts = counts / len(probs)
+                counts = mean_over_ranks(counts / len(probs))
                 # the first batch fills the histogram; later ones move it as an EMA over ~window batches
                 filled = (self.histogram.sum() > 0).float()
                 self.histogram.mul_(filled * self.momentum).add_(counts * (1 - filled * self.momentum))
