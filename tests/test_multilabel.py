@@ -264,3 +264,16 @@ def test_suggest_pseudolabels_and_accept_handle_label_sets(tmp_path: Path, mosai
     first = int(rows[0]["path"])
     assert y[first].tolist() == [0, 1, 0, 0, 0, 0, 0, 1, 0, 0]
     assert load_source(str(out)).train.multilabel
+
+
+def test_probe_baselines_for_label_sets() -> None:
+    from semivit.engine.multilabel_eval import knn_scores, linear_probe_scores
+
+    g = torch.Generator().manual_seed(0)
+    targets = (torch.rand(200, 4, generator=g) < 0.4).to(torch.int8)
+    feats = targets.float() @ torch.randn(4, 16, generator=g) + 0.05 * torch.randn(200, 16, generator=g)
+    # k = 1 and the query in the bank: its own label set
+    assert torch.equal(knn_scores(feats, targets, feats[:5], k=1), (targets[:5] == 1).float())
+    # separable classes: the one-vs-rest logistic regressions rank every test image right
+    assert mean_ap(linear_probe_scores(feats[:150], targets[:150], feats[150:]), targets[150:]) == pytest.approx(1.0)
+    assert mean_ap(knn_scores(feats[:150], targets[:150], feats[150:]), targets[150:]) > 0.9

@@ -104,7 +104,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from semivit.probe import run_probe
 
     m = run_probe(build_config(args), run=args.run, out=args.json, semi=args.semi)
-    print(f"k-NN top-1 {m['test_knn_top1']:.4f}  linear-probe top-1 {m['test_linear_top1']:.4f}  "
+    which = ("map", "mAP") if "test_knn_map" in m else ("top1", "top-1")  # multi-label data: mAP
+    knn, linear = m[f"test_knn_{which[0]}"], m[f"test_linear_{which[0]}"]
+    print(f"k-NN {which[1]} {knn:.4f}  linear-probe {which[1]} {linear:.4f}  "
           f"({m['feature_dim']}-d frozen features of {m['model']}; {m['labeled']} labels, no validation labels)")
     if args.semi:
         print(f"label spreading top-1 {m['test_label_spreading_top1']:.4f}  self-training top-1 "

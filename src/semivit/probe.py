@@ -84,6 +84,10 @@ def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None
         bank = pool[labeled]
     seconds = time.perf_counter() - start
     bank_y, test_y = data.train.labels[labeled], data.test.labels
+    if data.train.multilabel:
+        metrics = _multilabel_probe(bank, bank_y, test, test_y, semi)
+        metrics.update({"model": run or cfg.model.name, "features_seconds": seconds, **data.split.label_counts()})
+        return _finish(metrics, out)
     metrics: dict[str, Any] = {
         "method": "probe", "model": run or cfg.model.name,
         "test_knn_top1": knn_top1(bank, bank_y, test, test_y),
@@ -98,6 +102,24 @@ def run_probe(cfg: Config, run: str | None = None, out: str | Path | None = None
         pool_y[labeled] = bank_y  # validation images stay unlabeled: the probe reads no validation label
         metrics["test_label_spreading_top1"] = label_spreading_top1(pool, pool_y, test, test_y)
         metrics["test_self_training_top1"] = self_training_top1(pool, pool_y, test, test_y)
+    return _finish(metrics, out)
+
+
+def _multilabel_probe(bank: torch.Tensor, bank_y: torch.Tensor, test: torch.Tensor, test_y: torch.Tensor,
+                      semi: bool) -> dict[str, Any]:
+    """The same two baselines for several labels per image, judged by test mAP: k-NN label shares and one
+    logistic regression per class."""
+    from semivit.engine.multilabel_eval import knn_scores, linear_probe_scores, mean_ap
+
+    if semi:
+        raise SemivitError("probe --semi (label spreading, self-training) takes one class per image; this data has "
+                           "several: drop --semi")
+    return {"method": "probe", "test_knn_map": mean_ap(knn_scores(bank, bank_y, test), test_y),
+            "test_linear_map": mean_ap(linear_probe_scores(bank, bank_y, test), test_y),
+            "feature_dim": int(bank.shape[1])}
+
+
+def _finish(metrics: dict[str, Any], out: str | Path | None) -> dict[str, Any]:
     # the probe reads no validation label: only the training labels count as consumed
     metrics.update(val_labeled=0, labels_total=metrics["labeled"], val_from="none")
     if out:

@@ -96,6 +96,35 @@ def multilabel_report(logits: torch.Tensor, targets: torch.Tensor, classes: list
                           for name, ap, f, t, n in zip(classes, aps, f1["per_class_f1"], thresholds, positives)}}
 
 
+def knn_scores(bank: torch.Tensor, bank_targets: torch.Tensor, queries: torch.Tensor, k: int = 20,
+               temperature: float = 0.07) -> torch.Tensor:
+    """Weighted k-NN on frozen features for several labels per image: each class's score is the share of the k
+    most similar bank images (cosine, weights exp(sim / T), as the single-label k-NN) that show it."""
+    bank = torch.nn.functional.normalize(bank.float(), dim=1)
+    queries = torch.nn.functional.normalize(queries.float(), dim=1)
+    sims, idx = (queries @ bank.T).topk(min(k, len(bank)), dim=1)
+    weights = (sims / temperature).softmax(1)
+    return (weights.unsqueeze(2) * (bank_targets[idx] == 1).float()).sum(1)
+
+
+def linear_probe_scores(train_x: torch.Tensor, train_targets: torch.Tensor, test_x: torch.Tensor) -> torch.Tensor:
+    """One logistic regression per class (scikit-learn's defaults, one-vs-rest) on standardised frozen
+    features; returns the test images' decision values (logits). A class the labels never show, or always show,
+    gets a constant score."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    x, xt = ((train_x - mean) / std).numpy(), ((test_x - mean) / std).numpy()
+    y = (train_targets == 1).numpy()
+    out = np.zeros((len(xt), y.shape[1]), np.float32)
+    for c in range(y.shape[1]):
+        if y[:, c].all() or not y[:, c].any():
+            out[:, c] = 10.0 if y[:, c].all() else -10.0
+            continue
+        out[:, c] = LogisticRegression(max_iter=2000).fit(x, y[:, c]).decision_function(xt)
+    return torch.from_numpy(out)
+
+
 def summary_line(report: dict[str, Any]) -> str:
     """One line for a terminal: mAP and the two F1s."""
     return (f"mAP {report['map']:.4f}, micro-F1 {report['micro_f1']:.4f}, macro-F1 {report['macro_f1']:.4f} "

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from semivit.config import MultiLabelConfig
-from semivit.methods.alignment import mean_over_ranks
 from semivit.errors import SemivitError
+from semivit.methods.alignment import mean_over_ranks
 
 
 def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, gamma_neg: float = 4.0, gamma_pos: float = 0.0,
