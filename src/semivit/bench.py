@@ -195,6 +195,9 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
         data_cache[source_key] = prepare_data(dcfg, cell.seed).bundle
     data = prepare_data(dcfg, cell.seed, bundle=data_cache[source_key])
     split, bundle = data.split, data.bundle
+    if bundle.train.multilabel:
+        raise SemivitError(f"'{dcfg.source}' has several labels per image and bench's tables compare top-1: run "
+                           f"each method with semivit run/train, which report mAP (benchmarks/multilabel/)")
     start = time.perf_counter()
     budget = _cell_budget(suite, cell)
     if "plan" in budget:
