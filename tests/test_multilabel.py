@@ -213,6 +213,10 @@ def test_predict_writes_label_sets_and_onnx_carries_the_thresholds(tmp_path: Pat
     for row in rows:
         chosen = {c for c, t in zip(map(str, range(10)), spec_thresholds) if float(row[c]) >= t - 1e-4}
         assert set(filter(None, row["labels"].split("|"))) <= chosen
+    hub, _ = export_run(run.run_dir, "hub")  # the hub folder's config.json carries them too
+    from semivit.api import load
+
+    assert load(hub).spec.thresholds == pytest.approx(spec_thresholds)
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     path, _ = export_run(run.run_dir, "onnx")
