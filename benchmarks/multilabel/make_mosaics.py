@@ -3,6 +3,8 @@ shown. No real multi-label image set can be had on this machine (no downloads), 
 
     python benchmarks/multilabel/make_mosaics.py cifar10 --out runs/multilabel/cifar10-mosaics.npz
     python benchmarks/multilabel/make_mosaics.py fashion-mnist --out runs/multilabel/fmnist-mosaics.npz
+    python benchmarks/multilabel/make_mosaics.py digits --out runs/multilabel/digits-mosaics.npz --train 3000 \
+        --test 1000
 
 Each mosaic holds 4 images drawn at random (seeded) from the source's training part (test mosaics: from its test
 part, so no test tile was ever a training tile); a class may appear more than once, so a mosaic has 1 to 4
@@ -20,7 +22,7 @@ import numpy as np
 
 from semivit.data.sources import load_source
 
-SOURCES = {"cifar10": "/work/shared/data/cifar10_jpeg.zip", "fashion-mnist": "fashion-mnist"}
+SOURCES = {"cifar10": "/work/shared/data/cifar10_jpeg.zip", "fashion-mnist": "fashion-mnist", "digits": "digits"}
 
 
 def mosaics(x: np.ndarray, y: np.ndarray, n: int, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -16,13 +16,22 @@ from pathlib import Path
 
 import numpy as np
 
-NAME = re.compile(r"(?P<data>[a-z0-9]+)-(?P<pct>\d+)pct-(?P<thr>fixed|cap)-s(?P<seed>\d+)")
+NAME = re.compile(r"(?P<data>[a-z0-9]+)-(?P<pct>\d+)pct-(?P<thr>fixed|cap)-s(?P<seed>\d+)")  # recipe runs
+SINGLE = re.compile(r"(?P<data>[a-z0-9]+)-(?P<pct>\d+)pct-(?P<variant>supervised|fixmatch-fixed|fixmatch-cap)"
+                    r"-s(?P<seed>\d+)")  # one-stage runs (run_digits.sh)
+LABELS = {"supervised": "supervised (labels only)", "fixmatch-fixed": "fixmatch, fixed thresholds",
+          "fixmatch-cap": "fixmatch, cap thresholds"}
 
 
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/multilabel")
     rows: dict[tuple, list[dict]] = defaultdict(list)
     for run in sorted(root.iterdir()):
+        single = SINGLE.fullmatch(run.name)
+        if single and (run / "results.json").is_file():
+            rows[(single["data"], int(single["pct"]), LABELS[single["variant"]])].append(
+                json.loads((run / "results.json").read_text()))
+            continue
         m = NAME.fullmatch(run.name)
         if not m:
             continue
