@@ -281,3 +281,14 @@ def test_probe_baselines_for_label_sets() -> None:
     # separable classes: the one-vs-rest logistic regressions rank every test image right
     assert mean_ap(linear_probe_scores(feats[:150], targets[:150], feats[150:]), targets[150:]) == pytest.approx(1.0)
     assert mean_ap(knn_scores(feats[:150], targets[:150], feats[150:]), targets[150:]) > 0.9
+
+
+def test_commands_that_need_one_class_per_image_refuse_label_sets(tmp_path: Path, mosaics: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from semivit.cli import main
+
+    for args in (["labelcheck", "--data", str(mosaics), "-o", str(tmp_path / "issues.csv"), "-q"],
+                 ["continual", "--data", str(mosaics), "--out", str(tmp_path), "-q"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert "several labels per image" in err and "\n" not in err and "Traceback" not in err

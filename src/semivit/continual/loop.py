@@ -108,6 +108,9 @@ def run_continual(method: str, num_tasks: int, buffer_size: int, overrides: dict
     if data.test is None or len(data.test) == 0:
         raise SemivitError("continual runs evaluate on a test part after every task, and this data has none: "
                            "give one with --test FOLDER (or data.test)")
+    if data.train.multilabel:
+        raise SemivitError("continual runs split the classes into tasks, one class per image, and this data has "
+                           "several labels per image: use semivit train or run")
     train, test = data.train, data.test
     labels, labeled = train.labels, data.split.labeled
     tasks = make_tasks(train.num_classes, num_tasks)

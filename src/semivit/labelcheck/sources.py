@@ -55,6 +55,9 @@ def labeled_pool(cfg: Config, run: str | None = None) -> tuple[Pool, Any]:
         defaults = {f"model.{k}": v for k, v in vars(Config().model).items()}
         cfg = apply_overrides(run_config(run_dir), {"data.split": str(split), **defaults, **_model_settings(cfg)})
     data = prepare_data(cfg.data, cfg.train.seed)
+    if data.train.multilabel:
+        raise SemivitError("labelcheck ranks images whose one class is likely wrong, and this data has several labels "
+                           "per image: review them with semivit pseudolabels on a run instead")
     known_idx = torch.cat([data.split.labeled, data.split.val])
     if len(known_idx) == 0:
         raise SemivitError("the split has no labeled images to check: pass --labels all (or N-per-class) or a "
