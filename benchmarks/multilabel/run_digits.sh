@@ -3,7 +3,8 @@
 # labels = the digits shown), vit_nano trained from random weights, supervised on the labels alone against
 # FixMatch with per-class positive/negative pseudo-labels (fixed τ⁺ 0.95 / τ⁻ 0.05, and CAP's per-class
 # thresholds), the same model, augmentations, steps, optimizer and evaluation EMA (the fixmatch recipe's, at
-# μ 2 for the CPU; no flips: a mirrored digit is another shape), at 1%, 5% and 10% of the 3,000 training mosaics labeled (20% of those labels validate).
+# μ 2 for the CPU; no flips: a mirrored digit is another shape), at 1%, 5% and 10% of the 3,000 training
+# mosaics labeled (20% of those labels validate).
 #   bash benchmarks/multilabel/run_digits.sh [SEEDS...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
