@@ -146,3 +146,23 @@ def test_a_budget_plans_a_frozen_recipe_and_embeds_the_data_once(tmp_path, monke
     assert result.metrics["steps"] == plan["stages"][1]["steps"] >= 20
     n_train = len(prepare_data(cfg.data, 0).train)
     assert calls["images"] == 5 * n_train + 360  # the images, 2 weak and 2 strong views, the test images: once
+
+
+def test_pseudolabels_and_suggest_of_a_frozen_run_read_its_cached_features(tmp_path, monkeypatch):
+    """The labeling loop on a frozen-feature run never runs the backbone over the pool again (issue 25), and
+    the cached path gives the probabilities the exported model gives on the images."""
+    from semivit.cli import main
+    from semivit.labeling.pool import pool_from_run, run_teacher_probs, teacher_probs
+    from semivit.labeling.suggest import teacher_of
+
+    run = Trainer(_frozen(tmp_path, **{"train.method": "supervised"})).fit()
+    pool = pool_from_run(run.run_dir)
+    teacher = teacher_of(pool)
+    direct = teacher_probs(teacher, pool.train)
+    calls = _count_backbone_calls(monkeypatch)
+    cached = run_teacher_probs(pool, teacher)  # the cache holds channels_last features (within ~3e-5)
+    assert np.abs(cached - direct).max() < 2e-3 and (cached.argmax(1) == direct.argmax(1)).mean() > 0.99
+    assert main(["pseudolabels", str(run.run_dir), "-o", str(tmp_path / "pseudo.csv")]) == 0
+    assert main(["suggest", str(run.run_dir), "--budget", "5", "--strategy", "uncertainty",
+                 "-o", str(tmp_path / "next.csv")]) == 0
+    assert calls["images"] == 0

@@ -46,6 +46,7 @@ class Pool:
     val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # a run's validation images
     val_from: str = "none"  # where the run's validation labels came from (split.json)
     origin: str = ""  # the command-line arguments that name this pool (a run folder, or --data ...)
+    cached_features: torch.Tensor | None = field(default=None, repr=False)  # run_features, read once
 
     @property
     def labeled(self) -> np.ndarray:
@@ -181,6 +182,41 @@ def pixel_embedding(images: ImageSet, *others: ImageSet, seed: int = 0) -> list[
     mean, std = x.mean(0), x.std(0) + 1e-6
     pca = PCA(n_components=min(50, x.shape[1], len(x)), random_state=seed).fit((x - mean) / std)
     return [normalize(pca.transform((flat(p) - mean) / std)) for p in (images, *others)]
+
+
+def run_features(pool: Pool, device: str = "cpu") -> torch.Tensor | None:
+    """The pooled features every training image had in a run that trained a head on a frozen backbone
+    (``features.frozen``, no trained blocks), read from the feature cache that run filled (data/features.py):
+    the labeling loop then never runs the backbone over the pool again (on a CPU, minutes at 128 px). None for
+    other runs. Read once per pool."""
+    cfg = pool.cfg
+    if pool.run_dir is None or not cfg.features.frozen or cfg.features.train_blocks:
+        return None
+    if pool.cached_features is None:
+        from semivit.core.distributed import DistInfo
+        from semivit.data import PreparedData
+        from semivit.data.imageset import DataBundle
+        from semivit.data.splits import Split
+        from semivit.engine.inputs import backbone_features
+
+        empty = torch.zeros(0, dtype=torch.long)
+        flip = True if cfg.data.flip is None else cfg.data.flip  # the cache's key holds only the plain images
+        data = PreparedData(DataBundle(cfg.data.source, pool.train, pool.test, flip), Split(empty, empty, empty),
+                            flip)
+        _, feats = backbone_features(cfg, data, DistInfo(), torch.device(device), views=0)
+        pool.cached_features = feats.train["none"].float()
+    return pool.cached_features
+
+
+def run_teacher_probs(pool: Pool, model: Any, device: str = "cpu") -> np.ndarray:
+    """:func:`teacher_probs` of the pool's run over its training images; a frozen-feature run's classifier reads
+    the cached features (:func:`run_features`) instead of running the backbone."""
+    feats = run_features(pool, device)
+    if feats is None:
+        return teacher_probs(model, pool.train, device)
+    with torch.no_grad():
+        logits = torch.cat([model.classifier()(feats[i:i + 4096]).float() for i in range(0, len(feats), 4096)])
+    return (logits.sigmoid() if model.spec.multilabel else logits.softmax(1)).numpy()
 
 
 def teacher_probs(model: Any, images: ImageSet, device: str = "cpu") -> np.ndarray:

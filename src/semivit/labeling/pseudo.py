@@ -16,7 +16,7 @@ import torch
 
 from semivit.errors import SemivitError
 from semivit.labeling.merge import merged_name
-from semivit.labeling.pool import Pool, teacher_probs, write_table
+from semivit.labeling.pool import Pool, run_teacher_probs, write_table
 from semivit.labeling.suggest import OUTLIER_CUTOFF, display_names, outlier_scores, teacher_of
 from semivit.report.runs import run_config
 
@@ -69,7 +69,7 @@ def pseudo_labels(pool: Pool, threshold: float | None = None, device: str = "cpu
                            "method that trains one (supervised, fixmatch, ema_teacher, ...)")
     tau = threshold if threshold is not None else run_threshold(pool)
     tau = DEFAULT_THRESHOLD if tau is None else tau
-    probs = torch.from_numpy(teacher_probs(teacher, pool.train, device)[pool.candidates])
+    probs = torch.from_numpy(run_teacher_probs(pool, teacher, device)[pool.candidates])
     top = probs.topk(min(2, probs.shape[1]), dim=1).values
     conf, label = probs.max(1)
     margin = top[:, 0] - top[:, 1] if top.shape[1] > 1 else top[:, 0]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from semivit.labeling.merge import merged_name
-from semivit.labeling.pool import Pool, teacher_probs, write_table
+from semivit.labeling.pool import Pool, run_teacher_probs, write_table
 from semivit.labeling.suggest import display_names, teacher_of
 from semivit.report.runs import run_config
 
@@ -57,7 +57,7 @@ def multilabel_pseudo_labels(pool: Pool, threshold: float | None, device: str) -
     teacher = teacher_of(pool)
     assert teacher is not None and pool.run_dir is not None
     tau = threshold if threshold is not None else run_threshold(pool)
-    probs = teacher_probs(teacher, pool.train, device)[pool.candidates]
+    probs = run_teacher_probs(pool, teacher, device)[pool.candidates]
     out = MultiLabelPseudo(pool.candidates, probs, np.array(teacher.spec.decision_thresholds()),
                            DEFAULT_THRESHOLD if tau is None else float(tau),
                            run_config(pool.run_dir).multilabel.negative_threshold)

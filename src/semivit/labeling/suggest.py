@@ -18,7 +18,7 @@ import torch
 
 import semivit.labeling.select as select
 from semivit.errors import SemivitError
-from semivit.labeling.pool import Pool, embed, image_files, load_encoder, teacher_probs, write_table
+from semivit.labeling.pool import Pool, embed, image_files, load_encoder, run_features, run_teacher_probs, write_table
 from semivit.report.runs import resolve_device, run_config, trains_classifier
 
 log = logging.getLogger("semivit")
@@ -125,7 +125,7 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
     budget = min(budget, len(pool.candidates))
     device = resolve_device(device)
     teacher = teacher_of(pool)
-    probs = teacher_probs(teacher, pool.train, device) if teacher is not None else None
+    probs = run_teacher_probs(pool, teacher, device) if teacher is not None else None
     labeled = pool.labeled
     if strategy == "auto":
         # training labels only: a run's validation labels never taught the teacher anything
@@ -141,8 +141,12 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
         if emb is None:
             if encoder == "pixels":
                 _warn_pixels(pool)
-            model = teacher if strategy == "uncertainty" and encoder is None else load_encoder(pool, encoder)
-            emb = embed(model, pool.train, device, seed)
+            own = strategy == "uncertainty" and encoder is None
+            cached = run_features(pool, device) if own else None  # a frozen-feature run: its cached features
+            if cached is not None:
+                emb = select.normalize(cached.numpy())
+            else:
+                emb = embed(teacher if own else load_encoder(pool, encoder), pool.train, device, seed)
         radius = select.duplicate_radius(emb, seed) if min_distance is None else float(min_distance)
         log.info("suggest: %s over %d unlabeled images (%d labeled); near-duplicates: closer than %.4g",
                  strategy, len(pool.candidates), len(labeled), radius)
