@@ -173,3 +173,10 @@ def test_pseudolabels_and_suggest_read_an_openmatch_runs_outlier_scores(tmp_path
     assert {pool.train.ids[i] for i in targeted.indices.tolist()} <= far and len(targeted) == 5
     with pytest.raises(SemivitError, match="outliers"):
         suggest(pool, 5, strategy="random", outliers="avoid")
+    # the run report has the same sheet: the outliers' images, most unfamiliar first
+    from semivit.report import write_report
+
+    html = write_report(run_dir).read_text()
+    assert "images that look like none of your classes" in html
+    assert f"{len(far)} of {len(pool.train.ids)} unlabeled images score" in html
+    assert html.count("outlier 0.90") == min(len(far), 48)

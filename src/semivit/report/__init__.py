@@ -17,6 +17,7 @@ from semivit.engine.evaluate import summary_line
 from semivit.errors import SemivitError
 from semivit.report.html import esc, figure_data_uri, grid, page, plot_img, png_data_uri, table, tile
 from semivit.report.multilabel import multilabel_section
+from semivit.report.outliers import outlier_section
 from semivit.report.plots import (
     confusion_figure,
     curve_figures,
@@ -60,16 +61,18 @@ class _Data:
     def __init__(self) -> None:
         self._cache: dict[str, Any] = {}
 
-    def test_part(self, cfg: Any) -> Any:
+    def bundle(self, cfg: Any) -> Any:
         from semivit.data.sources import load_source
 
         d = cfg.data
-        key = json.dumps([d.source, d.test, d.image_size, d.root])
+        key = json.dumps([d.source, d.test, d.unlabeled, d.image_size, d.root])
         if key not in self._cache:
-            bundle = load_source(d.source, test=d.test, root=d.root, download=False, image_size=d.image_size,
-                                 on_corrupt="skip")
-            self._cache[key] = bundle.test
+            self._cache[key] = load_source(d.source, test=d.test, unlabeled=d.unlabeled, root=d.root, download=False,
+                                           image_size=d.image_size, on_corrupt="skip")
         return self._cache[key]
+
+    def test_part(self, cfg: Any) -> Any:
+        return self.bundle(cfg).test
 
 
 def _evaluation(run_dir: Path, cfg: Any, data: _Data, device: str) -> str:
@@ -162,6 +165,9 @@ def run_section(run_dir: Path, title: str | None = None, data: Any = None, devic
     parts.append(f"<{sub}>learning curves</{sub}>"
                  + (f"<div class='plots'>{curves}</div>" if curves else "<p class='note'>No metrics logged.</p>"))
     parts.append(f"<{sub}>test evaluation</{sub}>" + _evaluation(run_dir, cfg, data, device))
+    if (run_dir / "outlier_scores.csv").is_file():  # an openmatch run: what the pool holds beyond the classes
+        parts.append(f"<{sub}>images that look like none of your classes</{sub}>"
+                     + outlier_section(run_dir, data.bundle(cfg).train, GRID_IMAGES))
     config_text = (run_dir / "config.yaml").read_text()
     parts.append(f"<{sub}>resolved config</{sub}><pre>{esc(config_text)}</pre>")
     return f"<section class='run-section'>{''.join(parts)}</section>"
