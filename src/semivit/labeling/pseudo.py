@@ -107,11 +107,10 @@ def write_csv(pool: Pool, p: PseudoLabels, path: str | Path) -> Path:
 def write_sheet(pool: Pool, p: PseudoLabels, path: str | Path, per_class: int = 120) -> Path:
     """An HTML contact sheet, one section per predicted class, least confident first (at most
     ``per_class`` images each; the CSV lists them all). Images under τ are framed in amber."""
-    from semivit.report.html import esc, grid, page, png_data_uri, tile
+    from semivit.report.html import esc, png_data_uri, tile
 
-    path = Path(path)
     names = display_names(pool)
-    sections, toc = [], []
+    sections = []
     far = np.nonzero(p.outside)[0]
     if len(far):  # an openmatch run: its own sheet, most unfamiliar first, kept out of the class sections
         assert p.outlier is not None
@@ -121,9 +120,8 @@ def write_sheet(pool: Pool, p: PseudoLabels, path: str | Path, per_class: int = 
         tiles = [tile(png_data_uri(images[k]), f"{esc(Path(names[p.indices[n]]).name)}<br>outlier "
                       f"{p.outlier[n]:.2f} · guess {esc(pool.class_name(int(p.labels[n])))}", "warn",
                       title=names[p.indices[n]]) for k, n in enumerate(shown)]
-        sections.append(f"<h2 id='none'>images that look like none of your classes: {len(far)} (outlier score ≥ "
-                        f"{OUTLIER_CUTOFF:g}; none passes)</h2>" + grid(tiles))
-        toc.append(f"<a href='#none'>none of your classes</a> ({len(far)})")
+        sections.append(("none", "none of your classes", len(far), f"images that look like none of your classes: "
+                         f"{len(far)} (outlier score ≥ {OUTLIER_CUTOFF:g}; none passes)", tiles))
     for c in range(pool.train.num_classes):
         rows = np.nonzero((p.labels == c) & ~p.outside)[0]
         if len(rows) == 0:
@@ -136,13 +134,23 @@ def write_sheet(pool: Pool, p: PseudoLabels, path: str | Path, per_class: int = 
         name = pool.class_name(c)
         more = f" <span class='note'>(the {len(rows) - len(shown)} most confident are in the CSV only)</span>" \
             if len(rows) > len(shown) else ""
-        sections.append(f"<h2 id='class-{c}'>{esc(name)}: {len(rows)} images, {int(p.passes[rows].sum())} pass "
-                        f"τ{more}</h2>" + grid(tiles))
-        toc.append(f"<a href='#class-{c}'>{esc(name)}</a> ({len(rows)})")
+        sections.append((f"class-{c}", name, len(rows), f"{esc(name)}: {len(rows)} images, "
+                         f"{int(p.passes[rows].sum())} pass τ{more}", tiles))
+    intro = (f"<p>{len(p.indices)} unlabeled images, {int(p.passes.sum())} with confidence ≥ τ = {p.threshold:g} "
+             "(amber frames: below τ). Least confident first in each class. Correct the <code>label</code> or set "
+             "<code>keep</code> in the CSV, then <code>semivit pseudolabels RUN --accept reviewed.csv -o "
+             f"{merged_name(pool)}</code>.</p>")
+    return sheet_page(pool, path, intro, sections)
+
+
+def sheet_page(pool: Pool, path: str | Path, intro: str, sections: list[tuple[str, str, int, str, list[str]]]) -> Path:
+    """Write a pseudo-label contact sheet: ``intro``, a table of contents and its ``sections``, each (anchor,
+    name, image count, heading HTML, tiles)."""
+    from semivit.report.html import esc, grid, page
+
     title = f"pseudo-labels of {pool.run_dir}"
-    body = (f"<h1>{esc(title)}</h1><p>{len(p.indices)} unlabeled images, {int(p.passes.sum())} with confidence ≥ "
-            f"τ = {p.threshold:g} (amber frames: below τ). Least confident first in each class. Correct the "
-            "<code>label</code> or set <code>keep</code> in the CSV, then <code>semivit pseudolabels RUN --accept "
-            f"reviewed.csv -o {merged_name(pool)}</code>.</p><p>" + " · ".join(toc) + "</p>" + "".join(sections))
-    path.write_text(page(title, body))
+    toc = " · ".join(f"<a href='#{anchor}'>{esc(name)}</a> ({count})" for anchor, name, count, _, _ in sections)
+    body = "".join(f"<h2 id='{anchor}'>{heading}</h2>" + grid(tiles) for anchor, _, _, heading, tiles in sections)
+    path = Path(path)
+    path.write_text(page(title, f"<h1>{esc(title)}</h1>{intro}<p>{toc}</p>{body}"))
     return path

@@ -98,12 +98,12 @@ def multilabel_review_summary(pool: Pool, p: MultiLabelPseudo) -> dict[str, floa
 def write_multilabel_sheet(pool: Pool, p: MultiLabelPseudo, path: str | Path, per_class: int = 120) -> Path:
     """An HTML contact sheet, one section per class with the images predicted to show it, least confident first
     (an image appears under each of its classes); images with an unsure class are framed in amber."""
-    from semivit.report.html import esc, grid, page, png_data_uri, tile
+    from semivit.labeling.pseudo import sheet_page
+    from semivit.report.html import esc, png_data_uri, tile
 
-    path = Path(path)
     names = display_names(pool)
     present, unsure, passes = p.present, p.unsure, p.passes
-    sections, toc = [], []
+    sections = []
     for c in range(pool.train.num_classes):
         rows = np.nonzero(present[:, c])[0]
         if len(rows) == 0:
@@ -115,14 +115,10 @@ def write_multilabel_sheet(pool: Pool, p: MultiLabelPseudo, path: str | Path, pe
                                                             if unsure[n].any() else ""),
                       "" if passes[n] else "warn", title=names[p.indices[n]]) for k, n in enumerate(shown)]
         name = pool.class_name(c)
-        sections.append(f"<h2 id='class-{c}'>{esc(name)}: {len(rows)} images, {int(passes[rows].sum())} with every "
-                        f"class settled</h2>" + grid(tiles))
-        toc.append(f"<a href='#class-{c}'>{esc(name)}</a> ({len(rows)})")
-    title = f"pseudo-labels of {pool.run_dir}"
-    body = (f"<h1>{esc(title)}</h1><p>{len(p.indices)} unlabeled images with several labels each; "
-            f"{int(passes.sum())} have every class settled (p ≥ τ⁺ = {p.positive:g} or ≤ τ⁻ = {p.negative:g}; amber "
-            "frames: some class unsure). Correct <code>labels</code> (<code>a|b</code>) or set <code>keep</code> in "
-            f"the CSV, then <code>semivit pseudolabels RUN --accept reviewed.csv -o {merged_name(pool)}</code>.</p>"
-            "<p>" + " · ".join(toc) + "</p>" + "".join(sections))
-    path.write_text(page(title, body))
-    return path
+        sections.append((f"class-{c}", name, len(rows), f"{esc(name)}: {len(rows)} images, "
+                         f"{int(passes[rows].sum())} with every class settled", tiles))
+    intro = (f"<p>{len(p.indices)} unlabeled images with several labels each; {int(passes.sum())} have every class "
+             f"settled (p ≥ τ⁺ = {p.positive:g} or ≤ τ⁻ = {p.negative:g}; amber frames: some class unsure). Correct "
+             "<code>labels</code> (<code>a|b</code>) or set <code>keep</code> in the CSV, then <code>semivit "
+             f"pseudolabels RUN --accept reviewed.csv -o {merged_name(pool)}</code>.</p>")
+    return sheet_page(pool, path, intro, sections)
