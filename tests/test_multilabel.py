@@ -248,7 +248,8 @@ def test_suggest_pseudolabels_and_accept_handle_label_sets(tmp_path: Path, mosai
     rows = list(csv.DictReader(to_label.open()))
     assert len(rows) == 6 and "labels" in rows[0] and all(r["guess"] for r in rows)
     pseudo = tmp_path / "pseudo.csv"
-    assert main(["pseudolabels", str(run.run_dir), "-o", str(pseudo), "--threshold", "0.6"]) == 0
+    assert main(["pseudolabels", str(run.run_dir), "-o", str(pseudo), "--threshold", "0.6", "--html"]) == 0
+    assert "with every class settled" in pseudo.with_suffix(".html").read_text()  # a section per class
     rows = list(csv.DictReader(pseudo.open()))
     assert list(rows[0]) == ["path", "labels", "unsure", "confidence", "passes", "keep"]
     confidence = [float(r["confidence"]) for r in rows]
