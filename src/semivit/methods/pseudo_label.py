@@ -197,7 +197,8 @@ class PseudoLabelMethod(Method):
             known = truth >= 0
             correct = (pseudo == truth) & known
             metrics["pseudo_acc"] = ((correct & mask).sum() / (mask & known).sum().clamp_min(1)).float()
-            metrics["pseudo_recall"] = ((correct & mask).sum() / known.sum().clamp_min(1)).float()
+            # the share of all (image, class) entries that got a right pseudo-label
+            metrics["pseudo_coverage"] = ((correct & mask).sum() / known.sum().clamp_min(1)).float()
         return StepOutput(loss_x + self.params.lambda_u * loss_u, metrics)
 
     def _output(self, loss_x: torch.Tensor, loss_u: torch.Tensor, logits_l: torch.Tensor, y: torch.Tensor,
