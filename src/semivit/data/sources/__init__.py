@@ -34,8 +34,9 @@ from semivit.data.sources.builtin import (
     default_root,
     read_idx,
 )
-from semivit.data.sources.common import IMAGE_EXTENSIONS, KINDS, Opts, Parts, concat, conform
+from semivit.data.sources.common import IMAGE_EXTENSIONS, KINDS, Opts, Parts
 from semivit.data.sources.files import read_image_files
+from semivit.data.sources.parts import concat, conform
 from semivit.errors import SemivitError
 
 __all__ = ["BUILTINS", "DEBIAN_FASHION_MNIST", "FASHION_CLASSES", "FAMILIES", "IMAGE_EXTENSIONS", "Parts",

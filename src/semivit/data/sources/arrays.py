@@ -20,7 +20,8 @@ import numpy as np
 
 from semivit.core.io import read_npz
 from semivit.data.imageset import UNLABELED
-from semivit.data.sources.common import Opts, Parts, array_parts
+from semivit.data.sources.common import Opts, Parts
+from semivit.data.sources.parts import array_parts
 from semivit.errors import SemivitError
 
 # (images key, labels key) of the train, test and validation parts, per convention, first match wins

@@ -17,7 +17,8 @@ import torch
 
 from semivit.core.safe_pickle import load_data_pickle
 from semivit.data.imageset import ImageSet
-from semivit.data.sources.common import Opts, Parts, array_parts, array_set
+from semivit.data.sources.common import Opts, Parts
+from semivit.data.sources.parts import array_parts, array_set
 from semivit.errors import SemivitError
 
 BUILTINS = {"digits": False, "cifar10": True, "cifar100": True, "stl10": True, "svhn": False,

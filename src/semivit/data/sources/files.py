@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from semivit.data.imageset import UNLABELED, ImageSet
-from semivit.data.sources.common import Decoder, Files, Opts, Parts, files_to_set, is_image, multi_hot
+from semivit.data.sources.common import Decoder, Files, Opts, Parts, files_to_set, is_image
+from semivit.data.sources.parts import multi_hot
 from semivit.errors import SemivitError
 
 

@@ -21,7 +21,8 @@ from typing import Any
 from PIL import Image
 
 from semivit.data.imageset import UNLABELED, ImageSet
-from semivit.data.sources.common import Decoder, Files, Opts, Parts, concat, files_to_set, multi_hot
+from semivit.data.sources.common import Decoder, Files, Opts, Parts, files_to_set
+from semivit.data.sources.parts import concat, multi_hot
 from semivit.errors import SemivitError
 
 INSTALL = "pip install 'semivit[hf]' (or pip install datasets)"
