@@ -148,6 +148,7 @@ def test_a_budget_plans_a_frozen_recipe_and_embeds_the_data_once(tmp_path, monke
     assert calls["images"] == 5 * n_train + 360  # the images, 2 weak and 2 strong views, the test images: once
 
 
+@pytest.mark.slow
 def test_pseudolabels_and_suggest_of_a_frozen_run_read_its_cached_features(tmp_path, monkeypatch):
     """The labeling loop on a frozen-feature run never runs the backbone over the pool again (issue 25), and
     the cached path gives the probabilities the exported model gives on the images."""

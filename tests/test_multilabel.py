@@ -175,6 +175,7 @@ def _config(tmp_path: Path, mosaics: Path, method: str, **more):
                                     "train.batch_size": 16, **more})
 
 
+@pytest.mark.slow
 def test_supervised_and_fixmatch_train_report_map_and_export_their_thresholds(tmp_path: Path, mosaics: Path) -> None:
     from semivit.api import evaluate, load, predict
 
@@ -195,6 +196,7 @@ def test_supervised_and_fixmatch_train_report_map_and_export_their_thresholds(tm
     assert report["multilabel"] and 0 < report["map"] <= 1
 
 
+@pytest.mark.slow
 def test_predict_writes_label_sets_and_onnx_carries_the_thresholds(tmp_path: Path, mosaics: Path) -> None:
     from PIL import Image
 
@@ -238,6 +240,7 @@ def test_settings_that_cannot_apply_are_refused_in_one_line(tmp_path: Path, mosa
         Trainer(_config(tmp_path, mosaics, "supervised", **{"multilabel.gamma_neg": 2.0}))
 
 
+@pytest.mark.slow
 def test_suggest_pseudolabels_and_accept_handle_label_sets(tmp_path: Path, mosaics: Path) -> None:
     from semivit.cli import main
 
