@@ -160,6 +160,70 @@ def find_issues(labels: np.ndarray, probs: np.ndarray, *, rank_by: str = "self_c
                        checked=len(y), source=source)
 
 
+def out_of_sample_multilabel_probs(features: np.ndarray, targets: np.ndarray, folds: int = 5,
+                                   seed: int = 0) -> np.ndarray:
+    """For several labels per image: each image's per-class probabilities from one logistic regression per class
+    (scikit-learn's defaults) fitted on the *other* folds of a shuffled ``folds``-fold split seeded by ``seed``;
+    ``targets`` N×C of 0/1. A class a training fold shows always (or never) gets that probability there."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(targets, dtype=np.int64)
+    if folds < 2 or len(y) < 2 * folds:
+        raise SemivitError(f"{len(y)} labeled images are too few to check with {folds}-fold cross-validation: pass "
+                           f"fewer --folds (≥ 2), or more labels")
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    probs = np.zeros(y.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for fit_rows, held_out in KFold(folds, shuffle=True, random_state=seed).split(x):
+            for c in range(y.shape[1]):
+                yc = y[fit_rows, c]
+                if yc.min() == yc.max():
+                    probs[held_out, c] = float(yc[0])
+                    continue
+                clf = LogisticRegression(max_iter=2000).fit(x[fit_rows], yc)
+                probs[held_out, c] = clf.predict_proba(x[held_out])[:, 1]
+    return probs
+
+
+def find_multilabel_issues(label_sets: list[tuple[int, ...]], probs: np.ndarray, *, rank_by: str = "self_confidence",
+                           filter_by: str = "prune_by_noise_rate", source: str = "") -> LabelIssues:
+    """:func:`find_issues` for several labels per image: Cleanlab's ``find_label_issues(..., multi_label=True)``
+    and its multi-label quality score (``cleanlab.multilabel_classification``) on per-class out-of-sample
+    probabilities. ``given``/``suggested`` hold label sets (the suggestion: the classes with p ≥ 0.5);
+    ``given_prob`` is the probability the model gives the given answer for the class it doubts most, and
+    ``suggested_prob`` the same for the suggestion."""
+    require_cleanlab()
+    from cleanlab.filter import find_label_issues
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+    if rank_by not in RANK_BY:
+        raise SemivitError(f"unknown --rank-by '{rank_by}': use one of {', '.join(RANK_BY)}")
+    if filter_by not in FILTER_BY:
+        raise SemivitError(f"unknown --filter-by '{filter_by}': use one of {', '.join(FILTER_BY)}")
+    labels = [sorted(int(c) for c in s) for s in label_sets]
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        flagged = np.asarray(find_label_issues(labels, p, multi_label=True, filter_by=filter_by,
+                                               return_indices_ranked_by=rank_by, n_jobs=1), dtype=np.int64)
+        quality = get_label_quality_scores(labels, p, method=rank_by)
+    given = np.zeros(p.shape, dtype=bool)
+    for row, present in enumerate(labels):
+        given[row, present] = True
+    suggested = p >= 0.5
+    agree = np.where(given, p, 1 - p).min(1)
+    sure = np.maximum(p, 1 - p).min(1)
+    sets = np.empty(len(labels), dtype=object)
+    sets[:] = [tuple(r) for r in labels]
+    suggestions = np.empty(len(labels), dtype=object)
+    suggestions[:] = [tuple(np.nonzero(row)[0].tolist()) for row in suggested]
+    return LabelIssues(indices=flagged, given=sets[flagged], suggested=suggestions[flagged], quality=quality[flagged],
+                       given_prob=agree[flagged], suggested_prob=sure[flagged], checked=len(labels), source=source)
+
+
 def precision_recall(flagged: np.ndarray, wrong: np.ndarray) -> tuple[float, float]:
     """Precision and recall of the flagged images against the truly wrong ones (a simulation's flipped
     labels): precision = right flags / flags, recall = right flags / wrong labels (0 where undefined)."""

@@ -29,12 +29,21 @@ def merged_name(pool: Pool) -> str:
     return "labels.csv" if all(f is not None for f in image_files(pool.cfg, pool.train)) else "labels.npz"
 
 
+def _name(pool: Pool, label: object, empty: str = "none") -> str:
+    """A class's name, or a label set's ``a|b`` (multi-label data; ``empty`` for the empty set)."""
+    if isinstance(label, tuple):
+        return pool.class_name(label) or empty
+    return pool.class_name(int(label))  # type: ignore[call-overload]
+
+
 def write_csv(pool: Pool, issues: LabelIssues, path: str | Path) -> Path:
-    """The flagged labels as the CSV described in the module docstring."""
+    """The flagged labels as the CSV described in the module docstring (multi-label data: a ``labels`` column of
+    ``a|b``, what ``--accept`` reads there)."""
     names = display_names(pool)
-    return write_table(path, HEADER, (
-        [n + 1, names[int(i)], int(i), pool.class_name(int(issues.given[n])),
-         pool.class_name(int(issues.suggested[n])), pool.class_name(int(issues.suggested[n])), "",
+    header = [("labels" if h == "label" and pool.train.multilabel else h) for h in HEADER]
+    return write_table(path, header, (
+        [n + 1, names[int(i)], int(i), _name(pool, issues.given[n]), _name(pool, issues.suggested[n]),
+         _name(pool, issues.suggested[n], empty=""), "",
          f"{issues.quality[n]:.4f}", f"{issues.given_prob[n]:.4f}", f"{issues.suggested_prob[n]:.4f}"]
         for n, i in enumerate(issues.indices)))
 
@@ -50,7 +59,7 @@ def write_sheet(pool: Pool, issues: LabelIssues, path: str | Path, limit: int = 
     images = pool.train.get(torch.from_numpy(shown)) if len(shown) else []
     tiles = []
     for n, i in enumerate(shown):
-        given, suggested = pool.class_name(int(issues.given[n])), pool.class_name(int(issues.suggested[n]))
+        given, suggested = _name(pool, issues.given[n]), _name(pool, issues.suggested[n])
         caption = (f"#{n + 1} {esc(Path(names[int(i)]).name)}<br>given <b>{esc(given)}</b> "
                    f"{issues.given_prob[n]:.2f}<br>suggested <b>{esc(suggested)}</b> {issues.suggested_prob[n]:.2f}"
                    f"<br>quality {issues.quality[n]:.3f}")

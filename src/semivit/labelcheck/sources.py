@@ -25,9 +25,15 @@ import torch
 
 from semivit.config import Config, apply_overrides
 from semivit.errors import SemivitError
-from semivit.labelcheck.check import LabelIssues, find_issues, out_of_sample_probs
+from semivit.labelcheck.check import (
+    LabelIssues,
+    find_issues,
+    find_multilabel_issues,
+    out_of_sample_multilabel_probs,
+    out_of_sample_probs,
+)
 from semivit.labelcheck.choices import PROBS
-from semivit.labeling.pool import Pool, load_encoder
+from semivit.labeling.pool import Pool, label_of, load_encoder
 from semivit.labeling.select import normalize
 
 log = logging.getLogger("semivit")
@@ -55,15 +61,11 @@ def labeled_pool(cfg: Config, run: str | None = None) -> tuple[Pool, Any]:
         defaults = {f"model.{k}": v for k, v in vars(Config().model).items()}
         cfg = apply_overrides(run_config(run_dir), {"data.split": str(split), **defaults, **_model_settings(cfg)})
     data = prepare_data(cfg.data, cfg.train.seed)
-    if data.train.multilabel:
-        raise SemivitError("labelcheck ranks images whose one class is likely wrong, and this data has several labels "
-                           "per image: review them with semivit pseudolabels on a run instead")
     known_idx = torch.cat([data.split.labeled, data.split.val])
     if len(known_idx) == 0:
         raise SemivitError("the split has no labeled images to check: pass --labels all (or N-per-class) or a "
                            "--split naming labeled images")
-    labels = data.train.labels
-    known = {int(i): int(labels[i]) for i in known_idx}
+    known = {int(i): label_of(data.train, int(i)) for i in known_idx}
     everything = np.arange(len(data.train))
     candidates = everything[~np.isin(everything, known_idx.numpy())]
     pool = Pool(cfg, data.train, known, candidates, run_dir, data.test, val=data.split.val.numpy().astype(np.int64),
@@ -131,13 +133,19 @@ def check_labels(pool: Pool, data: Any, *, probs: str = "kfold", model: str | No
     if probs not in PROBS:
         raise SemivitError(f"unknown --probs '{probs}': use {' or '.join(PROBS)}")
     rows, p, source = _teacher_probs(pool, device) if probs == "teacher" else (pool.labeled, None, "")
-    given = np.array([pool.known[int(i)] for i in rows])
+    multilabel = pool.train.multilabel
+    given = [pool.known[int(i)] for i in rows] if multilabel else np.array([pool.known[int(i)] for i in rows])
     if p is None:  # k-fold: each label judged by a model fitted on the other folds
         x, what = labeled_features(pool, data, model=model, encoder=encoder, device=device)
-        p = out_of_sample_probs(x, given, folds, seed, num_classes=pool.train.num_classes)
+        if multilabel:  # one logistic regression per class
+            targets = (pool.train.labels[torch.from_numpy(np.asarray(rows))] == 1).numpy()
+            p = out_of_sample_multilabel_probs(x, targets, folds, seed)
+        else:
+            p = out_of_sample_probs(x, given, folds, seed, num_classes=pool.train.num_classes)
         source = f"{folds}-fold logistic regression on {what}"
     log.info("labelcheck: %d labels, probabilities from %s", len(rows), source)
-    issues = find_issues(given, p, rank_by=rank_by, filter_by=filter_by, source=source)
+    find = find_multilabel_issues if multilabel else find_issues
+    issues = find(given, p, rank_by=rank_by, filter_by=filter_by, source=source)  # type: ignore[operator]
     issues.indices = rows[issues.indices]
     issues.ids = [pool.train.ids[int(i)] for i in issues.indices]
     return issues
@@ -157,5 +165,6 @@ def _teacher_probs(pool: Pool, device: str) -> tuple[np.ndarray, np.ndarray, str
     if teacher is None:
         raise SemivitError(f"'{pool.run_dir}' has no trained classifier (a pre-training run): use --probs kfold")
     rows = np.sort(pool.val)
-    p = predict_logits(teacher, pool.train, torch.from_numpy(rows), device=device).softmax(1).numpy()
+    logits = predict_logits(teacher, pool.train, torch.from_numpy(rows), device=device)
+    p = (logits.sigmoid() if teacher.spec.multilabel else logits.softmax(1)).numpy()
     return rows, p, f"the teacher of {pool.run_dir} on its {len(rows)} validation images"
