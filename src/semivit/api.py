@@ -142,14 +142,22 @@ def predict(model: nn.Module, images: Any, batch_size: int = 256) -> torch.Tenso
     """Class probabilities (N×K) of ``images``: uint8 N×H×W, N×H×W×C or N×C×H×W, or float N×C×H×W in [0, 1]. A
     multi-label model gives each class's own probability (sigmoid); ``model.spec.decision_thresholds()`` says
     where each class counts as present."""
+    logits = _logits(model, images, batch_size)
+    return logits.sigmoid() if _multilabel(model) else logits.softmax(1)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, images: Any, batch_size: int = 256) -> torch.Tensor:
     x = _float_images(images)
     was = model.training
     model.eval()
-    multilabel = bool(getattr(getattr(model, "spec", None), "multilabel", False))
-    logits = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-    out = logits.sigmoid() if multilabel else logits.softmax(1)
+    out = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
     model.train(was)
     return out
+
+
+def _multilabel(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "spec", None), "multilabel", False))
 
 
 def evaluate(model: nn.Module | str | Path, images: Any, labels: Any) -> dict[str, Any]:
@@ -158,15 +166,13 @@ def evaluate(model: nn.Module | str | Path, images: Any, labels: Any) -> dict[st
     from semivit.engine.evaluate import classification_report
 
     net = load(model) if isinstance(model, (str, Path)) else model
-    probs = predict(net, images)
-    spec = getattr(net, "spec", None)
-    if getattr(spec, "multilabel", False):  # labels N×C of 0/1: mAP and F1 at the model's thresholds
+    logits = _logits(net, images)
+    classes = list(getattr(getattr(net, "spec", None), "classes", None) or [str(i) for i in range(logits.shape[1])])
+    if _multilabel(net):  # labels N×C of 0/1: mAP and F1 at the model's thresholds
         from semivit.engine.multilabel_eval import multilabel_report
 
-        return multilabel_report(torch.logit(probs.clamp(1e-7, 1 - 1e-7)), torch.as_tensor(np.asarray(labels)),
-                                 list(spec.classes or map(str, range(probs.shape[1]))), spec.decision_thresholds())
-    classes = list(getattr(getattr(net, "spec", None), "classes", None) or [str(i) for i in range(probs.shape[1])])
-    return classification_report(probs.log(), torch.as_tensor(np.asarray(labels)).long(), classes)
+        return multilabel_report(logits, torch.as_tensor(np.asarray(labels)), classes, net.spec.decision_thresholds())
+    return classification_report(logits, torch.as_tensor(np.asarray(labels)).long(), classes)
 
 
 def suggest(data: str = "digits", budget: int = 10, *, labels: str = "0", run: str | None = None,

@@ -230,7 +230,7 @@ def linear_probe_top1(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torc
     return float(clf.score(((test_x - mean) / std).numpy(), test_y.numpy()))
 
 
-def _standardised(train_x: torch.Tensor, *others: torch.Tensor) -> list[Any]:
+def standardised(train_x: torch.Tensor, *others: torch.Tensor) -> list[Any]:
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     return [((x - mean) / std).numpy() for x in (train_x, *others)]
 
@@ -242,7 +242,7 @@ def label_spreading_top1(pool_x: torch.Tensor, pool_y: torch.Tensor, test_x: tor
     its k-NN kernel). A transductive semi-supervised baseline for heads on cached features."""
     from sklearn.semi_supervised import LabelSpreading
 
-    pool, test = _standardised(pool_x.float(), test_x.float())
+    pool, test = standardised(pool_x.float(), test_x.float())
     model = LabelSpreading(kernel="knn", n_neighbors=neighbours, alpha=alpha, max_iter=100)
     model.fit(pool, pool_y.numpy())
     return float((torch.from_numpy(model.predict(test)) == test_y).float().mean())
@@ -256,7 +256,7 @@ def self_training_top1(pool_x: torch.Tensor, pool_y: torch.Tensor, test_x: torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.semi_supervised import SelfTrainingClassifier
 
-    pool, test = _standardised(pool_x.float(), test_x.float())
+    pool, test = standardised(pool_x.float(), test_x.float())
     model = SelfTrainingClassifier(LogisticRegression(max_iter=300), threshold=threshold, max_iter=max_iter)
     model.fit(pool, pool_y.numpy())
     return float((torch.from_numpy(model.predict(test)) == test_y).float().mean())

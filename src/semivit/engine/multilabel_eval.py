@@ -8,7 +8,6 @@ is left out of the mean, as torchmetrics and scikit-learn's own ``average=None``
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -41,8 +40,12 @@ def mean_ap(logits: torch.Tensor, targets: torch.Tensor) -> float:
         ...               torch.tensor([[1, 0], [0, 1], [0, 1]])), 4)
         0.9167
     """
-    aps = [a for a in per_class_ap(logits, targets) if a is not None]
-    return float(np.mean(aps)) if aps else 0.0
+    return _mean(per_class_ap(logits, targets))
+
+
+def _mean(aps: list[float | None]) -> float:
+    valid = [a for a in aps if a is not None]
+    return float(np.mean(valid)) if valid else 0.0
 
 
 def choose_thresholds(logits: torch.Tensor, targets: torch.Tensor, default: float = 0.5) -> list[float]:
@@ -87,11 +90,10 @@ def multilabel_report(logits: torch.Tensor, targets: torch.Tensor, classes: list
     and per class its AP, F1, threshold and number of positive images."""
     aps = per_class_ap(logits, targets)
     f1 = f1_scores(logits, targets, thresholds)
-    positives = ((targets == 1) & (targets >= 0)).sum(0).tolist()
-    valid = [a for a in aps if a is not None]
-    return {"multilabel": True, "samples": len(targets), "map": float(np.mean(valid)) if valid else 0.0,
+    positives = (targets == 1).sum(0).tolist()
+    return {"multilabel": True, "samples": len(targets), "map": _mean(aps),
             "micro_f1": f1["micro_f1"], "macro_f1": f1["macro_f1"], "thresholds": list(thresholds),
-            "per_class": {name: {"ap": None if ap is None or math.isnan(ap) else round(ap, 5),
+            "per_class": {name: {"ap": None if ap is None else round(ap, 5),
                                  "f1": round(f, 5), "threshold": t, "positives": int(n)}
                           for name, ap, f, t, n in zip(classes, aps, f1["per_class_f1"], thresholds, positives)}}
 
@@ -107,22 +109,27 @@ def knn_scores(bank: torch.Tensor, bank_targets: torch.Tensor, queries: torch.Te
     return (weights.unsqueeze(2) * (bank_targets[idx] == 1).float()).sum(1)
 
 
-def linear_probe_scores(train_x: torch.Tensor, train_targets: torch.Tensor, test_x: torch.Tensor) -> torch.Tensor:
-    """One logistic regression per class (scikit-learn's defaults, one-vs-rest) on standardised frozen
-    features; returns the test images' decision values (logits). A class the labels never show, or always show,
-    gets a constant score."""
+def per_class_probs(x: np.ndarray, y: np.ndarray, x_eval: np.ndarray) -> np.ndarray:
+    """One logistic regression per class (scikit-learn's defaults) fitted on features ``x`` and 0/1 targets ``y``
+    (N×C); each class's probability on ``x_eval``. A class ``y`` always (or never) shows gets 1 (or 0)."""
     from sklearn.linear_model import LogisticRegression
 
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    x, xt = ((train_x - mean) / std).numpy(), ((test_x - mean) / std).numpy()
-    y = (train_targets == 1).numpy()
-    out = np.zeros((len(xt), y.shape[1]), np.float32)
+    out = np.zeros((len(x_eval), y.shape[1]))
     for c in range(y.shape[1]):
-        if y[:, c].all() or not y[:, c].any():
-            out[:, c] = 10.0 if y[:, c].all() else -10.0
+        if y[:, c].min() == y[:, c].max():
+            out[:, c] = float(y[0, c])
             continue
-        out[:, c] = LogisticRegression(max_iter=2000).fit(x, y[:, c]).decision_function(xt)
-    return torch.from_numpy(out)
+        out[:, c] = LogisticRegression(max_iter=2000).fit(x, y[:, c]).predict_proba(x_eval)[:, 1]
+    return out
+
+
+def linear_probe_scores(train_x: torch.Tensor, train_targets: torch.Tensor, test_x: torch.Tensor) -> torch.Tensor:
+    """The linear probe for several labels per image: :func:`per_class_probs` on frozen features standardised by
+    the training rows; the test images' probabilities, each class's own."""
+    from semivit.engine.evaluate import standardised
+
+    x, xt = standardised(train_x.float(), test_x.float())
+    return torch.from_numpy(per_class_probs(x, (train_targets == 1).numpy().astype(np.int64), xt)).float()
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -37,18 +37,27 @@ class StageEvaluation:
         self.multilabel = inputs.data.train.multilabel
         self.score = "map" if self.multilabel else "top1"
         self.thresholds: list[float] = [0.5] * inputs.data.train.num_classes if self.multilabel else []
+        self._last_val: tuple[torch.Tensor, torch.Tensor] | None = None  # multi-label: the latest validation pass
+
+    def exported(self, net: nn.Module) -> nn.Module:
+        """The model to save (or hand back) for ``net``; a multi-label one carries the decision thresholds chosen on
+        the latest validation pass (predict and ONNX apply them), computed here, when a model is exported."""
+        model = self.inputs.exportable(net)
+        if self.multilabel:
+            if self._last_val is not None:
+                self.thresholds, self._last_val = choose_thresholds(*self._last_val), None
+            model.spec.thresholds = list(self.thresholds)
+        return model
 
     def _export(self, net: nn.Module, name: str) -> None:
-        model = self.inputs.exportable(net)
-        if self.multilabel:  # the exported model carries its decision thresholds (predict, ONNX)
-            model.spec.thresholds = list(self.thresholds)
+        model = self.exported(net)
         export_weights(model, self.ckpt_dir / name, model.spec.to_dict(), self.export_meta)
 
     def _score(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
-        """Top-1, or on multi-label data the mAP (and the thresholds of these validation logits)."""
+        """Top-1, or on multi-label data the mAP (the logits are kept for the thresholds of the next export)."""
         if not self.multilabel:
             return top1(logits, labels)
-        self.thresholds = choose_thresholds(logits, labels)
+        self._last_val = (logits, labels)
         return mean_ap(logits, labels)
 
     def validate(self, net: nn.Module, step: int, progress: dict, logger: RunLogger) -> float | None:

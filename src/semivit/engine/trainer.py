@@ -298,10 +298,7 @@ class Trainer:
             finally:
                 logger.close()
         barrier()
-        model = self.inputs.exportable(self.eval_net())
-        if self.evaluation.multilabel:  # the thresholds chosen on validation, as the exported file holds them
-            model.spec.thresholds = list(self.evaluation.thresholds)
-        return TrainResult(self.run_dir, metrics, model)
+        return TrainResult(self.run_dir, metrics, self.evaluation.exported(self.eval_net()))
 
     def _changed_by_length(self) -> dict[str, Any]:
         """The settings this stage's length changed (EMA momenta scaled to it), for results.json: a row of a

@@ -165,8 +165,9 @@ def out_of_sample_multilabel_probs(features: np.ndarray, targets: np.ndarray, fo
     """For several labels per image: each image's per-class probabilities from one logistic regression per class
     (scikit-learn's defaults) fitted on the *other* folds of a shuffled ``folds``-fold split seeded by ``seed``;
     ``targets`` N×C of 0/1. A class a training fold shows always (or never) gets that probability there."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold
+
+    from semivit.engine.multilabel_eval import per_class_probs
 
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(targets, dtype=np.int64)
@@ -178,13 +179,7 @@ def out_of_sample_multilabel_probs(features: np.ndarray, targets: np.ndarray, fo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         for fit_rows, held_out in KFold(folds, shuffle=True, random_state=seed).split(x):
-            for c in range(y.shape[1]):
-                yc = y[fit_rows, c]
-                if yc.min() == yc.max():
-                    probs[held_out, c] = float(yc[0])
-                    continue
-                clf = LogisticRegression(max_iter=2000).fit(x[fit_rows], yc)
-                probs[held_out, c] = clf.predict_proba(x[held_out])[:, 1]
+            probs[held_out] = per_class_probs(x[fit_rows], y[fit_rows], x[held_out])
     return probs
 
 

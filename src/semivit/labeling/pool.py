@@ -62,6 +62,10 @@ class Pool:
             return "|".join(self.class_name(k) for k in c)
         return self.train.classes[c] if 0 <= c < len(self.train.classes) else str(c)
 
+    def set_name(self, present: np.ndarray) -> str:
+        """The ``a|b`` name of the classes a bool row (one entry per class) marks present."""
+        return self.class_name(tuple(np.nonzero(present)[0].tolist()))
+
 
 
 def label_of(train: ImageSet, i: int) -> Label:

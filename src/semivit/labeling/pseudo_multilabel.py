@@ -65,15 +65,11 @@ def multilabel_pseudo_labels(pool: Pool, threshold: float | None, device: str) -
     return MultiLabelPseudo(out.indices[order], probs[order], out.decision, out.positive, out.negative)
 
 
-def _names(pool: Pool, row: np.ndarray) -> str:
-    return pool.class_name(tuple(np.nonzero(row)[0].tolist()))
-
-
 def write_multilabel_csv(pool: Pool, p: MultiLabelPseudo, path: str | Path) -> Path:
     """``path,labels,unsure,confidence,passes,keep``, least confident first."""
     names, present, unsure, passes, conf = display_names(pool), p.present, p.unsure, p.passes, p.confidence
     return write_table(path, ["path", "labels", "unsure", "confidence", "passes", "keep"], (
-        [names[i], _names(pool, present[n]), _names(pool, unsure[n]), f"{conf[n]:.4f}",
+        [names[i], pool.set_name(present[n]), pool.set_name(unsure[n]), f"{conf[n]:.4f}",
          "yes" if passes[n] else "no", "yes" if passes[n] else ""] for n, i in enumerate(p.indices)))
 
 
@@ -111,7 +107,7 @@ def write_multilabel_sheet(pool: Pool, p: MultiLabelPseudo, path: str | Path, pe
         shown = rows[:per_class]
         images = pool.train.get(torch.from_numpy(p.indices[shown]))
         tiles = [tile(png_data_uri(images[k]), f"{esc(Path(names[p.indices[n]]).name)}<br>p {p.probs[n, c]:.2f} · "
-                      f"{esc(_names(pool, present[n]))}" + (f"<br>unsure: {esc(_names(pool, unsure[n]))}"
+                      f"{esc(pool.set_name(present[n]))}" + (f"<br>unsure: {esc(pool.set_name(unsure[n]))}"
                                                             if unsure[n].any() else ""),
                       "" if passes[n] else "warn", title=names[p.indices[n]]) for k, n in enumerate(shown)]
         name = pool.class_name(c)

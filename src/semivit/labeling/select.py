@@ -230,8 +230,8 @@ def uncertainty(probs: np.ndarray, kind: str = "margin") -> np.ndarray:
     raise ValueError(f"unknown uncertainty '{kind}'")
 
 
-def multilabel_uncertainty(probs: np.ndarray, kind: str = "margin") -> tuple[np.ndarray, np.ndarray]:
-    """A multi-label teacher's uncertainty per image, in [0, 1], and the class it is least sure of: each class is
+def multilabel_uncertainty(probs: np.ndarray, kind: str = "margin") -> np.ndarray:
+    """A multi-label teacher's uncertainty per image, in [0, 1]: each class is
     a yes/no question, ``margin`` = 1 − |2p − 1| (1 − the gap between 'yes' and 'no') and ``entropy`` = the
     binary entropy in bits; an image is as uncertain as its most uncertain class (an image whose every class is
     settled but one still needs a person for that one)."""
@@ -242,7 +242,7 @@ def multilabel_uncertainty(probs: np.ndarray, kind: str = "margin") -> tuple[np.
         per_class = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
     else:
         raise ValueError(f"unknown uncertainty '{kind}'")
-    return per_class.max(1).astype(np.float32), per_class.argmax(1)
+    return per_class.max(1).astype(np.float32)
 
 
 def weighted_kmeanspp(emb: np.ndarray, labeled: np.ndarray, candidates: np.ndarray, budget: int,

@@ -159,7 +159,7 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
                      delta, select.PURITY, k)
             chosen, scores, clusters = select.probcover(emb, labeled, pool.candidates, budget, delta, radius)
         else:
-            u = (select.multilabel_uncertainty(probs, uncertainty)[0] if pool.train.multilabel  # type: ignore
+            u = (select.multilabel_uncertainty(probs, uncertainty) if pool.train.multilabel  # type: ignore
                  else select.uncertainty(probs, uncertainty))  # type: ignore[arg-type]
             if diversity == "kmeans++":
                 chosen, scores, clusters = select.weighted_kmeanspp(emb, labeled, pool.candidates, budget, u,
@@ -173,8 +173,8 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
         assert teacher is not None
         p = probs[chosen]
         present = p >= np.array(teacher.spec.decision_thresholds())
-        out.guesses = [pool.class_name(tuple(np.nonzero(row)[0].tolist())) or "none" for row in present]
-        out.confidences = 1.0 - select.multilabel_uncertainty(p, "margin")[0]
+        out.guesses = [pool.set_name(row) or "none" for row in present]
+        out.confidences = 1.0 - select.multilabel_uncertainty(p, "margin")
     elif probs is not None:
         p = torch.from_numpy(probs[chosen])
         out.guesses = [pool.class_name(int(c)) for c in p.argmax(1)]

@@ -123,10 +123,9 @@ class MultiLabelPseudoLabels(nn.Module):
     def forward(self, probs: torch.Tensor, labeled_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(0/1 pseudo-targets, mask of those used) for the teacher's probabilities ``probs`` (B×C);
         ``labeled_targets``: this step's labeled batch (its class frequencies feed ``cap``)."""
-        if self.scheme == "fixed":
-            upper = torch.full_like(probs[0], self.positive)
-            lower = torch.full_like(probs[0], self.negative)
-        else:
+        upper: torch.Tensor | float = self.positive
+        lower: torch.Tensor | float = self.negative
+        if self.scheme == "cap":
             with torch.no_grad():
                 known = labeled_targets >= 0
                 # averaged over the DDP ranks (a collective, no host sync), so every rank keeps the same thresholds
