@@ -167,3 +167,28 @@ def test_pseudolabels_and_suggest_of_a_frozen_run_read_its_cached_features(tmp_p
     assert main(["suggest", str(run.run_dir), "--budget", "5", "--strategy", "uncertainty",
                  "-o", str(tmp_path / "next.csv")]) == 0
     assert calls["images"] == 0
+
+
+def test_a_cold_start_with_a_pretrained_encoder_shares_the_feature_cache(tmp_path, monkeypatch):
+    """``suggest --data D --encoder BACKBONE`` embeds the pool through the feature cache (issue 25): after a
+    frozen run on that backbone nothing is embedded, and a fresh cache gives the same embedding."""
+    from semivit.cli import main
+    from semivit.labeling.commands import make_pool
+    from semivit.labeling.pool import pool_embedding
+
+    cfg = _frozen(tmp_path, **{"train.method": "supervised"})
+    Trainer(cfg).fit()
+    settings = {"model.pretrained": cfg.model.pretrained, "model.resolution": "32",
+                "features.cache": cfg.features.cache}
+    calls = _count_backbone_calls(monkeypatch)
+    emb = pool_embedding(make_pool(None, "digits", labels="0", settings=settings), ARCH)
+    assert calls["images"] == 0
+    sets = sum((["--set", f"{k}={v}"] for k, v in settings.items()), [])
+    assert main(["suggest", "--data", "digits", "--labels", "0", "--encoder", ARCH, "--budget", "10",
+                 "--strategy", "typiclust", "-o", str(tmp_path / "cold.csv"), *sets]) == 0
+    assert calls["images"] == 0
+    fresh = make_pool(None, "digits", labels="0", settings={**settings, "features.cache": str(tmp_path / "new")})
+    again = pool_embedding(fresh, ARCH)
+    assert calls["images"] == len(fresh.train) + 360  # the training images and the test part, once
+    assert emb.shape == again.shape and np.abs(emb - again).max() < 1e-4
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)

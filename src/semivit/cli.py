@@ -60,7 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from semivit.planning import parse_budget
 
         budget = parse_budget(args.budget)
-    result = run_recipe(args.recipe, overrides_from_args(args), budget=budget)
+    if args.recipe == "auto":  # the path and resolution for a pretrained backbone chosen to fit the budget
+        from semivit.path_choice import run_auto
+
+        result = run_auto(overrides_from_args(args), budget)
+    else:
+        result = run_recipe(args.recipe, overrides_from_args(args), budget=budget)
     print(stage_table(result.run_dir.parent))
     _print_metrics(result.metrics, result.run_dir)
     _write_report(result.run_dir)  # the recipe's folder: one section per stage
@@ -207,7 +212,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("run", help="run a multi-stage recipe (e.g. semivit: mae → supervised → ema_teacher)")
-    p.add_argument("recipe", help="a recipe YAML or a shipped name: semivit, fixmatch, supervised")
+    p.add_argument("recipe", help="a recipe YAML, a shipped name (semivit, fixmatch, frozen-fixmatch, ...), or "
+                   "auto: with --model BACKBONE and --budget, the way to use a pretrained backbone (frozen, partial "
+                   "or full fine-tuning) and its resolution chosen to fit the budget")
     add_common_arguments(p)
     p.set_defaults(func=cmd_run)
 

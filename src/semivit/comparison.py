@@ -7,10 +7,11 @@ labels alone; recent studies find that on strong backbones it often does not, so
 
 - ``linear-probe``: a linear head on the frozen backbone's cached features, trained on the labels alone
   (``frozen-fixmatch``'s first stage);
-- ``fine-tuning``: the whole network fine-tuned on the labels alone (``semivit-pretrained``'s first stage);
+- ``fine-tuning``: the whole network fine-tuned on the labels alone (``full-semivit``'s first stage: the CPU-sized
+  batch and learning rate of the full fine-tuning recipes);
 - ``frozen-fixmatch`` and ``partial-semivit``: the semi-supervised paths that fit a CPU (FixMatch on the frozen
   backbone's cached features; the EMA-Teacher with the backbone's last block trained too); ``--rows`` adds
-  ``partial-fixmatch`` and ``frozen-semivit``.
+  ``partial-fixmatch``, ``frozen-semivit`` and the full fine-tuning paths ``full-semivit`` and ``full-fixmatch``.
 
 Every row gets the same budget (``--budget``: its stages planned to fit, as ``semivit run --budget`` plans
 them; or ``--steps``: the same number of optimizer steps), the same backbone at the same input resolution, and
@@ -39,11 +40,13 @@ from semivit.planning import parse_budget
 #: the rows: the two labels-only baselines first, then the semi-supervised paths
 ROWS: dict[str, dict[str, Any]] = {
     "linear-probe": {"recipe": "frozen-fixmatch", "stages": 1},
-    "fine-tuning": {"recipe": "semivit-pretrained", "stages": 1},
+    "fine-tuning": {"recipe": "full-semivit", "stages": 1},
     "frozen-fixmatch": {"recipe": "frozen-fixmatch"},
     "partial-fixmatch": {"recipe": "partial-fixmatch"},
     "partial-semivit": {"recipe": "partial-semivit"},
     "frozen-semivit": {"recipe": "frozen-semivit"},
+    "full-semivit": {"recipe": "full-semivit"},
+    "full-fixmatch": {"recipe": "full-fixmatch"},
 }
 #: the rows run when none are named: the baselines and the best path of each kind on CIFAR-10's validation split
 DEFAULT_ROWS = ("linear-probe", "fine-tuning", "frozen-fixmatch", "partial-semivit")

@@ -87,10 +87,16 @@ def time_stage(cfg: Config, data: Any, previous: Config | None = None, steps: in
 
     cfg = copy.deepcopy(cfg)
     cfg.train.steps, cfg.train.epochs, cfg.train.resume = max(steps, 1) + 1, None, False
-    # an earlier stage's file is not written yet, and hub weights need not be read: the shape is what counts;
-    # except for a head on cached features, which needs the real backbone: the first timing embeds the data
-    # (its time is spent before the plan and counted as such), later stages and the run read the cache
-    if not cfg.features.frozen:
+    # an earlier stage's file is not written yet, and weights need not be read: the shape is what counts, except
+    # where the weights' own config sets the input size (a pretrained backbone with model.resolution: the shape
+    # of the pretrained network at that size) or for a head on cached features, which needs the real backbone:
+    # the first timing embeds the data (its time is spent before the plan and counted as such), later stages and
+    # the run read the cache
+    from semivit.models.pretrained import pretrained_source
+
+    hub, local = pretrained_source(cfg.model.name, cfg.model.pretrained)
+    sized = str(cfg.model.resolution).strip().lower() != "auto" and (hub or (local and Path(local).is_file()))
+    if not cfg.features.frozen and not sized:
         cfg.model.pretrained = "none"
     with tempfile.TemporaryDirectory() as tmp:
         if method_class(cfg.train.method).previous_stage_is_teacher and previous is not None:

@@ -197,19 +197,52 @@ def run_features(pool: Pool, device: str = "cpu") -> torch.Tensor | None:
     if pool.run_dir is None or not cfg.features.frozen or cfg.features.train_blocks:
         return None
     if pool.cached_features is None:
-        from semivit.core.distributed import DistInfo
-        from semivit.data import PreparedData
-        from semivit.data.imageset import DataBundle
-        from semivit.data.splits import Split
-        from semivit.engine.inputs import backbone_features
-
-        empty = torch.zeros(0, dtype=torch.long)
-        flip = True if cfg.data.flip is None else cfg.data.flip  # the cache's key holds only the plain images
-        data = PreparedData(DataBundle(cfg.data.source, pool.train, pool.test, flip), Split(empty, empty, empty),
-                            flip)
-        _, feats = backbone_features(cfg, data, DistInfo(), torch.device(device), views=0)
-        pool.cached_features = feats.train["none"].float()
+        pool.cached_features = _cached_pool_features(cfg, pool, device)
     return pool.cached_features
+
+
+def pretrained_features(pool: Pool, encoder: str, device: str = "cpu") -> torch.Tensor:
+    """A pretrained backbone's pooled features of every training image (``encoder``: a tagged timm name,
+    ``hf-hub:``/``local-dir:``), at ``model.resolution`` of the pool's settings, through the same feature cache
+    as ``semivit probe`` and the frozen-backbone recipes: a cold start on a pool those already embedded runs no
+    backbone, and a run after it reads what the cold start embedded."""
+    from semivit.probe import _require_pretrained
+
+    # the name's own weights, unless the settings name a file for it (--set model.pretrained=FILE)
+    weights = "hub" if pool.cfg.model.pretrained in ("auto", "none") else pool.cfg.model.pretrained
+    cfg = apply_overrides(pool.cfg, {"model.name": encoder, "model.pretrained": weights})
+    _require_pretrained(cfg)
+    return _cached_pool_features(cfg, pool, device)
+
+
+def pool_embedding(pool: Pool, encoder: str | None, model: Any = None, device: str = "cpu",
+                   seed: int = 0) -> np.ndarray:
+    """L2-normalised embeddings of the pool's training images from ``encoder`` (:func:`load_encoder`'s
+    choices) or, with none, ``model`` (a run's own model): a frozen-feature run's features and a pretrained
+    backbone's are read from the feature cache (:func:`run_features`, :func:`pretrained_features`) instead of
+    running the backbone over the pool again."""
+    if encoder is None:
+        cached = run_features(pool, device)
+        if cached is not None:
+            return normalize(cached.numpy())
+    elif encoder != "pixels" and not Path(encoder).expanduser().exists():
+        return normalize(pretrained_features(pool, encoder, device).numpy())
+    return embed(model if encoder is None and model is not None else load_encoder(pool, encoder), pool.train,
+                 device, seed)
+
+
+def _cached_pool_features(cfg: Config, pool: Pool, device: str) -> torch.Tensor:
+    from semivit.core.distributed import DistInfo
+    from semivit.data import PreparedData
+    from semivit.data.imageset import DataBundle
+    from semivit.data.splits import Split
+    from semivit.engine.inputs import backbone_features
+
+    empty = torch.zeros(0, dtype=torch.long)
+    flip = True if cfg.data.flip is None else cfg.data.flip  # the cache's key holds only the plain images
+    data = PreparedData(DataBundle(cfg.data.source, pool.train, pool.test, flip), Split(empty, empty, empty), flip)
+    _, feats = backbone_features(cfg, data, DistInfo(), torch.device(device), views=0)
+    return feats.train["none"].float()
 
 
 def run_teacher_probs(pool: Pool, model: Any, device: str = "cpu") -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 
 import semivit.labeling.select as select
 from semivit.errors import SemivitError
-from semivit.labeling.pool import Pool, embed, image_files, load_encoder, run_features, run_teacher_probs, write_table
+from semivit.labeling.pool import Pool, image_files, pool_embedding, run_teacher_probs, write_table
 from semivit.report.runs import resolve_device, run_config, trains_classifier
 
 log = logging.getLogger("semivit")
@@ -142,11 +142,7 @@ def suggest(pool: Pool, budget: int, *, strategy: str = "auto", encoder: str | N
             if encoder == "pixels":
                 _warn_pixels(pool)
             own = strategy == "uncertainty" and encoder is None
-            cached = run_features(pool, device) if own else None  # a frozen-feature run: its cached features
-            if cached is not None:
-                emb = select.normalize(cached.numpy())
-            else:
-                emb = embed(teacher if own else load_encoder(pool, encoder), pool.train, device, seed)
+            emb = pool_embedding(pool, encoder, teacher if own else None, device, seed)
         radius = select.duplicate_radius(emb, seed) if min_distance is None else float(min_distance)
         log.info("suggest: %s over %d unlabeled images (%d labeled); near-duplicates: closer than %.4g",
                  strategy, len(pool.candidates), len(labeled), radius)
