@@ -202,7 +202,8 @@ def further_round(data: str, seed: int, root: Path, results: Path, mae: Path, cl
         log.info("label-choice %s %s: %s", data, name, accs)
 
 
-LINEAR_ENCODERS = ("pixels", "mae")
+LINEAR_ENCODERS = ["pixels", "mae"]  # --encoders; "pretrained" = the --backbone's features (the feature cache)
+BACKBONE = {"name": "local-dir:runs/lite0-hub", "resolution": "96"}
 
 
 def frozen_features(data: str, encoder: str, bundle: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +214,15 @@ def frozen_features(data: str, encoder: str, bundle: Any) -> tuple[np.ndarray, n
     from semivit.labeling.pool import pixel_embedding
     from semivit.labeling.select import normalize
 
+    if encoder == "pretrained":  # what `suggest --encoder BACKBONE` embeds with: the cached pooled features
+        from semivit.config import apply_overrides
+        from semivit.core.distributed import DistInfo
+        from semivit.engine.inputs import backbone_features
+
+        cfg = apply_overrides(configs(data, 0)[1], {"model.name": BACKBONE["name"], "model.pretrained": "hub",
+                                                    "model.resolution": BACKBONE["resolution"]})
+        _, feats = backbone_features(cfg, prepare_data(cfg.data, 0), DistInfo(), torch.device("cpu"), views=0)
+        return normalize(feats.train["none"].float().numpy()), normalize(feats.test.float().numpy())
     if encoder == "mae":
         model, _ = load_model(mae_stage(data).parent.parent)
         return tuple(normalize(extract_features(model.eval(), part).numpy())  # type: ignore[return-value]
@@ -345,9 +355,15 @@ def main() -> int:
                         "on the frozen embedding (TypiClust's linear-evaluation framework)")
     parser.add_argument("--scale", type=float, default=1.0, help="steps × this (a smoke test of the script)")
     parser.add_argument("--out", default="runs/label-choice")
+    parser.add_argument("--encoders", nargs="+", default=LINEAR_ENCODERS, choices=["pixels", "mae", "pretrained"],
+                        help="--linear: the embeddings that choose and are scored")
+    parser.add_argument("--backbone", default=BACKBONE["name"], help="the 'pretrained' encoder (suggest --encoder)")
+    parser.add_argument("--resolution", default=BACKBONE["resolution"], help="its model.resolution")
     args = parser.parse_args()
     global SCALE, OUT
     SCALE, OUT = args.scale, Path(args.out)
+    LINEAR_ENCODERS[:] = args.encoders
+    BACKBONE.update(name=args.backbone, resolution=args.resolution)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.set_num_threads(1)
     np.seterr(all="ignore")
