@@ -144,6 +144,38 @@ def test_fixed_and_class_distribution_aware_pseudo_labels() -> None:
     assert "histogram" in cap.state_dict() and "histogram" not in fixed.state_dict()
 
 
+def test_pseudo_mixup_of_label_sets_mixes_targets_and_keeps_only_entries_known_in_both_halves() -> None:
+    from semivit.methods.multilabel import multilabel_pseudo_mixup
+
+    torch.manual_seed(0)
+    x = torch.arange(4, dtype=torch.float32).view(4, 1).repeat(1, 3)
+    probs = torch.tensor([[0.99, 0.01, 0.5], [0.9, 0.9, 0.1], [0.6, 0.02, 0.98], [0.02, 0.97, 0.5]])
+    pseudo = (probs >= 0.5).to(torch.int8)
+    mask = (probs >= 0.9) | (probs <= 0.05)
+    mixed, targets, known = multilabel_pseudo_mixup(x, probs, pseudo, mask, "mixup", smoothing=0.0)
+    conf = torch.maximum(probs, 1 - probs).mean(1)
+    for i in range(4):  # recover each sample's partner from the mixed value
+        lam_i = None
+        for j in range(4):
+            lam = conf[i] / (conf[i] + conf[j])
+            if torch.allclose(mixed[i], lam * x[i] + (1 - lam) * x[j], atol=1e-6):
+                lam_i, partner = lam, j
+        assert lam_i is not None
+        assert torch.allclose(targets[i], lam_i * pseudo[i] + (1 - lam_i) * pseudo[partner], atol=1e-6)
+        assert known[i].tolist() == (mask[i] & mask[partner]).tolist()
+
+
+@pytest.mark.parametrize("method", ["fixmatch", "ema_teacher"])
+def test_pseudo_mixup_trains_on_label_sets(tmp_path: Path, mosaics: Path, method: str) -> None:
+    more = {"method.mu": 2, "method.pseudo_mixup": "mixup", "train.steps": 4, "train.eval_every": 0}
+    if method == "ema_teacher":
+        more["method.ema"] = 0.9
+    run = Trainer(_config(tmp_path, mosaics, method, **more)).fit()
+    assert 0 < run.metrics["test_map"] <= 1
+    logged = (run.run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "train/mask_unmixed" in logged and "train/pseudo_acc" in logged
+
+
 # ------------------------------------------------------------------------------------------------- metrics
 def test_multilabel_metrics_match_scikit_learn() -> None:
     g = torch.Generator().manual_seed(0)

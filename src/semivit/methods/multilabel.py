@@ -85,6 +85,34 @@ def entry_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return right.sum() / known.sum().clamp_min(1)
 
 
+def multilabel_pseudo_mixup(x: torch.Tensor, probs: torch.Tensor, pseudo: torch.Tensor, mask: torch.Tensor,
+                            mode: str, smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Probabilistic pseudo mixup (Semi-ViT, Sec. 3.3) for label sets. Each image is mixed with a shuffled partner
+    at λ = c_i / (c_i + c_j), where c is the image's confidence: Semi-ViT's max softmax read per class, the mean
+    over classes of max(p_k, 1 − p_k). The target of class k is λ·t_ik + (1 − λ)·t_jk (binary smoothing
+    ``smoothing``), and it is known only where both halves' pseudo-labels are (``mask``): a mixed entry with an
+    unknown half has no target. Returns the mixed inputs, the soft targets and their mask.
+
+    Examples:
+        >>> x = torch.stack([torch.zeros(2), torch.ones(2)])
+        >>> probs = torch.tensor([[0.9, 0.5], [0.1, 0.9]])
+        >>> pseudo, mask = torch.tensor([[1, 0], [0, 1]]), torch.tensor([[True, False], [True, True]])
+        >>> _ = torch.manual_seed(1)
+        >>> mixed, t, known = multilabel_pseudo_mixup(x, probs, pseudo, mask, "mixup", 0.0)
+        >>> known.tolist()  # class 2 of image 1 is unsure: no mixed image that holds it has a target there
+        [[True, False], [True, False]]
+    """
+    from semivit.methods.mixing import mix
+
+    conf = torch.maximum(probs, 1 - probs).mean(1)
+    perm = torch.randperm(len(x), device=x.device)
+    lam = conf / (conf + conf[perm]).clamp_min(1e-12)
+    mixed, lam = mix(x, perm, lam, mode)
+    t = smooth_binary(pseudo, smoothing)
+    lam = lam.view(-1, 1).to(t.dtype)
+    return mixed, lam * t + (1 - lam) * t[perm], mask & mask[perm]
+
+
 class MultiLabelPseudoLabels(nn.Module):
     """Positive and negative pseudo-labels per class, UPS-style (Rizve et al., ICLR 2021, Eq. 2: g_c = 1[p_c ≥ τ⁺],
     used where p_c ≥ τ⁺ or p_c ≤ τ⁻; this takes no uncertainty term), with the thresholds fixed, or per class

@@ -26,7 +26,13 @@ from semivit.data.loaders import Batch
 from semivit.methods.alignment import ClassThresholds, ClassThresholdScheme, DistAlign, DistributionAlignment
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.mixing import mix, soft_cross_entropy, soft_targets
-from semivit.methods.multilabel import MultiLabelPseudoLabels, entry_accuracy, multilabel_loss, smooth_binary
+from semivit.methods.multilabel import (
+    MultiLabelPseudoLabels,
+    entry_accuracy,
+    multilabel_loss,
+    multilabel_pseudo_mixup,
+    smooth_binary,
+)
 
 
 @dataclass
@@ -102,8 +108,7 @@ class PseudoLabelMethod(Method):
 
     @classmethod
     def single_label_options(cls, params: Any) -> dict[str, Any]:
-        return {"dist_align": params.dist_align, "class_thresholds": params.class_thresholds,
-                "pseudo_mixup": params.pseudo_mixup}
+        return {"dist_align": params.dist_align, "class_thresholds": params.class_thresholds}
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -178,28 +183,40 @@ class PseudoLabelMethod(Method):
         negative pseudo-labels per class (:class:`~semivit.methods.multilabel.MultiLabelPseudoLabels`), which the
         student learns on the strong views with the per-class loss; entries between the thresholds give none."""
         assert self.multilabel is not None and self.ml_labeler is not None
+        p = self.params
         n, m = len(x_l), len(u_weak)
-        if self.teacher_in_student_pass:  # one forward: labeled, weak, strong
+        mixing = p.pseudo_mixup != "off"
+        if self.teacher_in_student_pass and not mixing:  # one forward: labeled, weak, strong
             logits = self.model(torch.cat([x_l, u_weak, u_strong]))
             weak, logits_u = logits[n:n + m].detach(), logits[n + m:]
-        else:
+            pseudo, mask = self.ml_labeler(weak.float().sigmoid(), y)
+        else:  # the teacher's own pass (pseudo mixup builds the strong input from its labels)
             with torch.no_grad():
-                weak = self.teacher_logits(u_weak)
-            logits = self.model(torch.cat([x_l, u_strong]))
+                probs = self.teacher_logits(u_weak).float().sigmoid()
+            pseudo, mask = self.ml_labeler(probs, y)
+            u_input = u_strong
+            if mixing:
+                u_input, targets, used = multilabel_pseudo_mixup(u_strong, probs, pseudo, mask, p.pseudo_mixup,
+                                                                 p.mixup_smoothing)
+            logits = self.model(torch.cat([x_l, u_input]))
             logits_u = logits[n:]
+        if not mixing:
+            targets, used = pseudo, mask
         logits_l = logits[:n]
-        pseudo, mask = self.ml_labeler(weak.float().sigmoid(), y)
-        loss_x = multilabel_loss(logits_l, smooth_binary(y, self.params.label_smoothing), self.multilabel).mean()
-        loss_u = multilabel_loss(logits_u, pseudo, self.multilabel, mask).mean()
+        loss_x = multilabel_loss(logits_l, smooth_binary(y, p.label_smoothing), self.multilabel).mean()
+        loss_u = multilabel_loss(logits_u, targets, self.multilabel, used).mean()
+        # the diagnostics read each image's own pseudo-labels (after mixing too, as the single-label step does)
         metrics = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "acc": entry_accuracy(logits_l, y).detach(),
-                   "mask": mask.float().mean().detach(), "positives": (pseudo.bool() & mask).float().mean().detach()}
+                   "mask": used.float().mean().detach(), "positives": (pseudo.bool() & mask).float().mean().detach()}
+        if mixing:
+            metrics["mask_unmixed"] = mask.float().mean().detach()
         if truth is not None:  # hidden labels, diagnostics only
             known = truth >= 0
             correct = (pseudo == truth) & known
             metrics["pseudo_acc"] = ((correct & mask).sum() / (mask & known).sum().clamp_min(1)).float()
             # the share of all (image, class) entries that got a right pseudo-label
             metrics["pseudo_coverage"] = ((correct & mask).sum() / known.sum().clamp_min(1)).float()
-        return StepOutput(loss_x + self.params.lambda_u * loss_u, metrics)
+        return StepOutput(loss_x + p.lambda_u * loss_u, metrics)
 
     def _output(self, loss_x: torch.Tensor, loss_u: torch.Tensor, logits_l: torch.Tensor, y: torch.Tensor,
                 metrics: dict[str, torch.Tensor], mask: torch.Tensor, pseudo: torch.Tensor,
