@@ -117,7 +117,8 @@ def test_summary_mean_and_std_over_seeds():
              "test_top1_last": v, "test_top1_best": v, "images_per_sec": 10.0, "wall_seconds": 1.0}
             for s, v in enumerate((0.5, 0.7))]
     (s,) = summarise(rows)
-    assert s["top1_last_mean"] == pytest.approx(0.6) and s["top1_last_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert s["score_last_mean"] == pytest.approx(0.6) and s["score_last_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert s["metric"] == "top1"  # a row from before the field: top-1
 
 
 def _row(method, seed, **extra):

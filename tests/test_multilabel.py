@@ -359,6 +359,35 @@ def test_labelcheck_flags_corrupted_label_sets_and_accept_merges_the_fix(tmp_pat
     assert np.load(merged)["y"][int(rows[0]["index"])].tolist() == [0, 0, 1, 0, 0, 1, 0, 0, 0, 0]
 
 
+@pytest.mark.slow
+def test_bench_scores_label_sets_by_map(tmp_path: Path, mosaics: Path) -> None:
+    """A bench suite on multi-label data: every row is its last stage's test mAP, the table says mAP."""
+    from semivit.bench import run_suite
+
+    suite = tmp_path / "ml.yaml"
+    suite.write_text(f"""
+name: ml
+seeds: [0]
+budget: {{steps: 6}}
+set: {{model.depth: 1, model.embed_dim: 32, model.num_heads: 2, train.batch_size: 8, train.eval_every: 3,
+      data.val: 20%-of-labels}}
+data:
+  mosaics: {{source: {mosaics}, labels: [10%]}}
+methods:
+  supervised: {{method: supervised}}
+  fixmatch: {{method: fixmatch, params: {{mu: 2}}}}
+""")
+    root = run_suite(suite, out=str(tmp_path / "out"))
+    rows = list(csv.DictReader(open(root / "results.csv")))
+    assert {r["method"] for r in rows} == {"supervised", "fixmatch"} and {r["metric"] for r in rows} == {"map"}
+    for r in rows:
+        run = next((root / r["data"] / r["labels"] / r["method"] / "seed0").glob("stage*"))
+        assert float(r["test_map_last"]) == pytest.approx(json.loads((run / "results.json").read_text())["test_map"])
+        assert 0 < float(r["test_map_best"]) <= 1
+    table = (root / "table.md").read_text()
+    assert "test mAP (last)" in table and "test top-1" not in table.split("## ", 1)[1]
+
+
 def test_commands_that_need_one_class_per_image_refuse_label_sets(tmp_path: Path, mosaics: Path,
                                                                   capsys: pytest.CaptureFixture) -> None:
     from semivit.cli import main

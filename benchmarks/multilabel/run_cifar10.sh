@@ -8,6 +8,7 @@
 #   control  the same 3,000 steps without the unlabeled loss (λ_u 0) at lr 1e-4: more training on the labels alone
 #   tuned    lr 1e-4, τ⁺ 0.95, τ⁻ 0.01 (chosen on the 5% validation labels, seed 0: benchmarks/multilabel/sweep*.sh)
 #   captuned lr 1e-4, CAP thresholds keeping the surest 25% (cap_keep 0.25; the same sweep)
+#   capmix   captuned with probabilistic pseudo mixup of the cached features (method.pseudo_mixup=mixup; session 16)
 #   bash benchmarks/multilabel/run_cifar10.sh [SEEDS...]      (needs runs/lite0-hub: benchmarks/pretrained/)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,7 +16,7 @@ DATA=runs/multilabel/cifar10-mosaics.npz
 [ -f "$DATA" ] || python benchmarks/multilabel/make_mosaics.py cifar10 --out "$DATA"
 for seed in "${@:-0}"; do
   for labels in 1% 5% 10%; do
-    for variant in fixed cap control tuned captuned; do
+    for variant in ${VARIANTS:-fixed cap control tuned captuned capmix}; do
       name="cifar10-${labels%\%}pct-${variant}-s${seed}"
       [ -f "runs/multilabel/$name/stage2-fixmatch/results.json" ] && continue
       case $variant in
@@ -26,6 +27,8 @@ for seed in "${@:-0}"; do
                       --set stage2.multilabel.negative_threshold=0.01) ;;
         captuned) extra=(--set stage2.optim.lr=1e-4 --set stage2.multilabel.thresholds=cap
                          --set stage2.multilabel.cap_keep=0.25) ;;
+        capmix) extra=(--set stage2.optim.lr=1e-4 --set stage2.multilabel.thresholds=cap
+                       --set stage2.multilabel.cap_keep=0.25 --set stage2.method.pseudo_mixup=mixup) ;;
       esac
       semivit run frozen-fixmatch --model local-dir:runs/lite0-hub --data "$DATA" --labels "$labels" \
         --set data.val=20%-of-labels --set model.resolution=128 --set train.seed="$seed" "${extra[@]}" \

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-NAME = re.compile(r"(?P<data>[a-z0-9]+)-(?P<pct>\d+)pct-(?P<thr>fixed|cap|control|tuned|captuned)"
+NAME = re.compile(r"(?P<data>[a-z0-9]+)-(?P<pct>\d+)pct-(?P<thr>fixed|cap|control|tuned|captuned|capmix)"
                   r"-s(?P<seed>\d+)")
 STAGE2 = {"fixed": "fixmatch (recipe: lr 1e-3, τ⁺ 0.7, τ⁻ 0.05)", "cap": "fixmatch (recipe, CAP thresholds)",
           "control": "control: 3,000 more steps on the labels alone (λ_u 0, lr 1e-4)",
-          "tuned": "fixmatch (lr 1e-4, τ⁺ 0.95, τ⁻ 0.01)", "captuned": "fixmatch (lr 1e-4, CAP, cap_keep 0.25)"}
+          "tuned": "fixmatch (lr 1e-4, τ⁺ 0.95, τ⁻ 0.01)", "captuned": "fixmatch (lr 1e-4, CAP, cap_keep 0.25)",
+          "capmix": "fixmatch (lr 1e-4, CAP, cap_keep 0.25) + pseudo mixup of features"}
 PROBE = re.compile(r"(?P<data>[a-z0-9]+)-(?P<pct>\d+)pct-probe-s(?P<seed>\d+)\.json")
 SINGLE = re.compile(r"(?P<data>[a-z0-9]+)-(?P<pct>\d+)pct-(?P<variant>supervised|fixmatch-fixed|fixmatch-cap)"
                     r"-s(?P<seed>\d+)")  # one-stage runs (run_digits.sh)

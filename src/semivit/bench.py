@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from semivit.bench_report import write_reports
+from semivit.bench_report import METRIC_NAMES, row_metric, write_reports
 from semivit.bench_suite import Cell, Suite, _as_list
 from semivit.config import Config, apply_overrides, check_keys, load_yaml, parse_set_args
 from semivit.errors import SemivitError
@@ -195,9 +195,8 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
         data_cache[source_key] = prepare_data(dcfg, cell.seed).bundle
     data = prepare_data(dcfg, cell.seed, bundle=data_cache[source_key])
     split, bundle = data.split, data.bundle
-    if bundle.train.multilabel:
-        raise SemivitError(f"'{dcfg.source}' has several labels per image and bench's tables compare top-1: run "
-                           f"each method with semivit run/train, which report mAP (benchmarks/multilabel/)")
+    # label sets are scored by mAP (validation picks by it too), single labels by top-1
+    metric = "map" if bundle.train.multilabel else "top1"
     start = time.perf_counter()
     budget = _cell_budget(suite, cell)
     if "plan" in budget:
@@ -212,19 +211,23 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
     images = sum(st["train_seconds"] * st["images_per_sec"] for st in stages)
     metrics, classifier = result.metrics, _trains_classifier(configs[-1])
     # a last stage that trains no classifier (pre-training) is scored by its snn / k-NN test accuracy
-    last = metrics.get("test_top1") if classifier else metrics.get("test_snn_top1", metrics.get("test_knn_top1"))
+    last = metrics.get(f"test_{metric}") if classifier else \
+        metrics.get("test_snn_top1", metrics.get("test_knn_top1"))
     best = last
     best_file = result.run_dir / "checkpoints" / "best.safetensors"
     if classifier and best_file.is_file() and data.test is not None:
+        from semivit.engine.multilabel_eval import mean_ap
+
         model, _ = load_model(best_file)
         device = resolve_device(configs[-1].train.device)
-        best = top1(predict_logits(model.to(device), data.test, device=device), data.test.labels)
+        logits = predict_logits(model.to(device), data.test, device=device)
+        best = mean_ap(logits, data.test.labels) if metric == "map" else top1(logits, data.test.labels)
     # the labels the cell consumed: training's and validation's (data.val may add labels beyond the row's)
     row = {"data": cell.data, "labels": cell.labels, "method": cell.method, "seed": cell.seed,
            **split.label_counts(), "classes": bundle.train.num_classes,
            "labels_per_class": len(split.labeled) / bundle.train.num_classes,
-           "test_top1_last": last, "test_top1_best": best, "best_val_top1": metrics.get("best_val_top1"),
-           "val_top1": metrics.get("val_top1"),
+           "metric": metric, f"test_{metric}_last": last, f"test_{metric}_best": best,
+           f"best_val_{metric}": metrics.get(f"best_val_{metric}"), f"val_{metric}": metrics.get(f"val_{metric}"),
            # present when the test classes are skewed (engine/evaluate.is_skewed): top-1 alone rewards the lean
            **{k: metrics[k] for k in ("test_balanced_accuracy", "test_macro_f1") if metrics.get(k) is not None},
            "steps": sum(st["steps"] for st in stages),
@@ -294,8 +297,10 @@ def run_suite(name: str | Path | Suite, out: str | None = None, only: str | None
 
 
 def _log_row(cell: Cell, row: dict[str, Any], done: str = "") -> None:
-    log.info("bench %s%s: test top-1 %.4f (best-val weights %.4f), %.0f s", done, cell.key,
-             row["test_top1_last"] or 0, row["test_top1_best"] or 0, row["wall_seconds"])
+    m = row_metric(row)
+    log.info("bench %s%s: test %s %.4f (best-val weights %.4f), %.0f s", done, cell.key, METRIC_NAMES[m],
+             row[f"test_{m}_last"] or 0, row[f"test_{m}_best"] or 0, row["wall_seconds"])
+
 
 
 _worker_data_cache: dict = {}  # per worker process: the decoded data set, kept for the next cells

@@ -20,19 +20,30 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+#: how each score a row can hold is named in tables
+METRIC_NAMES = {"top1": "top-1", "map": "mAP"}
+
+
+def row_metric(row: dict[str, Any]) -> str:
+    """The score a bench row holds: ``map`` for label sets, ``top1`` otherwise (rows from before the field)."""
+    return row.get("metric") or "top1"
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (data, labels, method): mean and std over seeds."""
+    """One row per (data, labels, method): mean and std over seeds of its score (``metric``: top-1, or mAP for
+    label sets)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["data"], r["labels"], r["method"]), []).append(r)
     out = []
     for (dname, labels, method), rs in groups.items():
-        last = _mean_std([float(r["test_top1_last"]) for r in rs])
-        best = _mean_std([float(r["test_top1_best"]) for r in rs])
+        metric = row_metric(rs[0])
+        last = _mean_std([float(r[f"test_{metric}_last"]) for r in rs])
+        best = _mean_std([float(r[f"test_{metric}_best"]) for r in rs])
         out.append({"data": dname, "labels": labels, "method": method, "seeds": len(rs),
-                    "labels_per_class": rs[0]["labels_per_class"], **_labels_used(rs),
-                    "top1_last_mean": last[0], "top1_last_std": last[1],
-                    "top1_best_mean": best[0], "top1_best_std": best[1],
+                    "labels_per_class": rs[0]["labels_per_class"], **_labels_used(rs), "metric": metric,
+                    "score_last_mean": last[0], "score_last_std": last[1],
+                    "score_best_mean": best[0], "score_best_std": best[1],
                     "images_per_sec": statistics.fmean(r["images_per_sec"] for r in rs),
                     "pseudo_acc": _mean_or_none([r.get("pseudo_acc") for r in rs]),
                     "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rs),
@@ -67,7 +78,9 @@ def _labels_cell(s: dict[str, Any]) -> str:
     return f"{show(s.get('labels_total'))} ({show(s.get('labeled'))} + {show(s.get('val_labeled'))})"
 
 
-_COLUMNS = ["method", "labels (train + val)", "test top-1 (last)", "test top-1 (best val)",
+def _columns(metric: str = "top1") -> list[str]:
+    name = METRIC_NAMES[metric]
+    return ["method", "labels (train + val)", f"test {name} (last)", f"test {name} (best val)",
             "pseudo-label acc", "seeds", "steps", "images/s", "wall s"]
 
 
@@ -76,15 +89,16 @@ def _intro(suite: Suite) -> list[str]:
     return [f"Default budget per cell: {budget} (data sets or methods may set their own: see the suite). "
             "Labels: every labeled image a cell consumed, training + validation (data.val `auto` validates "
             "on labeled images beyond the row's labels; `20%-of-labels` holds them out of the row's labels). "
-            "Test top-1 of the final weights (last) and of the best-validation weights (best), mean ± std "
+            "Test top-1 (mAP for data with several labels per image) of the final weights (last) and of the "
+            "best-validation weights (best), mean ± std "
             "over seeds; pseudo-label accuracy against the hidden labels over the last logged steps (— : the "
             "method makes none; near chance = collapse); images/s of training (all stages); wall seconds per cell.",
             *(f"Skipped: {dname} ({why})." for dname, why in suite.skipped.items())]
 
 
-def _tables(suite: Suite, summary: list[dict[str, Any]]) -> list[tuple[str, list[list[str]], int]]:
-    """Per (data, labels): a title, the rows of :data:`_COLUMNS` in the suite's method order, and the index
-    of the row with the best last-weights top-1."""
+def _tables(suite: Suite, summary: list[dict[str, Any]]) -> list[tuple[str, list[str], list[list[str]], int]]:
+    """Per (data, labels): a title, the columns (:func:`_columns` of its score), the rows in the suite's method
+    order, and the index of the row with the best last-weights score."""
     order = list(suite.methods)
     by_data: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for s in summary:
@@ -92,13 +106,13 @@ def _tables(suite: Suite, summary: list[dict[str, Any]]) -> list[tuple[str, list
     out = []
     for (dname, labels), ss in by_data.items():
         ss.sort(key=lambda s: order.index(s["method"]) if s["method"] in order else len(order))
-        top = max(range(len(ss)), key=lambda i: ss[i]["top1_last_mean"])
-        rows = [[s["method"], _labels_cell(s), _spread_cell(s["top1_last_mean"], s["top1_last_std"], s["seeds"]),
-                 _spread_cell(s["top1_best_mean"], s["top1_best_std"], s["seeds"]),
+        top = max(range(len(ss)), key=lambda i: ss[i]["score_last_mean"])
+        rows = [[s["method"], _labels_cell(s), _spread_cell(s["score_last_mean"], s["score_last_std"], s["seeds"]),
+                 _spread_cell(s["score_best_mean"], s["score_best_std"], s["seeds"]),
                  "—" if s.get("pseudo_acc") in (None, "") else f"{float(s['pseudo_acc']):.3f}",
                  str(s["seeds"]), str(s["steps"]),
                  f"{s['images_per_sec']:.0f}", f"{s['wall_seconds']:.0f}"] for s in ss]
-        out.append((f"{dname}, {labels} labels", rows, top))
+        out.append((f"{dname}, {labels} labels", _columns(row_metric(ss[0])), rows, top))
     return out
 
 
@@ -110,8 +124,8 @@ def markdown_table(suite: Suite, summary: list[dict[str, Any]]) -> str:
     lines = [f"# Suite {suite.name}", ""]
     for paragraph in _intro(suite):
         lines += [paragraph, ""]
-    for title, rows, top in _tables(suite, summary):
-        lines += [f"## {title}", "", "| " + " | ".join(_COLUMNS) + " |", "|---" * len(_COLUMNS) + "|"]
+    for title, columns, rows, top in _tables(suite, summary):
+        lines += [f"## {title}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
         for i, row in enumerate(rows):
             cells = [f"**{c}**" if i == top and k == 2 else c for k, c in enumerate(row)]
             lines.append("| " + " | ".join(cells) + " |")
@@ -124,8 +138,8 @@ def html_report(suite: Suite, summary: list[dict[str, Any]], root: Path) -> Path
     from semivit.report.html import esc, page, plot_img, png_bytes_uri, table
 
     body = [f"<h1>semivit bench: {esc(suite.name)}</h1>", *(f"<p>{esc(p)}</p>" for p in _intro(suite))]
-    for title, rows, _ in _tables(suite, summary):
-        body += [f"<h2>{esc(title)}</h2>", table(_COLUMNS, rows)]
+    for title, columns, rows, _ in _tables(suite, summary):
+        body += [f"<h2>{esc(title)}</h2>", table(columns, rows)]
     for png in sorted(root.glob("label-efficiency-*.png")):
         body.append(f"<p>{plot_img(png_bytes_uri(png.read_bytes()), png.stem)}</p>")
     path = root / "report.html"
@@ -134,8 +148,8 @@ def html_report(suite: Suite, summary: list[dict[str, Any]], root: Path) -> Path
 
 
 def label_efficiency_plot(summary: list[dict[str, Any]], dname: str, methods: list[str], path: Path) -> None:
-    """Test top-1 (last weights, mean ± std over seeds) against labels per class (log x), one line per
-    method; written as PNG and SVG."""
+    """Test top-1 (mAP for label sets; last weights, mean ± std over seeds) against labels per class (log x), one
+    line per method; written as PNG and SVG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,15 +159,16 @@ def label_efficiency_plot(summary: list[dict[str, Any]], dname: str, methods: li
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, method in enumerate(m for m in methods if any(s["method"] == m for s in pts)):
         line = sorted((s for s in pts if s["method"] == method), key=lambda s: s["labels_per_class"])
-        ax.errorbar([s["labels_per_class"] for s in line], [s["top1_last_mean"] for s in line],
-                    yerr=[s["top1_last_std"] for s in line], capsize=3, label=method,
+        ax.errorbar([s["labels_per_class"] for s in line], [s["score_last_mean"] for s in line],
+                    yerr=[s["score_last_std"] for s in line], capsize=3, label=method,
                     # the colour cycle has 10 colours: later methods differ by line and marker
                     linestyle="-" if i < 10 else "--", marker="o" if i < 10 else "s")
     xs = sorted({s["labels_per_class"] for s in pts})
     ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax.minorticks_off()
-    ax.set(xlabel="training labels per class", ylabel="test top-1", title=f"{dname}: label efficiency")
+    ax.set(xlabel="training labels per class", ylabel=f"test {METRIC_NAMES[row_metric(pts[0])]}",
+           title=f"{dname}: label efficiency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()

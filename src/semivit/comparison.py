@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from semivit.bench import finished_rows, run_suite, suite_from_dict
+from semivit.bench_report import METRIC_NAMES, row_metric
 from semivit.bench_suite import Suite
 from semivit.core.io import atomic_write
 from semivit.errors import SemivitError
@@ -92,7 +93,8 @@ def compare_table(suite: Suite, root: Path) -> tuple[str, str]:
         by_row.setdefault(cell["method"], []).append(cell)
     stats = {name: _row_stats(rs) for name, rs in by_row.items()}
     base = best_on_validation(stats, baselines=True)
-    lines = ["| path | labels (train + val) | val top-1 | test top-1 | test gain over " +
+    name = METRIC_NAMES[next(iter(stats.values()))["metric"]]
+    lines = [f"| path | labels (train + val) | val {name} | test {name} | test gain over " +
              (f"{base} (points)" if base else "the baseline") + " | seeds | wall s |",
              "|---|---|---|---|---|---|---|"]
     for name in [n for n in ROWS if n in stats]:
@@ -112,7 +114,9 @@ def _row_stats(cells: list[dict[str, Any]]) -> dict[str, Any]:
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     first = cells[0]
-    return {"val": mean_std("val_top1") or (float("nan"), 0.0), "test": mean_std("test_top1_last"),
+    metric = row_metric(first)  # mAP for label sets
+    return {"val": mean_std(f"val_{metric}") or (float("nan"), 0.0), "test": mean_std(f"test_{metric}_last"),
+            "metric": metric,
             "seeds": len(cells), "wall": statistics.fmean(c["wall_seconds"] for c in cells),
             "labels": f"{first.get('labeled', '?')} + {first.get('val_labeled', '?')}"}
 
