@@ -82,3 +82,24 @@ def test_run_auto_needs_a_budget_and_a_backbone(tmp_path, capsys):
     assert "pass --budget" in capsys.readouterr().err
     assert main(["run", "auto", "--data", "digits", "--budget", "5m", "--out", str(tmp_path)]) == 2
     assert "name it with --model" in capsys.readouterr().err
+
+
+def test_fit_takes_a_budget_and_recipe_auto_from_python(tmp_path, monkeypatch):
+    import semivit
+    from semivit import planning
+
+    # the plan itself independent of the machine's load (fixed timings), and no 1.5× guard cutting it short
+    monkeypatch.setattr(planning, "TIME_LIMIT_GUARD", 100.0)
+
+    settings = _settings(tmp_path, **{"train.eval_every": 0})
+    run = semivit.fit("digits", recipe="auto", model=ARCH, labels="4-per-class", steps=4, budget="10m",
+                      settings={k: v for k, v in settings.items() if k not in ("data.source", "model.name",
+                                                                              "data.labels")})
+    assert json.loads((tmp_path / "auto" / "path.json").read_text())["recipe"] == "full-semivit"
+    assert run.metrics["steps"] == 4 and 0 <= run.metrics["test_top1"] <= 1
+    monkeypatch.setattr(planning, "time_stage", lambda cfg, data, previous=None: planning.StageTiming(0.05, 16))
+    one = semivit.fit("digits", "supervised", "vit_nano", labels="4-per-class", steps=300, budget=20,
+                      settings={"train.out": str(tmp_path), "train.name": "one", "train.progress": False,
+                                "model.depth": 1, "model.embed_dim": 32, "model.num_heads": 2})
+    plan = json.loads((tmp_path / "one" / "plan.json").read_text())
+    assert plan["budget_seconds"] == 20 and one.metrics["steps"] == plan["stages"][0]["steps"] < 360

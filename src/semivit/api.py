@@ -76,33 +76,57 @@ def _data(data: Any, cfg: Config) -> Any:
 
 def fit(data: Any = "digits", method: str = "supervised", model: str | nn.Module | None = None, *,
         recipe: str | Path | dict | None = None, settings: dict[str, Any] | None = None,
-        callbacks: tuple = (), **kwargs: Any) -> Run:
+        callbacks: tuple = (), budget: str | float | None = None, **kwargs: Any) -> Run:
     """Train ``method`` (or every stage of ``recipe``) on ``data`` and return the :class:`Run`.
 
     ``model``: a name (``vit_nano``, a timm name, ``local-dir:FOLDER``) or your own ``nn.Module`` mapping float
     images in [0, 1] (N×C×H×W) to logits, trained as it is. ``kwargs``: the shortcuts in :data:`SHORTCUTS`
     (``labels="4-per-class"``, ``steps=500``, ``frozen=True``, …); ``settings``: any other setting by its dotted
-    key (``{"method.threshold": 0.8}``). ``callbacks``: :class:`~semivit.engine.callbacks.Callback` objects."""
+    key (``{"method.threshold": 0.8}``). ``callbacks``: :class:`~semivit.engine.callbacks.Callback` objects.
+    ``budget`` (``"30m"`` or seconds): the steps planned to fit that wall-clock time, as ``--budget`` does;
+    ``recipe="auto"`` with a pretrained ``model`` and a budget chooses the path and resolution
+    (:mod:`semivit.path_choice`)."""
+    import time
+
     from semivit.engine.trainer import Trainer
 
+    start = time.perf_counter()
+    seconds = None
+    if budget is not None:
+        from semivit.planning import parse_budget
+
+        seconds = parse_budget(budget)
     values = _settings(None if recipe is not None else method, model, kwargs, settings)
     if isinstance(data, (str, Path)):
         values["data.source"] = str(data)
+    if recipe is not None and isinstance(model, nn.Module):
+        raise SemivitError("a recipe builds its models stage by stage: pass model as a name, or train your "
+                           "module with fit(method=...)")
+    if recipe == "auto":
+        from semivit.path_choice import recipe_configs, run_auto
+
+        result = run_auto(values, seconds, data=_data(data, recipe_configs("frozen-fixmatch", values)[0]))
+        return Run(result.run_dir, result.metrics, result.model)
     if recipe is not None:
         from semivit.config import load_yaml
         from semivit.pipeline import find_recipe, run_stages, stage_configs
 
-        if isinstance(model, nn.Module):
-            raise SemivitError("a recipe builds its models stage by stage: pass model as a name, or train your "
-                               "module with fit(method=...)")
         spec = recipe if isinstance(recipe, dict) else load_yaml(find_recipe(recipe))
         name, configs = stage_configs(spec, values)
         prepared = _data(data, configs[0])
         root = Path(configs[0].train.out) / (configs[0].train.name or name)
-        result = run_stages(configs, root, data=prepared)
+        result = run_stages(configs, root, data=prepared, budget=seconds, start=start)
         return Run(result.run_dir, result.metrics, result.model)
     cfg = apply_overrides(Config(), values)
     prepared = _data(data, cfg)
+    if seconds is not None:  # one stage, planned like a recipe's
+        from semivit.data import prepare_data
+        from semivit.engine.trainer import run_name
+        from semivit.planning import plan_run
+
+        prepared = prepared or prepare_data(cfg.data, cfg.train.seed)
+        cfg = plan_run([cfg], prepared, seconds, Path(cfg.train.out) / run_name(cfg),
+                       spent=time.perf_counter() - start)[0]
     own = None
     if isinstance(model, nn.Module):  # wrapping needs the data's classes, channels and size: load it now
         from semivit.data import prepare_data

@@ -212,19 +212,20 @@ def load_choice(path: Path) -> PathChoice | None:
                            "again") from None
 
 
-def run_auto(overrides: dict[str, Any], budget: float | None, run_name: str | None = None) -> Any:
+def run_auto(overrides: dict[str, Any], budget: float | None, run_name: str | None = None, data: Any = None) -> Any:
     """``semivit run auto``: choose the path and resolution for ``budget`` seconds (or, with ``train.resume``,
     reuse the run's ``path.json``), print the choice, and run the chosen recipe in the same budget; returns the
-    last stage's :class:`~semivit.engine.trainer.TrainResult`."""
+    last stage's :class:`~semivit.engine.trainer.TrainResult`. ``data``: already prepared (else loaded from the
+    settings)."""
     start = time.perf_counter()
     if not budget:
         raise SemivitError("semivit run auto chooses how to use a pretrained backbone within a time budget: pass "
-                           "--budget (e.g. 30m), or run a recipe by name (frozen-fixmatch, partial-semivit, "
-                           "full-semivit)")
+                           "--budget 30m (budget='30m' in Python), or run a recipe by name (frozen-fixmatch, "
+                           "partial-semivit, full-semivit)")
     base = recipe_configs("frozen-fixmatch", overrides)[0]
     root = Path(base.train.out) / (run_name or base.train.name or "auto")
     saved = load_choice(root / "path.json") if base.train.resume else None
-    data = prepare_data(base.data, base.train.seed)
+    data = data if data is not None else prepare_data(base.data, base.train.seed)
     if saved is not None:
         choice = saved
         log.info("resuming with the path chosen before (%s)", root / "path.json")
