@@ -40,7 +40,7 @@ def test_the_path_is_the_first_whose_whole_schedule_fits(tmp_path, monkeypatch, 
     monkeypatch.setattr(path_choice, "_partial_step_seconds", lambda *a: partial)
     import semivit.planning
 
-    monkeypatch.setattr(semivit.planning, "time_stage", lambda *a, **k: (full, 32))
+    monkeypatch.setattr(semivit.planning, "time_stage", lambda *a, **k: semivit.planning.StageTiming(full, 32))
     settings = _settings(tmp_path)
     data = prepare_data(apply_overrides(Config(), settings).data, 0)
     choice = path_choice.choose_path(settings, data, budget=1800)
