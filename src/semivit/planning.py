@@ -9,8 +9,9 @@ learning rate never anneals, the EMA teacher never catches up). Instead, before 
 2. one factor s scales every stage's nominal steps, n_k → round(s·n_k), so that Σ s·n_k·t_k fits the budget
    left after loading the data and timing, less each stage's evaluation (its model over the validation images
    every ``train.eval_every`` steps and at the end, and over the test images once: timed per image on a sample)
-   and a reserve for export and what timing misses (without the evaluation term a 10-minute full fine-tuning of
-   EfficientNet-Lite0 on CIFAR-10 ran 14.7 minutes, its two passes over 10,000 test images uncounted):
+   and a reserve for export and what timing misses (without the evaluation term, a 10-minute full fine-tuning
+   of EfficientNet-Lite0 on CIFAR-10 ran 14.7 minutes on a shared 2-core machine, its two passes over 10,000
+   test images uncounted; with it, 11.6 on the same machine, the rest from other jobs slowing its steps):
    the recipe keeps its proportions between stages, and each stage's warm-up and cosine schedule (and the
    EMA momenta, declared for their stage length: :mod:`semivit.core.ema`) are planned for the steps it
    will really get;
