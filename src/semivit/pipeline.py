@@ -37,7 +37,9 @@ def find_recipe(name: str | Path) -> Path:
     if shipped.is_file():
         return shipped
     names = sorted(p.stem for p in RECIPES.glob("*.yaml"))
-    raise SemivitError(f"recipe '{name}' not found: pass a YAML file or one of {', '.join(names)}")
+    hint = " (auto, which chooses among the pretrained-backbone recipes for a --budget, runs from semivit run)" \
+        if str(name) == "auto" else ""
+    raise SemivitError(f"recipe '{name}' not found: pass a YAML file or one of {', '.join(names)}{hint}")
 
 
 def stage_configs(recipe: dict[str, Any], overrides: dict[str, Any],
