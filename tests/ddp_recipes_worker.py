@@ -1,6 +1,7 @@
 """Run under ``torchrun --nproc_per_node 2``: the first steps of every shipped recipe with gloo DDP, each stage
 cut to 2 steps on a tiny model (hub backbones swapped for vit_nano: no downloads in tests; the frozen-backbone
-recipes on a tiny timm CNN's cached features, embedded by rank 0 and read by rank 1); saves each rank's
+recipes on a tiny timm CNN's cached features, embedded by rank 0 and read by rank 1, and the full fine-tuning
+recipes on that CNN itself); saves each rank's
 final weights as ``OUT/RECIPE/rank{r}.safetensors``."""
 
 import os
@@ -39,9 +40,13 @@ if __name__ == "__main__":
         overrides = dict(TINY, **{"train.out": str(out)})
         if "pretrained" in str(recipe.get("model", {})):  # a hub backbone: no download here
             overrides.update({"model.name": "vit_nano", "model.pretrained": ""})
-        if recipe.get("features", {}).get("frozen"):  # a head on cached features of a (tiny, random) timm CNN
+        frozen = recipe.get("features", {}).get("frozen")
+        if frozen or "resolution" in recipe.get("model", {}):  # a pretrained CNN at a set input size (full
+            # fine-tuning), or a head on its cached features: a tiny, random timm CNN's weights stand in
             overrides.update({"model.name": "test_efficientnet", "model.pretrained": frozen_backbone(out, rank),
-                              "model.resolution": "32", "features.cache": str(out / "feature-cache")})
+                              "model.resolution": "32"})
+            if frozen:
+                overrides["features.cache"] = str(out / "feature-cache")
         _, configs = stage_configs(recipe, overrides)
         for cfg in configs:  # every stage cut to its first 2 steps
             cfg.train.steps, cfg.train.epochs = 2, None
