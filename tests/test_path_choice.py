@@ -102,4 +102,4 @@ def test_fit_takes_a_budget_and_recipe_auto_from_python(tmp_path, monkeypatch):
                       settings={"train.out": str(tmp_path), "train.name": "one", "train.progress": False,
                                 "model.depth": 1, "model.embed_dim": 32, "model.num_heads": 2})
     plan = json.loads((tmp_path / "one" / "plan.json").read_text())
-    assert plan["budget_seconds"] == 20 and one.metrics["steps"] == plan["stages"][0]["steps"] < 360
+    assert plan["budget_seconds"] == 20 and one.metrics["steps"] == plan["stages"][0]["steps"] <= 360
