@@ -37,7 +37,7 @@ def test_the_largest_resolution_whose_cache_fits_is_chosen():
 ])
 def test_the_path_is_the_first_whose_whole_schedule_fits(tmp_path, monkeypatch, full, partial, expected):
     monkeypatch.setattr(path_choice, "_embed_rate", lambda cfg, data, device: 10.0 * int(cfg.model.resolution))
-    monkeypatch.setattr(path_choice, "_partial_step_seconds", lambda *a: partial)
+    monkeypatch.setattr(path_choice, "_partial_step_seconds", lambda cfg, data, device, batches: [partial] * 2)
     import semivit.planning
 
     monkeypatch.setattr(semivit.planning, "time_stage", lambda *a, **k: semivit.planning.StageTiming(full, 32))

@@ -120,13 +120,9 @@ def fit(data: Any = "digits", method: str = "supervised", model: str | nn.Module
     cfg = apply_overrides(Config(), values)
     prepared = _data(data, cfg)
     if seconds is not None:  # one stage, planned like a recipe's
-        from semivit.data import prepare_data
-        from semivit.engine.trainer import run_name
-        from semivit.planning import plan_run
+        from semivit.planning import plan_one_stage
 
-        prepared = prepared or prepare_data(cfg.data, cfg.train.seed)
-        cfg = plan_run([cfg], prepared, seconds, Path(cfg.train.out) / run_name(cfg),
-                       spent=time.perf_counter() - start)[0]
+        cfg, prepared = plan_one_stage(cfg, prepared, seconds, start)
     own = None
     if isinstance(model, nn.Module):  # wrapping needs the data's classes, channels and size: load it now
         from semivit.data import prepare_data

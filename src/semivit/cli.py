@@ -36,14 +36,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.budget:  # one stage, planned like a recipe's (semivit/planning.py)
         import time
 
-        from semivit.data import prepare_data
-        from semivit.engine.trainer import run_name
-        from semivit.planning import parse_budget, plan_run
+        from semivit.planning import parse_budget, plan_one_stage
 
-        start = time.perf_counter()
-        data = prepare_data(cfg.data, cfg.train.seed)
-        cfg = plan_run([cfg], data, parse_budget(args.budget), Path(cfg.train.out) / run_name(cfg),
-                       spent=time.perf_counter() - start)[0]
+        cfg, data = plan_one_stage(cfg, None, parse_budget(args.budget), time.perf_counter())
         result = train(cfg, data)
     else:
         result = train(cfg)

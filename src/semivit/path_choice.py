@@ -122,8 +122,8 @@ def _embed_rate(cfg: Config, data: Any, device: torch.device) -> float:
     return n / min(times[1:])
 
 
-def _partial_step_seconds(cfg: Config, data: Any, device: torch.device, batch: int) -> float:
-    """Seconds of one training step of the last block and head on ``batch`` cut activations."""
+def _partial_step_seconds(cfg: Config, data: Any, device: torch.device, batches: list[int]) -> list[float]:
+    """Seconds of one training step of the last block and head on each of ``batches`` cut activations."""
     from semivit.core.distributed import DistInfo
     from semivit.data.augment import to_float
     from semivit.engine.inputs import _pretrained_backbone, fast_embedding
@@ -133,18 +133,21 @@ def _partial_step_seconds(cfg: Config, data: Any, device: torch.device, batch: i
     tail = BackboneTail(backbone, 1, cfg.features.tail_lr).to(device).train()
     x = to_float(data.train.get(torch.arange(min(len(data.train), 8))).to(device))
     with torch.inference_mode():
-        h = fast_embedding(backbone, device, 1)(x)
-    h = h[torch.arange(batch) % len(h)].clone()
-    head = torch.nn.Linear(tail.pooled(h[:1]).shape[1], data.train.num_classes).to(device)
+        sample = fast_embedding(backbone, device, 1)(x)
+    head = torch.nn.Linear(tail.pooled(sample[:1].clone()).shape[1], data.train.num_classes).to(device)
     opt = torch.optim.AdamW([*tail.parameters(), *head.parameters()], 1e-4)
-    times = []
-    for _ in range(TRAIN_STEPS_TIMED):
-        start = time.perf_counter()
-        head(tail.pooled(h)).logsumexp(1).mean().backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - start)
-    return min(times[1:])
+    out = []
+    for batch in batches:
+        h = sample[torch.arange(batch) % len(sample)].clone()
+        times = []
+        for _ in range(TRAIN_STEPS_TIMED):
+            start = time.perf_counter()
+            head(tail.pooled(h)).logsumexp(1).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            times.append(time.perf_counter() - start)
+        out.append(min(times[1:]))
+    return out
 
 
 def _nominal(configs: list[Config], seconds_per_step: list[float]) -> float:
@@ -181,8 +184,7 @@ def choose_path(overrides: dict[str, Any], data: Any, budget: float, spent: floa
 
     partial = recipe_configs("partial-semivit", settings)
     unlabeled = int(partial[-1].train.batch_size * (1 + 2 * float(partial[-1].method.get("mu", 1))))
-    t_partial = [_partial_step_seconds(partial[0], data, device, partial[0].train.batch_size),
-                 _partial_step_seconds(partial[0], data, device, unlabeled)]
+    t_partial = _partial_step_seconds(partial[0], data, device, [partial[0].train.batch_size, unlabeled])
     seconds["partial-semivit"] = images / rates[resolution] + _nominal(partial, t_partial)
 
     full = recipe_configs("full-semivit", settings)

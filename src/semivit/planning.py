@@ -234,6 +234,18 @@ def plan_run(configs: list[Config], data: Any, budget: float, root: Path, spent:
     return apply_plan(configs, plans)
 
 
+def plan_one_stage(cfg: Config, data: Any, budget: float, start: float) -> tuple[Config, Any]:
+    """``train --budget`` (or ``semivit.fit(budget=...)``): one stage planned like a recipe's, its data loaded
+    here when not given (``start``: when the command began, so loading counts as spent); returns the planned
+    config and the data."""
+    from semivit.data import prepare_data
+    from semivit.engine.trainer import run_name
+
+    data = data if data is not None else prepare_data(cfg.data, cfg.train.seed)
+    planned = plan_run([cfg], data, budget, Path(cfg.train.out) / run_name(cfg), spent=time.perf_counter() - start)
+    return planned[0], data
+
+
 def apply_plan(configs: list[Config], plans: list[StagePlan]) -> list[Config]:
     """New stage configs with the plan's steps and time limits (the given ones are left as they are)."""
     if len(plans) != len(configs):

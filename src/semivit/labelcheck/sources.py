@@ -33,7 +33,7 @@ from semivit.labelcheck.check import (
     out_of_sample_probs,
 )
 from semivit.labelcheck.choices import PROBS
-from semivit.labeling.pool import Pool, label_of, load_encoder
+from semivit.labeling.pool import Pool, label_of, load_encoder, pretrained_features
 from semivit.labeling.select import normalize
 
 log = logging.getLogger("semivit")
@@ -86,15 +86,10 @@ def labeled_features(pool: Pool, data: Any, *, model: str | None = None, encoder
     the pool's run's model, else raw pixels."""
     idx = torch.from_numpy(pool.labeled)
     if model and model != "auto":
-        from semivit.core.distributed import DistInfo
-        from semivit.engine.inputs import backbone_features
-        from semivit.probe import _require_pretrained
         from semivit.report.runs import resolve_device
 
-        cfg = apply_overrides(pool.cfg, {"model.name": model})
-        _require_pretrained(cfg)
-        _, feats = backbone_features(cfg, data, DistInfo(), torch.device(resolve_device(device)), views=0)
-        return feats.train["none"][idx].float().numpy(), f"{model} features (cached)"
+        feats = pretrained_features(pool, model, resolve_device(device), data)
+        return feats[idx].numpy(), f"{model} features (cached)"
     if encoder == "pixels" or (encoder is None and pool.run_dir is None):
         return pixel_features(pool, idx), "raw pixels"
     from semivit.engine.evaluate import extract_features

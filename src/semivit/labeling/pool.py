@@ -201,18 +201,19 @@ def run_features(pool: Pool, device: str = "cpu") -> torch.Tensor | None:
     return pool.cached_features
 
 
-def pretrained_features(pool: Pool, encoder: str, device: str = "cpu") -> torch.Tensor:
+def pretrained_features(pool: Pool, encoder: str, device: str = "cpu", data: Any = None) -> torch.Tensor:
     """A pretrained backbone's pooled features of every training image (``encoder``: a tagged timm name,
     ``hf-hub:``/``local-dir:``), at ``model.resolution`` of the pool's settings, through the same feature cache
     as ``semivit probe`` and the frozen-backbone recipes: a cold start on a pool those already embedded runs no
-    backbone, and a run after it reads what the cold start embedded."""
+    backbone, and a run after it reads what the cold start embedded. ``data``: the pool's data already prepared
+    (else its parts are wrapped as such)."""
     from semivit.probe import _require_pretrained
 
     # the name's own weights, unless the settings name a file for it (--set model.pretrained=FILE)
     weights = "hub" if pool.cfg.model.pretrained in ("auto", "none") else pool.cfg.model.pretrained
     cfg = apply_overrides(pool.cfg, {"model.name": encoder, "model.pretrained": weights})
     _require_pretrained(cfg)
-    return _cached_pool_features(cfg, pool, device)
+    return _cached_pool_features(cfg, pool, device, data)
 
 
 def pool_embedding(pool: Pool, encoder: str | None, model: Any = None, device: str = "cpu",
@@ -231,16 +232,18 @@ def pool_embedding(pool: Pool, encoder: str | None, model: Any = None, device: s
                  device, seed)
 
 
-def _cached_pool_features(cfg: Config, pool: Pool, device: str) -> torch.Tensor:
+def _cached_pool_features(cfg: Config, pool: Pool, device: str, data: Any = None) -> torch.Tensor:
     from semivit.core.distributed import DistInfo
     from semivit.data import PreparedData
     from semivit.data.imageset import DataBundle
     from semivit.data.splits import Split
     from semivit.engine.inputs import backbone_features
 
-    empty = torch.zeros(0, dtype=torch.long)
-    flip = True if cfg.data.flip is None else cfg.data.flip  # the cache's key holds only the plain images
-    data = PreparedData(DataBundle(cfg.data.source, pool.train, pool.test, flip), Split(empty, empty, empty), flip)
+    if data is None:
+        empty = torch.zeros(0, dtype=torch.long)
+        flip = True if cfg.data.flip is None else cfg.data.flip  # the cache's key holds only the plain images
+        data = PreparedData(DataBundle(cfg.data.source, pool.train, pool.test, flip), Split(empty, empty, empty),
+                            flip)
     _, feats = backbone_features(cfg, data, DistInfo(), torch.device(device), views=0)
     return feats.train["none"].float()
 
