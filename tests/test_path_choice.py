@@ -47,12 +47,36 @@ def test_the_path_is_the_first_whose_whole_schedule_fits(tmp_path, monkeypatch, 
     assert choice.recipe == expected and choice.fits
     images = len(data.train) * 5 + len(data.test)  # the images, 2 weak and 2 strong views of each; the test part
     assert choice.embed_images == images
-    # the largest candidate up to the tiny CNN's native size whose cache takes ≤ 75% of the budget
+    # the cache: the largest candidate up to the tiny CNN's native size whose cache takes ≤ 75% of the budget; the
+    # full paths at their recipe's 96 px
     native = max(choice.embed_rates)
-    assert choice.resolution == native and all(r <= native for r in choice.embed_rates)
+    assert choice.cache_resolution == native and all(r <= native for r in choice.embed_rates)
+    assert choice.resolution == (96 if expected == "full-semivit" else native)
     assert f"{expected} at {choice.resolution} px" in choice.describe()
     fixed = path_choice.choose_path({**settings, "model.resolution": "64"}, data, budget=1800)
     assert fixed.resolution == 64 and list(fixed.embed_rates) == [64]
+
+
+@pytest.mark.parametrize("cached_at", [64, None])
+def test_a_cache_squeezed_below_the_full_paths_resolution_means_fine_tuning_on_the_labels(tmp_path, monkeypatch,
+                                                                                       cached_at):
+    """No semi-supervised schedule fits, and the cache fits only at 64 px (or at no resolution): the whole network
+    is fine-tuned on the labels alone at 96 px instead of training heads on squeezed features (or failing)."""
+    monkeypatch.setattr(path_choice, "_embed_rate",
+                        lambda cfg, data, device: 1e6 if int(cfg.model.resolution) == cached_at else 1e-3)
+    monkeypatch.setattr(path_choice, "_partial_step_seconds", lambda cfg, data, device, batches: [1.0] * 2)
+    import semivit.planning
+
+    monkeypatch.setattr(semivit.planning, "time_stage", lambda *a, **k: semivit.planning.StageTiming(10.0, 32))
+    settings = _settings(tmp_path)
+    data = prepare_data(apply_overrides(Config(), settings).data, 0)
+    choice = path_choice.choose_path(settings, data, budget=1800)
+    assert (choice.recipe, choice.resolution, choice.cache_resolution) == ("full-supervised", 96, cached_at or 0)
+    assert not choice.fits  # its 1,000 steps at 10 s do not fit: the planner shrinks them
+    assert "fine-tuned on the labels alone" in choice.describe()
+    # a resolution the user fixed is theirs: the frozen heads at 64 px
+    fixed = path_choice.choose_path({**settings, "model.resolution": "64"}, data, budget=1800)
+    assert fixed.recipe == ("frozen-fixmatch" if cached_at == 64 else "full-supervised")
 
 
 def test_run_auto_runs_the_chosen_recipe_and_resumes_with_its_choice(tmp_path, caplog):

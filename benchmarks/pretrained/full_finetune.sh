@@ -13,7 +13,7 @@ row() {  # recipe budget [settings...]
     --name "$(basename "$1" .yaml)-$2" --overwrite > "$OUT/$(basename "$1" .yaml)-$2.log" 2>&1
 }
 mkdir -p "$OUT"
-( row full-semivit 30m; row full-fixmatch 30m; row benchmarks/pretrained/full-supervised.yaml 30m ) &
-( row full-semivit 10m; row full-fixmatch 10m; row benchmarks/pretrained/full-supervised.yaml 10m
+( row full-semivit 30m; row full-fixmatch 30m; row full-supervised 30m ) &
+( row full-semivit 10m; row full-fixmatch 10m; row full-supervised 10m
   row auto 10m --set features.cache="$OUT/cache-auto-10m"; row auto 30m --set features.cache="$OUT/cache-auto-30m" ) &
 wait

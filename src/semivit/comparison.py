@@ -7,8 +7,8 @@ labels alone; recent studies find that on strong backbones it often does not, so
 
 - ``linear-probe``: a linear head on the frozen backbone's cached features, trained on the labels alone
   (``frozen-fixmatch``'s first stage);
-- ``fine-tuning``: the whole network fine-tuned on the labels alone (``full-semivit``'s first stage: the CPU-sized
-  batch and learning rate of the full fine-tuning recipes);
+- ``fine-tuning``: the whole network fine-tuned on the labels alone (the ``full-supervised`` recipe:
+  ``full-semivit``'s first stage, with the CPU-sized batch and learning rate of the full fine-tuning recipes);
 - ``frozen-fixmatch`` and ``partial-semivit``: the semi-supervised paths that fit a CPU (FixMatch on the frozen
   backbone's cached features; the EMA-Teacher with the backbone's last block trained too); ``--rows`` adds
   ``partial-fixmatch``, ``frozen-semivit`` and the full fine-tuning paths ``full-semivit`` and ``full-fixmatch``.
@@ -41,7 +41,7 @@ from semivit.planning import parse_budget
 #: the rows: the two labels-only baselines first, then the semi-supervised paths
 ROWS: dict[str, dict[str, Any]] = {
     "linear-probe": {"recipe": "frozen-fixmatch", "stages": 1},
-    "fine-tuning": {"recipe": "full-semivit", "stages": 1},
+    "fine-tuning": {"recipe": "full-supervised"},
     "frozen-fixmatch": {"recipe": "frozen-fixmatch"},
     "partial-fixmatch": {"recipe": "partial-fixmatch"},
     "partial-semivit": {"recipe": "partial-semivit"},

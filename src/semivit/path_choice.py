@@ -1,27 +1,33 @@
 """``semivit run auto --model BACKBONE --budget 30m``: which way of using a pretrained backbone fits the budget,
 at which resolution — measured on this machine and this data before anything trains, then printed.
 
-Three paths, from the most backbone training to the least (the recipes they run):
+Three ways of using the unlabeled images, from the most backbone training to the least, and one without them
+(the recipes they run):
 
 - ``full-semivit``: every weight fine-tuned on the images, then the EMA-Teacher (no feature cache);
 - ``partial-semivit``: the backbone cut before its last block, the activations at the cut cached once, the last
   block and a head trained on them (supervised, then the EMA-Teacher);
-- ``frozen-fixmatch``: the pooled features cached once, a head trained on them (supervised, then FixMatch).
+- ``frozen-fixmatch``: the pooled features cached once, a head trained on them (supervised, then FixMatch);
+- ``full-supervised``: every weight fine-tuned on the labels alone (no cache to build: the whole budget trains).
 
 The choice, from a few timed batches (the first not counted):
 
-1. **the resolution**: every candidate up to the backbone's native size (64, 96, 128, 160 px; ``--set
+1. **the cache's resolution**: every candidate up to the backbone's native size (64, 96, 128, 160 px; ``--set
    model.resolution=R`` fixes it) is timed embedding real training images; the largest whose cache (the images
    as they are plus the recipes' weak and strong views of each training image) takes at most
    :data:`EMBED_SHARE` of the budget is chosen. On CIFAR-10 with EfficientNet-Lite0 the linear probe climbs from
    0.50 at 64 px to 0.63 at 160 px and falls at the native 224 px (benchmarks/RESULTS.md), hence the cap.
 2. **the path**: the first of ``full-semivit`` and ``partial-semivit`` whose recipe gets its *whole* nominal
-   schedule inside the budget (after its cache, for the partial path), else ``frozen-fixmatch``; a path whose
-   schedule fits runs its recipe's steps (heads tuned for 4,000 steps are not stretched to fill the budget),
-   else the planner shrinks its stages to fit. A truncated
-   schedule is not enough: fine-tuning the whole of Lite0 on 2 CPU cores for 10 or 30 minutes scored below the
-   frozen head on CIFAR-10 (RESULTS, "Full fine-tuning on a CPU"), and the partial path's cut cache alone costs
-   what the frozen cache does.
+   schedule inside the budget (after its cache, for the partial path), else ``frozen-fixmatch`` when its cache
+   fits at the full paths' resolution (the recipes' 96 px, at most the native size) or above, else
+   ``full-supervised``. A path whose schedule fits runs its recipe's steps (heads tuned for 4,000 steps are not
+   stretched to fill the budget), else the planner shrinks its stages to fit. A truncated semi-supervised
+   schedule is not enough: fine-tuning the whole of Lite0 with the EMA-Teacher on 2 CPU cores for 10 or 30
+   minutes scored below the frozen head on CIFAR-10 (RESULTS, "Full fine-tuning on a CPU"), and the partial
+   path's cut cache alone costs what the frozen cache does. A cache squeezed below the resolution the network
+   is fine-tuned at loses more than the unlabeled images give: on CIFAR-10 at 10 minutes the frozen heads at
+   64 px read 0.540 and the whole network fine-tuned on the labels alone at 96 px 0.635 (one data set; the rule
+   came after that run, so RESULTS reports it as such).
 
 Then the chosen recipe runs with the same ``--budget`` (:mod:`semivit.planning` shares what is left among its
 stages). The choice is written to ``path.json`` in the run's folder; ``--resume`` reuses it.
@@ -49,8 +55,10 @@ from semivit.pipeline import find_recipe, require_resumable, run_stages, stage_c
 
 log = logging.getLogger("semivit")
 
-#: the paths in order of preference: the first whose whole schedule fits is chosen
-PATHS = ("full-semivit", "partial-semivit", "frozen-fixmatch")
+#: the paths in order of preference: the first two when their whole schedule fits, then the frozen heads when their
+#: cache fits at the full paths' resolution, else fine-tuning on the labels alone
+PATHS = ("full-semivit", "partial-semivit", "frozen-fixmatch", "full-supervised")
+CACHED = ("partial-semivit", "frozen-fixmatch")  # the paths that embed the images once
 RESOLUTIONS = (64, 96, 128, 160)
 EMBED_SHARE = 0.75  # the cache may take at most this share of the budget (heads on it train in seconds to minutes)
 SAMPLE_BATCHES = 3  # batches of features.batch_size timed per resolution (the first not counted)
@@ -60,12 +68,14 @@ TRAIN_STEPS_TIMED = 3
 @dataclass
 class PathChoice:
     recipe: str
-    resolution: int
+    resolution: int  # the chosen recipe's input size
     embed_images: int  # images and views the frozen and partial caches hold
     embed_rates: dict[int, float]  # images/s embedding, per resolution
     path_seconds: dict[str, float] = field(default_factory=dict)  # each path's whole nominal schedule (estimated)
     budget: float = 0.0
     usable: float = 0.0  # seconds left for the chosen recipe after the timing, less the planner's reserve
+    cache_resolution: int = 0  # the largest resolution whose cache fits the budget (0: none does)
+    full_resolution: int = 0  # the full paths' input size
 
     @property
     def fits(self) -> bool:
@@ -74,7 +84,6 @@ class PathChoice:
         return self.path_seconds[self.recipe] <= self.usable
 
     def describe(self) -> str:
-        rate = self.embed_rates[self.resolution]
         lines = [f"path for a budget of {self.budget / 60:.1f} min: {self.recipe} at {self.resolution} px"]
         lines.append("  embedding " + ", ".join(
             f"{r} px {v:.0f} images/s → {self.embed_images / v / 60:.1f} min" for r, v in self.embed_rates.items())
@@ -84,20 +93,33 @@ class PathChoice:
                 verdict = "chosen" if name == self.recipe else (
                     "fits" if self.path_seconds[name] <= self.usable else "over the budget")
                 lines.append(f"  {name:>16}: its whole schedule ~{self.path_seconds[name] / 60:.1f} min ({verdict})")
-        lines.append(f"  the cache at {self.resolution} px: ~{self.embed_images / rate / 60:.1f} min; " + (
-            "the recipe's own steps" if self.fits else "its stages shrunk to fit (the plan below)"))
+        if self.recipe in CACHED:
+            rate = self.embed_rates[self.resolution]
+            lines.append(f"  the cache at {self.resolution} px: ~{self.embed_images / rate / 60:.1f} min; " + (
+                "the recipe's own steps" if self.fits else "its stages shrunk to fit (the plan below)"))
+        elif self.recipe == "full-supervised":
+            why = (f"caches only at {self.cache_resolution} px, below the full paths' {self.full_resolution} px"
+                   if self.cache_resolution else "caches at no resolution")
+            lines.append(f"  no semi-supervised schedule fits and the budget {why}: the whole network fine-tuned on "
+                         f"the labels alone, " + ("its own steps" if self.fits else "its steps shrunk to fit"))
         return "\n".join(lines)
 
 
+def fitting_resolution(rates: dict[int, float], images: int, seconds: float) -> int | None:
+    """The largest resolution whose cache of ``images`` takes at most :data:`EMBED_SHARE` of ``seconds`` (None:
+    none does)."""
+    return max((r for r, v in rates.items() if images / v <= EMBED_SHARE * seconds), default=None)
+
+
 def pick_resolution(rates: dict[int, float], images: int, seconds: float) -> int:
-    """The largest resolution whose cache of ``images`` takes at most :data:`EMBED_SHARE` of ``seconds``."""
-    fitting = [r for r, v in rates.items() if images / v <= EMBED_SHARE * seconds]
-    if not fitting:
+    """:func:`fitting_resolution`, or an error naming the budget that would fit."""
+    fitting = fitting_resolution(rates, images, seconds)
+    if fitting is None:
         low = min(rates)
         need = images / rates[low] / EMBED_SHARE
         raise SemivitError(f"embedding {images:,} images and views takes {images / rates[low] / 60:.1f} min even at "
                            f"{low} px on this machine: give --budget {need / 60:.0f}m or more, or fewer images")
-    return max(fitting)
+    return fitting
 
 
 def recipe_configs(name: str, overrides: dict[str, Any]) -> list[Config]:
@@ -178,26 +200,38 @@ def choose_path(overrides: dict[str, Any], data: Any, budget: float, spent: floa
     rates = {r: _embed_rate(apply_overrides(cfg, {"model.resolution": str(r)}), data, device)
              for r in resolutions if fixed or r <= native}
     left = budget - spent - (time.perf_counter() - start)
-    resolution = pick_resolution(rates, images, left)
-    settings = {**overrides, "model.resolution": str(resolution)}
-    seconds: dict[str, float] = {"frozen-fixmatch": images / rates[resolution]}
+    cache = fitting_resolution(rates, images, left)
+    # the full paths at their recipe's resolution (the budget buys them no cache), at most the native size
+    full_res = int(overrides["model.resolution"]) if fixed else min(
+        int(recipe_configs("full-semivit", overrides)[0].model.resolution), native)
+    full_settings = {**overrides, "model.resolution": str(full_res)}
+    evaluated = test + len(data.split.val)  # the full paths' evaluations run the whole backbone (counted too)
+    seconds: dict[str, float] = {}
 
-    partial = recipe_configs("partial-semivit", settings)
-    unlabeled = int(partial[-1].train.batch_size * (1 + 2 * float(partial[-1].method.get("mu", 1))))
-    t_partial = _partial_step_seconds(partial[0], data, device, [partial[0].train.batch_size, unlabeled])
-    seconds["partial-semivit"] = images / rates[resolution] + _nominal(partial, t_partial)
-
-    full = recipe_configs("full-semivit", settings)
+    full = recipe_configs("full-semivit", full_settings)
     timed = [time_stage(full[0], data, steps=TRAIN_STEPS_TIMED), time_stage(full[1], data, full[0],
                                                                             steps=TRAIN_STEPS_TIMED)]
-    # its evaluations run the whole backbone over the images (the others read cached features): counted too
-    evaluated = test + len(data.split.val)
     seconds["full-semivit"] = _nominal(full, [t.seconds_per_step for t in timed]) + \
         sum(evaluated * t.eval_seconds_per_image for t in timed)
+    if cache is not None:
+        settings = {**overrides, "model.resolution": str(cache)}
+        seconds["frozen-fixmatch"] = images / rates[cache]
+        partial = recipe_configs("partial-semivit", settings)
+        unlabeled = int(partial[-1].train.batch_size * (1 + 2 * float(partial[-1].method.get("mu", 1))))
+        t_partial = _partial_step_seconds(partial[0], data, device, [partial[0].train.batch_size, unlabeled])
+        seconds["partial-semivit"] = images / rates[cache] + _nominal(partial, t_partial)
+    labels_only = recipe_configs("full-supervised", full_settings)
+    t_labels = time_stage(labels_only[0], data, steps=TRAIN_STEPS_TIMED)
+    seconds["full-supervised"] = _nominal(labels_only, [t_labels.seconds_per_step]) + \
+        evaluated * t_labels.eval_seconds_per_image
 
     usable = (budget - spent - (time.perf_counter() - start)) * (1 - RESERVE)
-    recipe = next((p for p in PATHS[:-1] if seconds[p] <= usable), PATHS[-1])
-    return PathChoice(recipe, resolution, images, rates, seconds, budget, usable)
+    recipe = next((p for p in PATHS[:2] if p in seconds and seconds[p] <= usable), None)
+    if recipe is None:
+        recipe = "frozen-fixmatch" if cache is not None and cache >= full_res else "full-supervised"
+    resolution = cache if recipe in CACHED else full_res
+    return PathChoice(recipe, int(resolution or full_res), images, rates, seconds, budget, usable,
+                      cache_resolution=cache or 0, full_resolution=full_res)
 
 
 def save_choice(choice: PathChoice, path: Path) -> None:
