@@ -27,7 +27,7 @@ def test_the_recommendation_reads_validation_and_the_seeds_spread():
 
 def test_a_suite_is_built_from_the_command_line_and_bad_input_is_one_line():
     suite = compare_suite("digits", "10-per-class", model="local-dir:x", budget="10m", seeds=[3])
-    assert suite.budget == {"plan": 600.0} and suite.seeds == [3]
+    assert suite.budget == {"cap": 600.0} and suite.seeds == [3]  # a limit: a fitting recipe keeps its steps
     assert suite.settings["data.val"] == "20%-of-labels" and suite.settings["model.name"] == "local-dir:x"
     assert list(suite.methods) == ["linear-probe", "fine-tuning", "frozen-fixmatch", "partial-semivit"]
     with pytest.raises(SemivitError, match="name it with --model"):

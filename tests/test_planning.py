@@ -67,6 +67,19 @@ def test_plan_keeps_the_recipes_proportions_and_fits_the_budget(tmp_path, monkey
     assert all(c.train.time_limit == pytest.approx(p.seconds * 1.5) for c, p in zip(configs, plans))
 
 
+def test_a_capped_plan_keeps_a_fitting_recipes_own_steps_and_shrinks_one_that_does_not(tmp_path, monkeypatch):
+    from semivit import planning
+
+    configs, data = _two_stages(tmp_path)
+    timings = {"mae": StageTiming(0.02, 32), "supervised": StageTiming(0.01, 16)}
+    monkeypatch.setattr(planning, "time_stage", lambda cfg, data, previous=None: timings[cfg.train.method])
+    given = [c.train.steps for c in configs]  # 100 + 300 steps: 5 s
+    assert [p.steps for p in plan_budget(configs, data, budget=40.0, stretch=False)] == given
+    assert [p.steps for p in plan_budget(configs, data, budget=40.0)] != given  # stretched to fill 40 s
+    small = [p.steps for p in plan_budget(configs, data, budget=4.0, stretch=False)]  # 3.6 s after the reserve
+    assert small == pytest.approx([72, 216], abs=2)  # 72% of each (the timing's own milliseconds come off too)
+
+
 def test_the_plan_leaves_time_for_each_stages_evaluation(tmp_path, monkeypatch) -> None:
     """The closing test pass and the validations every eval_every steps come out of the budget before the steps
     are shared out (digits: 360 test images; the validation images of the split)."""

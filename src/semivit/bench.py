@@ -23,7 +23,8 @@ Budgets (USB's rule: every method gets the same number of optimizer steps): ``st
 recipe's stages so they sum to N, keeping their proportions; ``seconds: S`` gives each stage its share of S
 as ``train.time_limit`` (the run stops when it is spent: accuracy at a time budget; the schedules stay planned
 over ``train.steps``, so a cut-short run ends mid-schedule); ``plan: S`` times each cell's stages and plans
-their steps and schedules to fit S seconds, as ``semivit run --budget`` does (semivit/planning.py). Each cell runs in
+their steps and schedules to fit S seconds, as ``semivit run --budget`` does (semivit/planning.py); ``cap: S`` plans
+the same way but never past the recipe's own steps (S is a limit: a recipe that fits runs as tuned). Each cell runs in
 ``OUT/SUITE/DATA/LABELS/METHOD/seedS``; a finished cell is skipped and an interrupted one resumes at its
 step, so the same command continues a stopped suite; ``--jobs N`` trains N cells side by side in worker
 processes. The table (markdown + CSV: the labels each row consumed — training + validation —, test top-1 of
@@ -51,7 +52,7 @@ SUITE_DIRS = (Path("benchmarks") / "suites", Path("benchmarks"))
 _SUITE_KEYS = ("name", "description", "out", "seeds", "budget", "set", "data", "methods")
 _DATA_KEYS = ("source", "labels", "seeds", "budget", "set", "requires", "split", "test")
 _METHOD_KEYS = ("method", "recipe", "stages", "params", "set", "budget", "label", "data")
-_BUDGET_KEYS = {"steps", "seconds", "plan"}
+_BUDGET_KEYS = {"steps", "seconds", "plan", "cap"}
 
 
 def _settings(value: Any, where: str) -> dict[str, Any]:
@@ -67,8 +68,8 @@ def _settings(value: Any, where: str) -> dict[str, Any]:
 
 def _budget(value: Any, where: str) -> dict[str, float]:
     if not isinstance(value, dict) or len(value) != 1 or not set(value) <= _BUDGET_KEYS:
-        raise SemivitError(f"budget in {where} must be one of {{steps: N}}, {{seconds: S}} or {{plan: S}}, got "
-                           f"{value!r}")
+        raise SemivitError(f"budget in {where} must be one of {{steps: N}}, {{seconds: S}}, {{plan: S}} or "
+                           f"{{cap: S}}, got {value!r}")
     (kind, amount), = value.items()
     if not isinstance(amount, (int, float)) or amount <= 0:
         raise SemivitError(f"budget {kind} in {where} must be a positive number, got {amount!r}")
@@ -169,7 +170,7 @@ def apply_budget(configs: list[Config], budget: dict[str, float]) -> list[Config
     if not all(planned):
         raise SemivitError("every stage of a benchmarked recipe needs train.steps (not epochs) to be budgeted")
     total = sum(planned)
-    if "plan" in budget:  # planned by run_cell, which has the data the timing needs
+    if "plan" in budget or "cap" in budget:  # planned by run_cell, which has the data the timing needs
         return configs
     if "steps" in budget:
         steps = [max(1, round(budget["steps"] * s / total)) for s in planned]
@@ -199,10 +200,10 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
     metric = "map" if bundle.train.multilabel else "top1"
     start = time.perf_counter()
     budget = _cell_budget(suite, cell)
-    if "plan" in budget:
+    if "plan" in budget or "cap" in budget:
         from semivit.planning import plan_run
 
-        configs = plan_run(configs, data, budget["plan"], cell_dir)
+        configs = plan_run(configs, data, budget.get("plan") or budget["cap"], cell_dir, stretch="plan" in budget)
     result = run_stages(configs, cell_dir, data)
     wall = time.perf_counter() - start
     stages = [json.loads((cell_dir / f"stage{k}-{c.train.method}" / "results.json").read_text())

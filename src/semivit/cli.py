@@ -233,8 +233,8 @@ def make_parser() -> argparse.ArgumentParser:
                    "architecture with --pretrained FILE")
     p.add_argument("--pretrained", help="a weights file for --model (bare .safetensors/.pth)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget", default="30m", help="wall-clock time of each path's run (default 30m): its "
-                        "stages are timed and planned to fit, as semivit run --budget does")
+    budget.add_argument("--budget", default="30m", help="wall-clock limit of each path's run (default 30m): its "
+                        "stages are timed; its recipe's own steps when they fit, else shrunk to fit")
     budget.add_argument("--steps", type=int, help="instead of --budget: this many optimizer steps for every path")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per path (default 0 1 2)")
     p.add_argument("--val", default="20%-of-labels", help="validation labels carved out of --labels, which the "

@@ -13,11 +13,12 @@ labels alone; recent studies find that on strong backbones it often does not, so
   backbone's cached features; the EMA-Teacher with the backbone's last block trained too); ``--rows`` adds
   ``partial-fixmatch``, ``frozen-semivit`` and the full fine-tuning paths ``full-semivit`` and ``full-fixmatch``.
 
-Every row gets the same budget (``--budget``: its stages planned to fit, as ``semivit run --budget`` plans
-them; or ``--steps``: the same number of optimizer steps), the same backbone at the same input resolution, and
-the same labels: a validation split is carved out of them (``--val``, 20% by default), so every row consumes
-exactly the user's labels. The recommendation reads the validation accuracy only; the test accuracy, when the
-data has a test part, is reported beside it.
+Every row gets the same budget (``--budget``: at most that wall-clock time, its recipe's own steps when they
+fit, else its stages shrunk to fit as ``semivit run --budget`` plans them — a head tuned for 1,000 steps is not run
+for a hundred times more; or ``--steps``: the same number of optimizer steps), the same backbone at the same input
+resolution, and the same labels: a validation split is carved out of them (``--val``, 20% by default), so every
+row consumes exactly the user's labels. The recommendation reads the validation accuracy only; the test accuracy,
+when the data has a test part, is reported beside it.
 
 Examples:
     >>> suite = compare_suite("~/images", "10%", model="local-dir:lite0-hub", budget="30m")
@@ -74,7 +75,8 @@ def compare_suite(data: str, labels: str | None, *, model: str, budget: str | fl
     for key, value in (("split", split), ("test", test)):
         if value:
             dataset[key] = value
-    plan = {"steps": steps} if steps else {"plan": parse_budget(budget or "30m")}
+    # a cap, not a target: a path whose recipe fits runs its own (validation-chosen) steps, as `run auto` does
+    plan = {"steps": steps} if steps else {"cap": parse_budget(budget or "30m")}
     raw = {"name": name, "out": out, "seeds": seeds or [0, 1, 2], "budget": plan,
            "set": {"model.name": model, "model.resolution": resolution, "data.val": val,
                    **(settings or {})},

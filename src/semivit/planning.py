@@ -176,9 +176,12 @@ def _evaluation_images(cfg: Config, data: Any) -> tuple[int, float]:
     return n_test + n_val, n_val / every if every > 0 else 0.0
 
 
-def plan_budget(configs: list[Config], data: Any, budget: float, spent: float = 0.0) -> list[StagePlan]:
+def plan_budget(configs: list[Config], data: Any, budget: float, spent: float = 0.0,
+                stretch: bool = True) -> list[StagePlan]:
     """The steps of every stage that make the recipe fit ``budget`` seconds, ``spent`` of which are gone already
-    (data loading): the plan, which :func:`apply_plan` turns into new stage configs. See the module docstring."""
+    (data loading): the plan, which :func:`apply_plan` turns into new stage configs. See the module docstring.
+    ``stretch=False``: the budget is a cap: a recipe that fits keeps its own steps instead of growing to fill it
+    (heads tuned for thousands of steps are not run for a hundred times more)."""
     if any(c.train.steps is None for c in configs):
         raise SemivitError("--budget plans from each stage's train.steps: give the recipe's stages steps, not epochs")
     start = time.perf_counter()
@@ -197,6 +200,8 @@ def plan_budget(configs: list[Config], data: Any, budget: float, spent: float = 
     left = (budget - spent - timing - fixed) * (1 - RESERVE)
     cost = sum(n * t for n, t in zip(nominal, per_step))
     scale = left / cost if cost > 0 else 1.0
+    if not stretch:
+        scale = min(scale, 1.0)
     plans = []
     for c, n, t, (once, each) in zip(configs, nominal, timings, evaluated):
         steps = max(1, round(n * scale))
@@ -217,7 +222,8 @@ def plan_budget(configs: list[Config], data: Any, budget: float, spent: float = 
     return plans
 
 
-def plan_run(configs: list[Config], data: Any, budget: float, root: Path, spent: float = 0.0) -> list[Config]:
+def plan_run(configs: list[Config], data: Any, budget: float, root: Path, spent: float = 0.0,
+             stretch: bool = True) -> list[Config]:
     """Plan ``configs`` for ``budget`` (or, with ``train.resume``, reuse ``root/plan.json``), log and save the
     plan, and return the planned stage configs (new objects: the given ones are not written)."""
     path = root / "plan.json"
@@ -226,7 +232,7 @@ def plan_run(configs: list[Config], data: Any, budget: float, root: Path, spent:
         log.info("resuming with the plan saved in %s", path)
         plans = saved
     else:
-        plans = plan_budget(configs, data, budget, spent)
+        plans = plan_budget(configs, data, budget, spent, stretch)
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
                 torch.distributed.get_rank() == 0:
             save_plan(plans, budget, path)
