@@ -180,3 +180,27 @@ def test_pseudolabels_and_suggest_read_an_openmatch_runs_outlier_scores(tmp_path
     assert "images that look like none of your classes" in html
     assert f"{len(far)} of {len(pool.train.ids)} unlabeled images score" in html
     assert html.count("outlier 0.90") == min(len(far), 48)
+
+
+def test_openmatch_on_the_partial_path_trains_the_last_block_with_its_heads(tmp_path):
+    """features.train_blocks (recipe partial-openmatch): the OVA heads read the trained block's pooled features,
+    and their losses reach that block."""
+    from semivit.models.tail import BackboneTail
+    from tests.conftest import frozen_config
+
+    cfg = frozen_config(tmp_path, **{"features.train_blocks": 1, "train.method": "openmatch", "train.steps": 4,
+                                     "train.eval_every": 0, "method": {"mu": 1.0, "start_fix": 0}})
+    trainer = Trainer(cfg)
+    trainer.setup(write=False)
+    method = trainer.method
+    tail = method.model
+    assert isinstance(tail, BackboneTail)
+    cut = trainer.inputs.feats.train["none"][:4].float()
+    logits, h = method.logits_and_features(cut)
+    assert logits.shape == (4, trainer.data.train.num_classes) and h.shape[1] == method.ova.in_features
+    ova_loss(method.ova(h), torch.zeros(4, dtype=torch.long)).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tail.blocks[0].parameters())
+    trainer = Trainer(cfg)
+    result = trainer.fit()
+    with open(result.run_dir / "outlier_scores.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(trainer.data.split.unlabeled)

@@ -28,6 +28,10 @@ extrapolate, and images of unknown classes far from the labeled ones score as *m
 CIFAR-10 6/10), even with the heads trained on the labels alone; closed-set accuracy still gains. ``ova_bias``
 adds a bias to the heads (not the paper's; it did not change that).
 
+On the partial path (``features.train_blocks``: the backbone's last blocks train on cached activations, recipe
+``partial-openmatch``) the heads read features that learn, closer to the paper's setting (a network trained
+whole).
+
 Every unlabeled image's outlier score is written to ``outlier_scores.csv`` of the run (and the test set's to
 ``test_outlier_scores.csv``); when the test set holds images of unknown classes (label −1) ``results.json``
 gets ``test_openset_auroc``, the AUROC of unknown against known by the outlier score (and
@@ -61,6 +65,7 @@ from semivit.errors import SemivitError
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.pseudo_label import pseudo_label_diagnostics
 from semivit.models.heads import FeatureHead
+from semivit.models.tail import BackboneTail
 
 log = logging.getLogger("semivit")
 
@@ -157,14 +162,16 @@ class OpenMatch(Method):
         self.start_step = stage_steps(p.start_fix, self.total_steps)
         if isinstance(self.model, FeatureHead):  # cached features: the heads read the standardised features
             width = self.model.linear.in_features
+        elif isinstance(self.model, BackboneTail) and self.model.head is not None:  # the last blocks train too
+            width = self.model.head.linear.in_features
         elif hasattr(self.model, "classifier_input") and hasattr(self.model, "classifier"):
             try:
                 width = self.model.classifier().in_features
             except SemivitError as e:
                 raise SemivitError(f"openmatch needs a model with one linear classifier: {e}") from None
         else:
-            raise SemivitError(f"openmatch needs an image classifier or a linear head on cached features, got "
-                               f"{type(self.model).__name__} (features.train_blocks is not supported)")
+            raise SemivitError(f"openmatch needs an image classifier, a linear head on cached features or a "
+                               f"backbone's last blocks with their head, got {type(self.model).__name__}")
         # the official fc_open: one linear layer, 2K outputs, no bias (unless ova_bias)
         self.ova = nn.Linear(width, 2 * self.num_classes, bias=p.ova_bias)
 
@@ -173,6 +180,10 @@ class OpenMatch(Method):
         if isinstance(self.model, FeatureHead):
             h = self.model.standardize(x)
             return self.model.linear(h), h
+        if isinstance(self.model, BackboneTail):  # the cut's activations through the trained blocks, then the head
+            assert self.model.head is not None
+            h = self.model.head.standardize(self.model.pooled(x.float()))
+            return self.model.head.linear(h), h
         h = self.model.classifier_input(x)
         return self.model.classifier()(h), h
 
