@@ -74,7 +74,11 @@ def test_a_capped_plan_keeps_a_fitting_recipes_own_steps_and_shrinks_one_that_do
     timings = {"mae": StageTiming(0.02, 32), "supervised": StageTiming(0.01, 16)}
     monkeypatch.setattr(planning, "time_stage", lambda cfg, data, previous=None: timings[cfg.train.method])
     given = [c.train.steps for c in configs]  # 100 + 300 steps: 5 s
-    assert [p.steps for p in plan_budget(configs, data, budget=40.0, stretch=False)] == given
+    capped = plan_budget(configs, data, budget=40.0, stretch=False)
+    assert [p.steps for p in capped] == given
+    # the unused budget is each stage's to use: a stage of seconds is not cut short by the machine's noise
+    assert sum(p.time_limit for p in capped) == pytest.approx(40.0 * 0.9, rel=0.02)
+    assert [c.train.time_limit for c in apply_plan(configs, capped)] == [p.time_limit for p in capped]
     assert [p.steps for p in plan_budget(configs, data, budget=40.0)] != given  # stretched to fill 40 s
     small = [p.steps for p in plan_budget(configs, data, budget=4.0, stretch=False)]  # 3.6 s after the reserve
     assert small == pytest.approx([72, 216], abs=2)  # 72% of each (the timing's own milliseconds come off too)

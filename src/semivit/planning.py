@@ -17,7 +17,8 @@ learning rate never anneals, the EMA teacher never catches up). Instead, before 
    will really get;
 3. the plan is printed (steps per stage, images per step, seconds per step, expected minutes) and written to
    ``plan.json``; ``--resume`` reuses it, so a resumed run trains exactly the planned steps. Each stage also
-   gets a hard ``train.time_limit`` of 1.5× its share, a guard against a machine that slows down later.
+   gets a hard ``train.time_limit`` of 1.5× its share, a guard against a machine that slows down later (or, where a
+   capped plan leaves budget unused, its share of that too).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class StagePlan:
     images_per_step: int
     seconds_per_step: float
     eval_seconds: float = 0.0  # the stage's validations and closing test pass (estimated)
+    time_limit: float = 0.0  # the stage's hard limit (0: TIME_LIMIT_GUARD × its seconds, as older plans had)
 
     @property
     def seconds(self) -> float:
@@ -207,6 +209,12 @@ def plan_budget(configs: list[Config], data: Any, budget: float, spent: float = 
         steps = max(1, round(n * scale))
         plans.append(StagePlan(c.train.method, n, steps, t.images_per_step, t.seconds_per_step,
                                (once + each * steps) * t.eval_seconds_per_image))
+    # the hard limit guards against a machine that slows down later; where the plan leaves budget unused (a capped
+    # recipe that fits), each stage may use its share of it, so a stage of a few seconds is not cut short by noise
+    planned = sum(p.seconds for p in plans)
+    spare = max(left - planned, 0.0)
+    for p in plans:
+        p.time_limit = max(p.seconds * TIME_LIMIT_GUARD, p.seconds + spare * p.seconds / planned if planned else 0.0)
     short = [p for p in plans if p.steps < MIN_STEPS]
     if left <= 0 or short:
         need = sum(MIN_STEPS * t for t in per_step) / (1 - RESERVE) + spent + fixed + (time.perf_counter() - start)
@@ -258,7 +266,8 @@ def apply_plan(configs: list[Config], plans: list[StagePlan]) -> list[Config]:
         raise SemivitError(f"the saved plan has {len(plans)} stages but the recipe {len(configs)}: start a new run "
                            f"(another --name) instead of --resume")
     return [apply_overrides(cfg, {"train.steps": p.steps, "train.epochs": None,
-                                  "train.time_limit": p.seconds * TIME_LIMIT_GUARD}) for cfg, p in zip(configs, plans)]
+                                  "train.time_limit": p.time_limit or p.seconds * TIME_LIMIT_GUARD})
+            for cfg, p in zip(configs, plans)]
 
 
 def describe_plan(plans: list[StagePlan], budget: float) -> str:
