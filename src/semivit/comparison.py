@@ -86,7 +86,8 @@ def compare_suite(data: str, labels: str | None, *, model: str, budget: str | fl
 
 def compare_table(suite: Suite, root: Path) -> tuple[str, str]:
     """The markdown table of a finished compare (one row per path: labels, validation and test top-1 as mean ±
-    std over seeds, the gain over the best labels-only baseline, wall time) and the one-line recommendation."""
+    std over seeds, the gain over the best labels-only baseline, optimizer steps, training images/s — cached
+    feature vectors for the heads — and wall time) and the one-line recommendation."""
     cells = finished_rows(suite, root)
     if not cells:
         raise SemivitError(f"no finished cell in {root}: run the comparison first")
@@ -97,14 +98,14 @@ def compare_table(suite: Suite, root: Path) -> tuple[str, str]:
     base = best_on_validation(stats, baselines=True)
     name = METRIC_NAMES[next(iter(stats.values()))["metric"]]
     lines = [f"| path | labels (train + val) | val {name} | test {name} | test gain over " +
-             (f"{base} (points)" if base else "the baseline") + " | seeds | wall s |",
-             "|---|---|---|---|---|---|---|"]
+             (f"{base} (points)" if base else "the baseline") + " | seeds | steps | images/s | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in [n for n in ROWS if n in stats]:
         s = stats[name]
         gain = "—" if base is None or s["test"] is None or stats[base]["test"] is None else \
             f"{100 * (s['test'][0] - stats[base]['test'][0]):+.1f}"
         lines.append(f"| {name} | {s['labels']} | {_fmt(s['val'])} | {_fmt(s['test'])} | {gain} | {s['seeds']} | "
-                     f"{s['wall']:.0f} |")
+                     f"{s['steps']:.0f} | {s['images_per_sec']:.0f} | {s['wall']:.0f} |")
     return "\n".join(lines), recommend(stats)
 
 
@@ -120,6 +121,9 @@ def _row_stats(cells: list[dict[str, Any]]) -> dict[str, Any]:
     return {"val": mean_std(f"val_{metric}") or (float("nan"), 0.0), "test": mean_std(f"test_{metric}_last"),
             "metric": metric,
             "seeds": len(cells), "wall": statistics.fmean(c["wall_seconds"] for c in cells),
+            # training images (or cached feature vectors, for the heads) per second, over every stage
+            "steps": statistics.fmean(c.get("steps", 0) for c in cells),
+            "images_per_sec": statistics.fmean(c.get("images_per_sec", 0.0) for c in cells),
             "labels": f"{first.get('labeled', '?')} + {first.get('val_labeled', '?')}"}
 
 
