@@ -204,3 +204,63 @@ def test_openmatch_on_the_partial_path_trains_the_last_block_with_its_heads(tmp_
     result = trainer.fit()
     with open(result.run_dir / "outlier_scores.csv") as f:
         assert len(list(csv.DictReader(f))) == len(trainer.data.split.unlabeled)
+
+
+@pytest.mark.slow
+def test_the_exported_model_carries_the_outlier_head_to_predict_onnx_the_hub_and_python(tmp_path):
+    """An openmatch run on cached features exports the backbone with its OVA heads folded into the raw features:
+    on the test images it gives the outlier scores the run wrote (from the cache), and predict, ONNX, a hub
+    folder and semivit.outlier_scores all give them too."""
+    from PIL import Image
+
+    import semivit
+    from semivit.cli import main
+    from semivit.engine.checkpoint import load_model
+    from semivit.export import export_run
+    from tests.conftest import frozen_config
+
+    cfg = frozen_config(tmp_path, **{"train.method": "openmatch", "train.steps": 6, "train.eval_every": 0,
+                                     "method": {"mu": 1.0, "start_fix": 0}})
+    result = Trainer(cfg).fit()
+    model, _ = load_model(result.run_dir / "checkpoints" / "model.safetensors")
+    assert model.outlier_head is not None and model.spec.kwargs["outlier_head"] is True
+    data = prepare_data(cfg.data, 0)
+    with open(result.run_dir / "test_outlier_scores.csv") as f:
+        written = torch.tensor([float(r["outlier_score"]) for r in csv.DictReader(f)])
+    images = data.test.get(torch.arange(len(data.test))).float() / 255
+    scores = semivit.outlier_scores(model, images)
+    assert torch.allclose(scores, written, atol=2e-3), (scores - written).abs().max()  # the cache is half precision
+    with pytest.raises(SemivitError, match="no outlier head"):
+        semivit.outlier_scores(create_model("vit_nano", 3, 1, 8, embed_dim=8, depth=1, num_heads=1), images)
+    # predict: an outlier_score column
+    for i in range(2):
+        Image.fromarray((images[i, 0] * 255).round().byte().numpy()).save(tmp_path / f"{i}.png")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(result.run_dir), str(tmp_path / "0.png"), str(tmp_path / "1.png"), "-o", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [float(r["outlier_score"]) for r in rows] == pytest.approx(scores[:2].tolist(), abs=1e-3)
+    # a hub folder keeps the head beside the backbone
+    hub, _ = export_run(result.run_dir, "hub")
+    assert torch.allclose(semivit.outlier_scores(semivit.load(hub), images), scores, atol=1e-5)
+    (hub / "outlier_head.safetensors").unlink()
+    with pytest.raises(SemivitError, match="outlier head but .* is missing"):
+        semivit.load(hub)
+    # ONNX: logits and outlier_score
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path, _ = export_run(result.run_dir, "onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits", "outlier_score"]
+    _, got = session.run(None, {"images": images.numpy()})
+    assert np.allclose(got, scores.numpy(), atol=1e-4)
+
+
+def test_a_forged_outlier_head_entry_is_one_line():
+    from semivit.models.spec_check import model_from_spec
+
+    spec = {"name": "vit_nano", "num_classes": 3, "in_chans": 1, "image_size": 8,
+            "kwargs": {"embed_dim": 8, "depth": 1, "num_heads": 1, "outlier_head": "yes"}}
+    with pytest.raises(SemivitError, match="kwargs.outlier_head must be true"):
+        model_from_spec(spec)
+    spec["kwargs"]["outlier_head"] = True
+    assert model_from_spec(spec).outlier_head.out_features == 6

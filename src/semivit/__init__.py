@@ -4,7 +4,8 @@ The Python surface (each name is imported on first use, so ``import semivit`` an
 
 - :func:`fit` trains a method or a recipe and returns a :class:`~semivit.api.Run`; :func:`load`, :func:`predict`,
   :func:`evaluate`, :func:`suggest` and :func:`export` do what the commands of the same names do, and
-  :func:`find_label_issues` what ``semivit labelcheck`` does;
+  :func:`find_label_issues` what ``semivit labelcheck`` does; :func:`outlier_scores` scores images with an
+  ``openmatch`` run's one-vs-all heads;
 - :class:`Config`, :func:`create_model`, :func:`list_methods`, :func:`run_recipe`, :data:`__version__`;
 - the pieces: ``semivit.methods.losses``, ``semivit.methods.mixing``, ``semivit.models.heads``,
   ``semivit.data.augment`` and ``semivit.data.views`` (views), ``semivit.engine.callbacks``.
@@ -26,6 +27,7 @@ from importlib.abc import MetaPathFinder
 from typing import Any
 
 _API = {"fit": "semivit.api", "load": "semivit.api", "predict": "semivit.api", "evaluate": "semivit.api",
+        "outlier_scores": "semivit.api",
         "suggest": "semivit.api", "compare": "semivit.api", "export": "semivit.api", "list_methods": "semivit.api",
         "find_label_issues": "semivit.api", "Run": "semivit.api",
         "Config": "semivit.config", "create_model": "semivit.models.factory", "run_recipe": "semivit.pipeline",

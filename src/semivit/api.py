@@ -167,6 +167,22 @@ def predict(model: nn.Module, images: Any, batch_size: int = 256) -> torch.Tenso
 
 
 @torch.no_grad()
+def outlier_scores(model: nn.Module, images: Any, batch_size: int = 256) -> torch.Tensor:
+    """Each image's outlier score (N), from a model an ``openmatch`` run exported: 1 − p⁺ of the predicted class's
+    one-vs-all head; ≥ 0.5 looks like none of the model's classes (:mod:`semivit.models.outlier`)."""
+    from semivit.models.outlier import model_outlier_scores
+
+    x = _float_images(images)
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([model_outlier_scores(model, x[i:i + batch_size])[1].float()
+                          for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
 def _logits(model: nn.Module, images: Any, batch_size: int = 256) -> torch.Tensor:
     x = _float_images(images)
     was = model.training

@@ -133,6 +133,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from semivit.data.augment import to_float
     from semivit.data.sources import read_image_files
     from semivit.engine.checkpoint import load_model
+    from semivit.models.outlier import model_outlier_scores
 
     model, _ = load_model(args.checkpoint)
     spec = model.spec
@@ -142,21 +143,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_multilabel(model, paths, images, classes, args.output)
     k = min(args.topk, spec.num_classes)
     main, *streams = model.head_names  # Semiformer: also each stream
+    scored = getattr(model, "outlier_head", None) is not None  # an openmatch run: OVA outlier scores too
     with torch.no_grad():
         chunks = [to_float(images[i:i + 256]) for i in range(0, len(images), 256)]
         outs = [model.heads(x) for x in chunks]
         probs = {name: torch.cat([o[name] for o in outs]).softmax(1) for name in model.head_names}
+        outlier = torch.cat([model_outlier_scores(model, x)[1] for x in chunks]).tolist() if scored else []
     conf, idx = probs[main].topk(k, dim=1)
     with open(args.output, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "label", "confidence", "topk",
-                         *[f"{name}_{col}" for name in streams for col in ("label", "confidence")]])
+                         *[f"{name}_{col}" for name in streams for col in ("label", "confidence")],
+                         *(["outlier_score"] if scored else [])])
         for n, (path, c, i) in enumerate(zip(paths, conf.tolist(), idx.tolist())):
             topk = ";".join(f"{classes[j]}:{p:.4f}" for j, p in zip(i, c))
             per_stream = [v for name in streams for v in (classes[int(probs[name][n].argmax())],
                                                           f"{float(probs[name][n].max()):.4f}")]
-            writer.writerow([path, classes[i[0]], f"{c[0]:.4f}", topk, *per_stream])
-    print(f"wrote {len(paths)} predictions to {args.output}")
+            writer.writerow([path, classes[i[0]], f"{c[0]:.4f}", topk, *per_stream,
+                             *([f"{outlier[n]:.4f}"] if scored else [])])
+    print(f"wrote {len(paths)} predictions to {args.output}" +
+          (" (outlier_score: 1 − p⁺ of the predicted class's one-vs-all head; ≥ 0.5 looks like none of your "
+           "classes)" if scored else ""))
     return 0
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from semivit.errors import SemivitError
+from semivit.models.outlier import HUB_FILE as OUTLIER_HEAD_FILE
 
 log = logging.getLogger("semivit")
 
@@ -91,6 +92,7 @@ def export_hub(model: Any, out: Path) -> Path:
     ``save_for_hf`` (see module doc): the backbone's state dict, and a config whose ``pretrained_cfg`` holds the
     input size, mean/std and interpolation the model really uses (a pretrained backbone's resize inside the model
     included), plus a ``semivit`` entry that rebuilds the whole classifier."""
+    from safetensors.torch import save_file
     from timm.models import save_for_hf
 
     spec = model.spec
@@ -124,6 +126,9 @@ def export_hub(model: Any, out: Path) -> Path:
             backbone.pretrained_cfg = saved
         written = json.loads((tmp / "config.json").read_text())
         (tmp / "README.md").write_text(_model_card(written))
+        if getattr(model, "outlier_head", None) is not None:  # not a timm module: beside the backbone's weights
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.outlier_head.state_dict().items()},
+                      str(tmp / OUTLIER_HEAD_FILE))
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -132,7 +137,7 @@ def export_hub(model: Any, out: Path) -> Path:
 
 def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
-        if not out.is_dir() or any(p.name not in ("config.json", "model.safetensors", "README.md")
+        if not out.is_dir() or any(p.name not in ("config.json", "model.safetensors", "README.md", OUTLIER_HEAD_FILE)
                                    for p in out.iterdir()):
             raise SemivitError(f"'{out}' exists and is not an earlier hub export: choose another -o folder")
         shutil.rmtree(out)
@@ -169,8 +174,9 @@ def export_onnx(model: Any, out: Path, opset: int = 18, exporter: str = "dynamo"
     if opset < 17:
         raise SemivitError(f"--opset {opset}: use 17 or newer (LayerNorm is a single operator from 17)")
     multilabel = bool(getattr(model.spec, "multilabel", False))
-    model = (_MultiLabelOutputs(model) if multilabel else _PlainForward(model)).eval()
-    names = ["logits", "probs", "labels"] if multilabel else ["logits"]
+    names = onnx_outputs(model)
+    model = (_MultiLabelOutputs(model) if multilabel else _OutlierOutputs(model) if len(names) == 2 else
+             _PlainForward(model)).eval()
     x = _example(model.inner)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
@@ -190,7 +196,7 @@ def export_onnx(model: Any, out: Path, opset: int = 18, exporter: str = "dynamo"
         got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: check.numpy()})[0])
         with torch.no_grad():
             want = model(check)
-            diff = float((got - (want[0] if multilabel else want)).abs().max())
+            diff = float((got - (want[0] if isinstance(want, tuple) else want)).abs().max())
         if not diff < ONNX_TOLERANCE:
             raise SemivitError(f"the ONNX model's logits differ from PyTorch's by {diff:.2e} (> {ONNX_TOLERANCE}): "
                                f"try --onnx-exporter legacy or another --opset")
@@ -226,6 +232,23 @@ class _PlainForward(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.inner(images)
         return out["fused"] if isinstance(out, dict) else out
+
+
+def onnx_outputs(model: Any) -> list[str]:
+    """The ONNX file's output names for ``model``."""
+    if getattr(model.spec, "multilabel", False):
+        return ["logits", "probs", "labels"]
+    return ["logits", "outlier_score"] if getattr(model, "outlier_head", None) is not None else ["logits"]
+
+
+class _OutlierOutputs(_PlainForward):
+    """A model with an outlier head (OpenMatch's one-vs-all heads): ``logits`` and each image's ``outlier_score``,
+    1 − p⁺ of the predicted class's head (``models/outlier.py``)."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        from semivit.models.outlier import model_outlier_scores
+
+        return model_outlier_scores(self.inner, images)
 
 
 class _MultiLabelOutputs(_PlainForward):
@@ -264,7 +287,8 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, *, weig
                    f"timm.create_model('local-dir:{target}', pretrained=True) or semivit predict {target}")
     elif fmt == "onnx":
         diff = export_onnx(model, target, opset=opset, exporter=exporter)
-        outputs = "outputs 'logits', 'probs', 'labels'" if spec.multilabel else "output 'logits'"
+        names = onnx_outputs(model)
+        outputs = ("outputs " if len(names) > 1 else "output ") + ", ".join(f"'{n}'" for n in names)
         summary = (f"ONNX {target} (opset {opset}, input 'images' N×{shape} float in [0, 1], {outputs}); "
                    f"onnxruntime matches PyTorch to {diff:.1e}")
     else:

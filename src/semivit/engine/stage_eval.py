@@ -9,6 +9,7 @@ the k-NN top-1 of their frozen features, with the labeled images as the memory b
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ class StageEvaluation:
     """Validation and the final test pass of one stage; rank 0 writes, every rank waits for it."""
 
     def __init__(self, inputs: StageInputs, dist: DistInfo, ckpt_dir: Path, pretraining: bool,
-                 export_meta: dict[str, Any]) -> None:
+                 export_meta: dict[str, Any], complete: Callable[[nn.Module], nn.Module] | None = None) -> None:
         self.inputs, self.dist, self.ckpt_dir = inputs, dist, ckpt_dir
+        self.complete = complete  # the method's additions to an exported model (Method.complete_export)
         self.pretraining, self.export_meta = pretraining, export_meta
         self.split = inputs.data.split
         # multi-label data: judged by mAP, and each class's threshold chosen on the validation split
@@ -43,6 +45,8 @@ class StageEvaluation:
         """The model to save (or hand back) for ``net``; a multi-label one carries the decision thresholds chosen on
         the latest validation pass (predict and ONNX apply them), computed here, when a model is exported."""
         model = self.inputs.exportable(net)
+        if self.complete is not None:
+            model = self.complete(model)
         if self.multilabel:
             if self._last_val is not None:
                 self.thresholds, self._last_val = choose_thresholds(*self._last_val), None

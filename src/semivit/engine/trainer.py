@@ -150,7 +150,8 @@ class Trainer:
             if t.ema else None
         self.base_lr = o.lr * (t.batch_size * t.accum_steps / 256 if o.scale_lr else 1.0)
         self.evaluation = StageEvaluation(self.inputs, self.dist, self.ckpt_dir, self.pretraining,
-                                          {"method": t.method, "classifier_trained": not self.pretraining})
+                                          {"method": t.method, "classifier_trained": not self.pretraining},
+                                          method.complete_export)
         self.progress: dict[str, Any] = {"step": 0, "best_val": -1.0, "images": 0, "seconds": 0.0}
         if t.resume and self.last.is_file():
             self._restore()

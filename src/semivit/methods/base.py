@@ -191,6 +191,11 @@ class Method(nn.Module):
         head for a run on cached features, which the Trainer puts back on its backbone at export)."""
         return self.eval_model()
 
+    def complete_export(self, model: nn.Module) -> nn.Module:
+        """The exported classifier with what the method trained beside it (OpenMatch: its outlier head); ``model``
+        may be the live network, so a method that adds to it returns a copy (default: ``model`` as it is)."""
+        return model
+
 
 def check_choices(params: Any) -> None:
     """Every choice setting (a ``Literal`` field) of a method's Params holds one of its choices: the config

@@ -47,6 +47,7 @@ Examples:
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -65,7 +66,10 @@ from semivit.errors import SemivitError
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.pseudo_label import pseudo_label_diagnostics
 from semivit.models.heads import FeatureHead
+from semivit.models.outlier import attach_outlier_head, fold_standardization, outlier_score, ova_probs
 from semivit.models.tail import BackboneTail
+
+__all__ = ["OpenMatch", "OpenMatchParams", "outlier_score", "ova_entropy", "ova_loss", "ova_probs", "socr_loss"]
 
 log = logging.getLogger("semivit")
 
@@ -81,11 +85,6 @@ class OpenMatchParams:
     inlier_cutoff: float = 0.5  # an unlabeled image is an inlier when its outlier score is below this
     label_smoothing: float = 0.0  # ε of the labeled cross-entropy
     ova_bias: bool = False  # a bias in the OVA heads (the official fc_open has none)
-
-
-def ova_probs(logits_open: torch.Tensor) -> torch.Tensor:
-    """B×2K OVA logits → B×2×K probabilities (softmax over each head's pair; [:, 1] = inlier of class j)."""
-    return logits_open.float().view(len(logits_open), 2, -1).softmax(1)
 
 
 def ova_loss(logits_open: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -113,12 +112,6 @@ def ova_entropy(logits_open: torch.Tensor) -> torch.Tensor:
 def socr_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:
     """Eq. 3, soft open-set consistency: mean_i Σ_j Σ_t (p_j^t(a_i) − p_j^t(b_i))² over both views' OVA outputs."""
     return ((ova_probs(logits_a) - ova_probs(logits_b)) ** 2).sum((1, 2)).mean()
-
-
-def outlier_score(logits: torch.Tensor, logits_open: torch.Tensor) -> torch.Tensor:
-    """1 − p_ŷ^+: how little the OVA head of the predicted class ŷ = argmax logits believes the image is its."""
-    pred = logits.argmax(1)
-    return 1 - ova_probs(logits_open)[:, 1].gather(1, pred[:, None])[:, 0]
 
 
 class OpenSetNet(nn.Module):
@@ -217,6 +210,18 @@ class OpenMatch(Method):
             outlier = batch.u_true < 0
             metrics["outlier_recall"] = ((~inlier & outlier).sum() / outlier.sum().clamp_min(1)).float()
         return StepOutput(loss, metrics)
+
+    def complete_export(self, model: nn.Module) -> nn.Module:
+        """A copy of the exported classifier carrying the OVA heads as its outlier head (``models/outlier.py``),
+        folded from the standardised features a head on cached features reads into the raw features the exported
+        network computes, so ``predict`` and the ONNX file score new images."""
+        head = self.model if isinstance(self.model, FeatureHead) else \
+            self.model.head if isinstance(self.model, BackboneTail) else None
+        folded = fold_standardization(self.ova, head.mean, head.std) if head is not None else \
+            fold_standardization(self.ova)
+        model = copy.deepcopy(model)
+        attach_outlier_head(model, folded.to(next(model.parameters()).device))
+        return model
 
     @torch.no_grad()
     def scores(self, inputs: Any, part: str) -> tuple[torch.Tensor, torch.Tensor]:

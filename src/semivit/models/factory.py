@@ -87,6 +87,7 @@ class ImageClassifier(nn.Module):
     """
 
     embedding: nn.Module | None
+    outlier_head: nn.Module | None  # OpenMatch's one-vs-all heads, when the run trained them (models/outlier.py)
 
     def __init__(self, backbone: nn.Module, spec: ModelSpec, mean: torch.Tensor | None = None,
                  std: torch.Tensor | None = None) -> None:
@@ -95,7 +96,7 @@ class ImageClassifier(nn.Module):
         c = spec.in_chans
         self.register_buffer("mean", (mean if mean is not None else torch.full((c,), 0.5)).view(1, c, 1, 1))
         self.register_buffer("std", (std if std is not None else torch.full((c,), 0.25)).view(1, c, 1, 1))
-        self.embedding = None
+        self.embedding = self.outlier_head = None
 
     @property
     def classifier_attr(self) -> str:

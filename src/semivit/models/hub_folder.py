@@ -45,6 +45,8 @@ def load_hub_folder(path: str | Path) -> nn.Module:
         spec = config["semivit"].get("spec") if isinstance(config["semivit"], dict) else None
         model = model_from_spec(spec, str(folder / "config.json"))
         model.backbone.load_state_dict(backbone.state_dict())
+        if model.outlier_head is not None:
+            _load_outlier_head(model, folder)
     else:
         size = int((cfg.get("input_size") or (3, 224, 224))[-1])
         in_chans = int((cfg.get("input_size") or (3,))[0])
@@ -55,3 +57,21 @@ def load_hub_folder(path: str | Path) -> nn.Module:
     model.set_normalization(mean.expand(model.spec.in_chans) if len(mean) == 1 else mean,
                             std.expand(model.spec.in_chans) if len(std) == 1 else std)
     return model.eval()
+
+
+def _load_outlier_head(model: nn.Module, folder: Path) -> None:
+    """The outlier head ``semivit export`` wrote beside the backbone (:data:`semivit.models.outlier.HUB_FILE`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from semivit.models.outlier import HUB_FILE
+
+    path = folder / HUB_FILE
+    if not path.is_file():
+        raise SemivitError(f"'{folder / 'config.json'}' names an outlier head but '{path}' is missing: export the "
+                           f"run again (semivit export RUN --format hub)")
+    try:
+        model.outlier_head.load_state_dict(load_file(str(path)))  # type: ignore[union-attr]
+    except (RuntimeError, SafetensorError, OSError) as e:
+        raise SemivitError(f"'{path}' does not fit the model's outlier head ({str(e).splitlines()[0][:120]})") \
+            from None

@@ -24,7 +24,7 @@ _INT_KWARGS = {"patch_size": (1, MAX_IMAGE_SIZE), "embed_dim": (1, MAX_WIDTH), "
                "num_heads": (1, MAX_DEPTH), "head_layers": (0, MAX_DEPTH), "head_hidden": (1, MAX_WIDTH),
                "backbone_size": (1, MAX_IMAGE_SIZE)}
 _OTHER_KWARGS = {"drop_path", "drop_path_rate", "timm_architecture", "timm_model_args", "pretrained_tag",
-                 "resolution", "embedding", "interpolation"}
+                 "resolution", "embedding", "interpolation", "outlier_head"}
 
 
 def _int(value: Any, field: str, low: int, high: int, where: str) -> int:
@@ -153,6 +153,13 @@ def model_from_spec(spec: dict[str, Any], where: str = "the model file") -> Imag
                          drop_path=drop_path, classes=spec.get("classes"), hub=hub, **allowed)
     if kwargs.get("embedding"):  # a pre-training method's trained embedding (PAWS's projector)
         model.attach_embedding(kwargs["embedding"])
+    if kwargs.get("outlier_head") is not None:  # OpenMatch's one-vs-all heads
+        if kwargs["outlier_head"] is not True:
+            raise SemivitError(f"{where}: the model spec's kwargs.outlier_head must be true, got "
+                               f"{str(kwargs['outlier_head'])[:40]}")
+        from semivit.models.outlier import attach_outlier_head
+
+        attach_outlier_head(model)
     model.spec.multilabel = bool(spec.get("multilabel", False))
     model.spec.thresholds = [float(t) for t in spec.get("thresholds") or []]
     return model
