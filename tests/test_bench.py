@@ -225,3 +225,18 @@ def test_last_pseudo_accuracy_reads_the_last_stage_that_logs_it(tmp_path):
     (tmp_path / "s2" / "metrics.csv").write_text("step,train/loss,train/pseudo_acc\n" + rows + "80,,\n")
     assert last_pseudo_accuracy([tmp_path / "s1", tmp_path / "s2"]) == pytest.approx(0.7)  # mean of the last 5
     assert last_pseudo_accuracy([tmp_path / "s1"]) is None
+
+
+def test_skewed_rows_show_balanced_accuracy_and_macro_f1_beside_top1(tmp_path, suite_file):
+    suite = load_suite(suite_file)
+    suite.methods = {"skewed": {}, "plain": {}}
+    rows = [_row("skewed", s, test_balanced_accuracy=b, test_macro_f1=f) for s, b, f in ((0, 0.6, 0.5), (1, 0.8, 0.7))]
+    write_reports(suite, rows, tmp_path)
+    table = (tmp_path / "table.md").read_text()
+    assert "| balanced acc (last) | macro-F1 (last) |" in table
+    assert "| 0.7000 ± 0.1414 | 0.6000 ± 0.1414 |" in table
+    write_reports(suite, [_row("plain", 0)], tmp_path)  # balanced classes: top-1 alone, as before
+    assert "balanced acc" not in (tmp_path / "table.md").read_text()
+    rows.append(_row("plain", 0))  # one table with both: the row without the scores shows a dash
+    write_reports(suite, rows, tmp_path)
+    assert "| plain | ? (? + ?) | 0.5000 | 0.5000 | — | — |" in (tmp_path / "table.md").read_text()

@@ -47,7 +47,18 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "images_per_sec": statistics.fmean(r["images_per_sec"] for r in rs),
                     "pseudo_acc": _mean_or_none([r.get("pseudo_acc") for r in rs]),
                     "wall_seconds": statistics.fmean(r["wall_seconds"] for r in rs),
-                    "steps": rs[0]["steps"]})
+                    "steps": rs[0]["steps"], **_skew_scores(rs)})
+    return out
+
+
+def _skew_scores(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Balanced accuracy and macro-F1 of the last weights (mean, std over seeds) where the cells recorded them:
+    the test classes are skewed (engine/evaluate.is_skewed), and top-1 alone rewards leaning to the majority."""
+    out: dict[str, float | None] = {}
+    for key, name in (("test_balanced_accuracy", "balanced"), ("test_macro_f1", "macro_f1")):
+        values = [r.get(key) for r in rows]
+        known = None if any(v in (None, "") for v in values) else _mean_std([float(v) for v in values])
+        out[f"{name}_mean"], out[f"{name}_std"] = known if known else (None, None)
     return out
 
 
@@ -112,7 +123,14 @@ def _tables(suite: Suite, summary: list[dict[str, Any]]) -> list[tuple[str, list
                  "—" if s.get("pseudo_acc") in (None, "") else f"{float(s['pseudo_acc']):.3f}",
                  str(s["seeds"]), str(s["steps"]),
                  f"{s['images_per_sec']:.0f}", f"{s['wall_seconds']:.0f}"] for s in ss]
-        out.append((f"{dname}, {labels} labels", _columns(row_metric(ss[0])), rows, top))
+        columns = _columns(row_metric(ss[0]))
+        if any(s.get("balanced_mean") is not None for s in ss):  # skewed test classes: beside top-1
+            columns[4:4] = ["balanced acc (last)", "macro-F1 (last)"]
+            for row, s in zip(rows, ss):
+                row[4:4] = ["—" if s.get(f"{k}_mean") is None else _spread_cell(s[f"{k}_mean"], s[f"{k}_std"],
+                                                                                  s["seeds"])
+                            for k in ("balanced", "macro_f1")]
+        out.append((f"{dname}, {labels} labels", columns, rows, top))
     return out
 
 
