@@ -125,6 +125,10 @@ class TrainConfig:
     tracker: Literal["none", "mlflow", "wandb"] = "none"
     progress: bool = True
     compile: bool = False  # torch.compile the network the method trains (GPU runs: minutes to compile on a CPU)
+    # each unlabeled and test image's outlier score by its nearest labeled images' features (engine/outliers.py),
+    # written to outlier_scores.csv for the labeling loop: auto = on cached features (seconds), knn = also on
+    # images (a pass over the pool), off = never
+    outliers: Literal["auto", "knn", "off"] = "auto"
 
 
 @dataclass

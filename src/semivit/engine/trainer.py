@@ -295,11 +295,24 @@ class Trainer:
                                                  self._changed_by_length())
                 if self.dist.is_main:
                     metrics.update(self.method.save_outputs(self.inputs, self.run_dir))
+                    metrics.update(self._outlier_scores())
                     self.save_checkpoint(self.progress)
             finally:
                 logger.close()
         barrier()
         return TrainResult(self.run_dir, metrics, self.evaluation.exported(self.eval_net()))
+
+    def _outlier_scores(self) -> dict[str, Any]:
+        """``train.outliers``: the nearest-neighbour outlier scores (engine/outliers.py), beside a method's own
+        (``knn_outlier_scores.csv``) or as the run's ``outlier_scores.csv``; their metrics join results.json."""
+        mode = self.cfg.train.outliers
+        if mode == "off" or self.pretraining or self.data.train.multilabel or not len(self.data.split.labeled) or \
+                (mode == "auto" and not self.cfg.features.frozen):
+            return {}
+        from semivit.engine.outliers import write_knn_outlier_scores
+
+        name = "knn_outlier_scores.csv" if self.method.scores_outliers else "outlier_scores.csv"
+        return write_knn_outlier_scores(self.inputs, self.eval_net(), self.run_dir, name)
 
     def _changed_by_length(self) -> dict[str, Any]:
         """The settings this stage's length changed (EMA momenta scaled to it), for results.json: a row of a

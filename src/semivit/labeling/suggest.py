@@ -53,7 +53,8 @@ OUTLIER_CUTOFF = 0.5
 
 def outlier_scores(pool: Pool) -> np.ndarray | None:
     """Each training image's outlier score from the run's ``outlier_scores.csv`` (an ``openmatch`` run writes
-    one for every unlabeled image; NaN for images it does not list), or None when the run has none."""
+    one for every unlabeled image, and so does any run on cached features: ``train.outliers``; NaN for images it
+    does not list), or None when the run has none."""
     import csv
 
     path = pool.run_dir / "outlier_scores.csv" if pool.run_dir is not None else None
@@ -79,8 +80,8 @@ def _outlier_candidates(pool: Pool, outliers: str) -> Pool:
         return pool
     scores = outlier_scores(pool)
     if scores is None:
-        raise SemivitError(f"outliers={outliers} needs the outlier scores of an openmatch run "
-                           f"(outlier_scores.csv in the run folder); '{pool.run_dir}' has none")
+        raise SemivitError(f"outliers={outliers} needs a run's outlier scores (outlier_scores.csv in the run folder: "
+                           f"an openmatch run, or any run on cached features); '{pool.run_dir}' has none")
     score = scores[pool.candidates]
     far = score >= OUTLIER_CUTOFF
     kept = pool.candidates[far if outliers == "target" else ~far]

@@ -191,6 +191,9 @@ class Method(nn.Module):
         head for a run on cached features, which the Trainer puts back on its backbone at export)."""
         return self.eval_model()
 
+    #: the method writes its own outlier_scores.csv (OpenMatch): the nearest-neighbour scores then go beside it
+    scores_outliers = False
+
     def complete_export(self, model: nn.Module) -> nn.Module:
         """The exported classifier with what the method trained beside it (OpenMatch: its outlier head); ``model``
         may be the live network, so a method that adds to it returns a copy (default: ``model`` as it is)."""

@@ -133,6 +133,7 @@ class OpenMatch(Method):
 
     name = "openmatch"
     Params = OpenMatchParams
+    scores_outliers = True
     labeled_views = ("weak",)
     unlabeled_views = ("weak", "weak:2", "strong")
 

@@ -1,5 +1,6 @@
-"""The report's "images that look like none of your classes" sheet: the unlabeled images an OpenMatch run scored
-as outliers (its ``outlier_scores.csv``), most unfamiliar first — what the pool holds that no class covers."""
+"""The report's "images that look like none of your classes" sheet: the unlabeled images a run scored as outliers
+(its ``outlier_scores.csv``: OpenMatch's one-vs-all scores, or the nearest-neighbour scores any run on cached
+features writes), most unfamiliar first — what the pool holds that no class covers."""
 
 from __future__ import annotations
 
