@@ -10,7 +10,6 @@ import pytest
 from semivit import path_choice
 from semivit.config import Config, apply_overrides
 from semivit.data import prepare_data
-from semivit.errors import SemivitError
 from tests.conftest import random_timm_weights
 
 ARCH = "test_efficientnet"
@@ -24,10 +23,9 @@ def _settings(tmp_path, **more):
 
 def test_the_largest_resolution_whose_cache_fits_is_chosen():
     rates = {64: 2000.0, 96: 600.0, 128: 180.0}
-    assert path_choice.pick_resolution(rates, images=260_000, seconds=1800) == 96
-    assert path_choice.pick_resolution(rates, images=260_000, seconds=6000) == 128
-    with pytest.raises(SemivitError, match=r"even at 64 px .* give --budget \d+m"):
-        path_choice.pick_resolution(rates, images=260_000, seconds=60)
+    assert path_choice.fitting_resolution(rates, images=260_000, seconds=1800) == 96
+    assert path_choice.fitting_resolution(rates, images=260_000, seconds=6000) == 128
+    assert path_choice.fitting_resolution(rates, images=260_000, seconds=60) is None  # then: labels-only fine-tuning
 
 
 @pytest.mark.parametrize("full, partial, expected", [

@@ -33,7 +33,7 @@ Then the chosen recipe runs with the same ``--budget`` (:mod:`semivit.planning` 
 stages). The choice is written to ``path.json`` in the run's folder; ``--resume`` reuses it.
 
 Examples:
-    >>> pick_resolution({64: 2000.0, 96: 600.0, 128: 180.0}, images=260_000, seconds=1800)
+    >>> fitting_resolution({64: 2000.0, 96: 600.0, 128: 180.0}, images=260_000, seconds=1800)
     96
 """
 
@@ -109,17 +109,6 @@ def fitting_resolution(rates: dict[int, float], images: int, seconds: float) -> 
     """The largest resolution whose cache of ``images`` takes at most :data:`EMBED_SHARE` of ``seconds`` (None:
     none does)."""
     return max((r for r, v in rates.items() if images / v <= EMBED_SHARE * seconds), default=None)
-
-
-def pick_resolution(rates: dict[int, float], images: int, seconds: float) -> int:
-    """:func:`fitting_resolution`, or an error naming the budget that would fit."""
-    fitting = fitting_resolution(rates, images, seconds)
-    if fitting is None:
-        low = min(rates)
-        need = images / rates[low] / EMBED_SHARE
-        raise SemivitError(f"embedding {images:,} images and views takes {images / rates[low] / 60:.1f} min even at "
-                           f"{low} px on this machine: give --budget {need / 60:.0f}m or more, or fewer images")
-    return fitting
 
 
 def recipe_configs(name: str, overrides: dict[str, Any]) -> list[Config]:
