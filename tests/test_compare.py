@@ -4,6 +4,8 @@ carved out of them), and a recommendation read from validation accuracy only."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import semivit
@@ -55,5 +57,9 @@ def test_compare_runs_every_path_on_the_same_labels_and_prints_one_recommendatio
     assert all(" | 80 + 20 | " in r for r in rows), rows  # 100 labels: 80 train, 20 validate, in every path
     assert sum(line.startswith("recommendation: use ") for line in out.splitlines()) == 1
     assert (tmp_path / "out" / "compare" / "compare.md").is_file()
+    # the frozen and the cut caches were built once, before the rows, and are reported on their own
+    caches = json.loads((tmp_path / "out" / "compare" / "embedding.json").read_text())
+    assert len(caches) == 2 and all(c["images"] > 0 for c in caches)
+    assert "one-time feature caches" in out
     assert main(args) == 0  # finished cells are kept: the second call trains nothing and prints the same table
     assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:] == rows

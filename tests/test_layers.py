@@ -18,7 +18,7 @@ LAYERS = {
     "engine": 4,
     "arguments": 5, "pipeline": 5, "planning": 5, "probe": 5, "export": 5,
     "labeling": 6, "report": 6, "continual": 6, "video": 6, "bench": 6, "bench_suite": 6, "bench_report": 6,
-    "demo": 6, "api": 6, "comparison": 6, "labelcheck": 6, "path_choice": 6,
+    "bench_cache": 6, "demo": 6, "api": 6, "comparison": 6, "labelcheck": 6, "path_choice": 6,
     "cli": 7, "cli_evaluate": 7, "__init__": 7,
 }
 SIDEWAYS = {("data", "models"), ("models", "data")}  # same layer, kept apart

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from semivit.bench_cache import embed_once
 from semivit.bench_report import METRIC_NAMES, row_metric, write_reports
 from semivit.bench_suite import Cell, Suite, _as_list
 from semivit.config import Config, apply_overrides, check_keys, load_yaml, parse_set_args
@@ -284,6 +285,9 @@ def run_suite(name: str | Path | Suite, out: str | None = None, only: str | None
             print(f"{c.key}: {plan}")
         return root
     todo = [c for c in cells if not (_cell_dir(root, c) / "cell.json").is_file()]
+    # the frozen-backbone rows' feature caches, built once here: not charged to the first cell's budget, nor built
+    # twice by cells side by side (bench_cache.py)
+    embed_once([cell_configs(suite, c) for c in todo], root)
     if jobs > 1 and len(todo) > 1:
         _run_cells_in_processes(suite, root, todo, jobs)
     else:

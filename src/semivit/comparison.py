@@ -28,6 +28,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,18 @@ def compare_table(suite: Suite, root: Path) -> tuple[str, str]:
             f"{100 * (s['test'][0] - stats[base]['test'][0]):+.1f}"
         lines.append(f"| {name} | {s['labels']} | {_fmt(s['val'])} | {_fmt(s['test'])} | {gain} | {s['seeds']} | "
                      f"{s['steps']:.0f} | {s['images_per_sec']:.0f} | {s['wall']:.0f} |")
-    return "\n".join(lines), recommend(stats)
+    return "\n".join(lines) + _cache_note(root), recommend(stats)
+
+
+def _cache_note(root: Path) -> str:
+    """The feature caches built before the rows (bench_cache.embed_once): one cost, shared by every row and seed
+    that reads it, so not in their wall times."""
+    path = root / "embedding.json"
+    records = [r for r in (json.loads(path.read_text()) if path.is_file() else []) if r.get("images")]
+    if not records:
+        return ""
+    return "\n\none-time feature caches, shared by the rows that read them and not in their wall times: " + \
+        "; ".join(f"{r['cache']}: {r['images']:,} images and views in {r['seconds']:.0f} s" for r in records)
 
 
 def _row_stats(cells: list[dict[str, Any]]) -> dict[str, Any]:
