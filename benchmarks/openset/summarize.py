@@ -31,6 +31,8 @@ def row_of(stage: Path, unknown: np.ndarray) -> dict[str, float] | None:
     out = {"top1": results["test_top1"], "auroc_msp": float(roc_auc_score(unknown, 1 - conf))}
     if "test_openset_auroc" in results:
         out["auroc_ova"] = results["test_openset_auroc"]
+    if "test_openset_auroc_knn" in results:  # nearest-neighbour scores (engine/outliers.py), from session 17
+        out["auroc_knn"] = results["test_openset_auroc_knn"]
     return out
 
 
@@ -48,18 +50,23 @@ def main() -> int:
         rows: dict[str, list[dict[str, float]]] = defaultdict(list)
         for results in sorted(root.glob("**/results.json")):
             stage = results.parent
-            name = stage.name.split("-", 1)[1] if stage.name.startswith("stage") else stage.name.rsplit("-s", 1)[0]
-            if stage.name.startswith("stage1") and not stage.parent.name.startswith("frozen-fixmatch"):
-                continue  # every recipe's stage 1 is the same labels-only head: count it once
+            if stage.name.startswith("stage"):  # a recipe's stage: named by its path (frozen-, partial-) and method
+                recipe = stage.parent.name.rsplit("-s", 1)[0]
+                name = f"{recipe.split('-')[0]} {stage.name.split('-', 1)[1]}"
+                if stage.name.startswith("stage1") and not recipe.endswith("-fixmatch"):
+                    continue  # every recipe of a path starts from the same labels-only stage: count it once
+            else:
+                name = stage.name.rsplit("-s", 1)[0]
             row = row_of(stage, unknown)
             if row is not None:
                 rows[name].append(row)
-        print(f"\n{root} (n seeds per row)\n| method | closed-set top-1 (6 known) | AUROC, outlier score | "
-              f"AUROC, 1 − max softmax | n |\n|---|---|---|---|---|")
+        print(f"\n{root} (n seeds per row)\n| method | closed-set top-1 (6 known) | AUROC, OVA outlier score | "
+              f"AUROC, 1 − max softmax | AUROC, k-NN | n |\n|---|---|---|---|---|---|")
         for name, rs in rows.items():
             ova = fmt([r["auroc_ova"] for r in rs if "auroc_ova" in r])
+            knn = fmt([r["auroc_knn"] for r in rs if "auroc_knn" in r])
             top1, msp = fmt([r["top1"] for r in rs]), fmt([r["auroc_msp"] for r in rs])
-            print(f"| {name} | {top1} | {ova} | {msp} | {len(rs)} |")
+            print(f"| {name} | {top1} | {ova} | {msp} | {knn} | {len(rs)} |")
     return 0
 
 
