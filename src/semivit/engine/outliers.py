@@ -23,7 +23,6 @@ Examples:
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from semivit.core.io import atomic_write_json
+from semivit.models.outlier import scored_parts, write_scores
 
 log = logging.getLogger("semivit")
 
@@ -78,20 +78,12 @@ def write_knn_outlier_scores(inputs: Any, net: Any, run_dir: Path, name: str = "
     data = inputs.data
     bank = inputs.embeddings(net, "labeled")
     k = default_k(len(bank))
-    parts = [("unlabeled", name, data.train, data.split.unlabeled)]
-    if data.test is not None and len(data.test):
-        parts.append(("test", f"test_{name}", data.test, torch.arange(len(data.test))))
     metrics: dict[str, Any] = {}
-    for part, filename, images, idx in parts:
+    for part, filename, images, idx in scored_parts(data, name):
         if not len(idx):
             continue
         scores = knn_outlier_scores(bank, inputs.embeddings(net, part), k)
-        pred = inputs.logits(net, part).argmax(1)
-        with open(run_dir / filename, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "outlier_score", "predicted"])
-            for i, s, c in zip(idx.tolist(), scores.tolist(), pred.tolist()):
-                w.writerow([images.ids[i], f"{s:.5f}", images.classes[c]])
+        write_scores(run_dir / filename, images, idx, scores, inputs.logits(net, part).argmax(1))
         labels = images.labels[idx]
         if part == "test" and bool((labels < 0).any()) and bool((labels >= 0).any()):
             metrics["test_openset_auroc_knn"] = float(roc_auc(scores, labels < 0))

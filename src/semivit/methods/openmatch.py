@@ -48,7 +48,6 @@ Examples:
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -66,7 +65,14 @@ from semivit.errors import SemivitError
 from semivit.methods.base import Method, StepOutput, register_method
 from semivit.methods.pseudo_label import pseudo_label_diagnostics
 from semivit.models.heads import FeatureHead
-from semivit.models.outlier import attach_outlier_head, fold_standardization, outlier_score, ova_probs
+from semivit.models.outlier import (
+    attach_outlier_head,
+    fold_standardization,
+    outlier_score,
+    ova_probs,
+    scored_parts,
+    write_scores,
+)
 from semivit.models.tail import BackboneTail
 
 __all__ = ["OpenMatch", "OpenMatchParams", "outlier_score", "ova_entropy", "ova_loss", "ova_probs", "socr_loss"]
@@ -236,17 +242,9 @@ class OpenMatch(Method):
         from sklearn.metrics import roc_auc_score
 
         data, metrics = inputs.data, {}
-        parts = [("unlabeled", "outlier_scores.csv", data.train, data.split.unlabeled)]
-        if data.test is not None and len(data.test):
-            parts.append(("test", "test_outlier_scores.csv", data.test, torch.arange(len(data.test))))
-        for part, name, images, idx in parts:
+        for part, name, images, idx in scored_parts(data, "outlier_scores.csv"):
             score, logits = self.scores(inputs, part)
-            pred = logits.argmax(1)
-            with open(run_dir / name, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["id", "outlier_score", "predicted"])
-                for i, s, c in zip(idx.tolist(), score.tolist(), pred.tolist()):
-                    w.writerow([images.ids[i], f"{s:.5f}", images.classes[c]])
+            write_scores(run_dir / name, images, idx, score, logits.argmax(1))
             labels = images.labels[idx]
             if part == "test" and bool((labels < 0).any()) and bool((labels >= 0).any()):
                 unknown = labels < 0

@@ -19,6 +19,8 @@ Examples:
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,3 +83,22 @@ def model_outlier_scores(model: Any, x: torch.Tensor) -> tuple[torch.Tensor, tor
     h = model.classifier_input(x)
     logits = model.classifier()(h)
     return logits, outlier_score(logits, model.outlier_head(h))
+
+
+def scored_parts(data: Any, name: str) -> list[tuple[str, str, Any, torch.Tensor]]:
+    """The parts a run scores — ``(part, file name, images, indices)``: the unlabeled pool as ``name``, the test
+    set as ``test_`` + ``name`` when there is one."""
+    parts = [("unlabeled", name, data.train, data.split.unlabeled)]
+    if data.test is not None and len(data.test):
+        parts.append(("test", f"test_{name}", data.test, torch.arange(len(data.test))))
+    return parts
+
+
+def write_scores(path: Path, images: Any, idx: torch.Tensor, scores: torch.Tensor, predicted: torch.Tensor) -> None:
+    """``id,outlier_score,predicted`` rows, one per image of ``images[idx]``: the file the labeling loop and the
+    run report read (``labeling/suggest.outlier_scores``)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "outlier_score", "predicted"])
+        for i, s, c in zip(idx.tolist(), scores.tolist(), predicted.tolist()):
+            w.writerow([images.ids[i], f"{s:.5f}", images.classes[c]])
