@@ -172,24 +172,23 @@ def outlier_scores(model: nn.Module, images: Any, batch_size: int = 256) -> torc
     one-vs-all head; ≥ 0.5 looks like none of the model's classes (:mod:`semivit.models.outlier`)."""
     from semivit.models.outlier import model_outlier_scores
 
-    x = _float_images(images)
-    was = model.training
-    model.eval()
-    try:
-        return torch.cat([model_outlier_scores(model, x[i:i + batch_size])[1].float()
-                          for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was)
+    return _batched(lambda x: model_outlier_scores(model, x)[1], model, images, batch_size)
 
 
 @torch.no_grad()
 def _logits(model: nn.Module, images: Any, batch_size: int = 256) -> torch.Tensor:
+    return _batched(model, model, images, batch_size)
+
+
+def _batched(fn: Any, model: nn.Module, images: Any, batch_size: int) -> torch.Tensor:
+    """``fn`` over ``images`` in batches, ``model`` in eval mode meanwhile (its mode restored after)."""
     x = _float_images(images)
     was = model.training
     model.eval()
-    out = torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
-    model.train(was)
-    return out
+    try:
+        return torch.cat([fn(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was)
 
 
 def _multilabel(model: nn.Module) -> bool:

@@ -165,13 +165,22 @@ def _cell_budget(suite: Suite, cell: Cell) -> dict[str, float]:
     return suite.methods[cell.method].get("budget") or suite.data[cell.data].get("budget") or suite.budget
 
 
+def _planned(budget: dict[str, float]) -> tuple[float, bool] | None:
+    """A budget the planner times and plans — ``(seconds, stretch)``: ``plan`` fills its seconds, ``cap`` never
+    grows a recipe past its own steps; None for ``steps`` and ``seconds``."""
+    for kind, stretch in (("plan", True), ("cap", False)):
+        if kind in budget:
+            return budget[kind], stretch
+    return None
+
+
 def apply_budget(configs: list[Config], budget: dict[str, float]) -> list[Config]:
     """The stages scaled to the budget, keeping the recipe's proportions between them (new configs)."""
     planned = [c.train.steps or 0 for c in configs] if len(configs) > 1 else [1]
     if not all(planned):
         raise SemivitError("every stage of a benchmarked recipe needs train.steps (not epochs) to be budgeted")
     total = sum(planned)
-    if "plan" in budget or "cap" in budget:  # planned by run_cell, which has the data the timing needs
+    if _planned(budget):  # planned by run_cell, which has the data the timing needs
         return configs
     if "steps" in budget:
         steps = [max(1, round(budget["steps"] * s / total)) for s in planned]
@@ -201,10 +210,11 @@ def run_cell(suite: Suite, cell: Cell, cell_dir: Path, data_cache: dict) -> dict
     metric = "map" if bundle.train.multilabel else "top1"
     start = time.perf_counter()
     budget = _cell_budget(suite, cell)
-    if "plan" in budget or "cap" in budget:
+    planned = _planned(budget)
+    if planned:
         from semivit.planning import plan_run
 
-        configs = plan_run(configs, data, budget.get("plan") or budget["cap"], cell_dir, stretch="plan" in budget)
+        configs = plan_run(configs, data, planned[0], cell_dir, stretch=planned[1])
     result = run_stages(configs, cell_dir, data)
     wall = time.perf_counter() - start
     stages = [json.loads((cell_dir / f"stage{k}-{c.train.method}" / "results.json").read_text())

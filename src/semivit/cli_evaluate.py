@@ -146,9 +146,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     scored = getattr(model, "outlier_head", None) is not None  # an openmatch run: OVA outlier scores too
     with torch.no_grad():
         chunks = [to_float(images[i:i + 256]) for i in range(0, len(images), 256)]
-        outs = [model.heads(x) for x in chunks]
+        # an outlier head's model has one head: its logits and scores come from one pass over the backbone
+        pairs = [model_outlier_scores(model, x) for x in chunks] if scored else []
+        outs = [{main: logits} for logits, _ in pairs] if scored else [model.heads(x) for x in chunks]
         probs = {name: torch.cat([o[name] for o in outs]).softmax(1) for name in model.head_names}
-        outlier = torch.cat([model_outlier_scores(model, x)[1] for x in chunks]).tolist() if scored else []
+        outlier = torch.cat([score for _, score in pairs]).tolist() if scored else []
     conf, idx = probs[main].topk(k, dim=1)
     with open(args.output, "w", newline="") as f:
         writer = csv.writer(f)

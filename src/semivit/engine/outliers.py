@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,18 @@ def knn_distance(bank: torch.Tensor, queries: torch.Tensor, k: int, exclude_self
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def knn_outlier_scores(bank: torch.Tensor, queries: torch.Tensor, k: int | None = None) -> torch.Tensor:
-    """Scores in [0, 1] with 0.5 at the distance 95% of the bank's own (leave-one-out) distances stay under (see the
-    module docstring)."""
+def knn_scorer(bank: torch.Tensor, k: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Queries → scores in [0, 1] with 0.5 at the distance 95% of the bank's own (leave-one-out) distances stay
+    under (see the module docstring); the threshold is computed here, once for every part scored."""
     k = k or default_k(len(bank))
     own = knn_distance(bank, bank, k, exclude_self=True)
-    tau = float(torch.quantile(own, KEEP)) if len(own) else 1.0
-    return (0.5 * knn_distance(bank, queries, k) / max(tau, 1e-8)).clamp(0, 1)
+    tau = max(float(torch.quantile(own, KEEP)) if len(own) else 1.0, 1e-8)
+    return lambda queries: (0.5 * knn_distance(bank, queries, k) / tau).clamp(0, 1)
+
+
+def knn_outlier_scores(bank: torch.Tensor, queries: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """:func:`knn_scorer` of ``bank`` applied to ``queries``."""
+    return knn_scorer(bank, k)(queries)
 
 
 def write_knn_outlier_scores(inputs: Any, net: Any, run_dir: Path, name: str = "outlier_scores.csv") -> dict[str, Any]:
@@ -78,11 +84,12 @@ def write_knn_outlier_scores(inputs: Any, net: Any, run_dir: Path, name: str = "
     data = inputs.data
     bank = inputs.embeddings(net, "labeled")
     k = default_k(len(bank))
+    score = knn_scorer(bank, k)
     metrics: dict[str, Any] = {}
     for part, filename, images, idx in scored_parts(data, name):
         if not len(idx):
             continue
-        scores = knn_outlier_scores(bank, inputs.embeddings(net, part), k)
+        scores = score(inputs.embeddings(net, part))
         write_scores(run_dir / filename, images, idx, scores, inputs.logits(net, part).argmax(1))
         labels = images.labels[idx]
         if part == "test" and bool((labels < 0).any()) and bool((labels >= 0).any()):

@@ -160,10 +160,9 @@ class OpenMatch(Method):
             raise SemivitError(f"method.mu must be > 0 (openmatch learns from unlabeled images), got {p.mu}")
         self.unlabeled_ratio = p.mu
         self.start_step = stage_steps(p.start_fix, self.total_steps)
-        if isinstance(self.model, FeatureHead):  # cached features: the heads read the standardised features
-            width = self.model.linear.in_features
-        elif isinstance(self.model, BackboneTail) and self.model.head is not None:  # the last blocks train too
-            width = self.model.head.linear.in_features
+        head = self._feature_head()
+        if head is not None:  # cached features (or the last blocks on them): the heads read the standardised ones
+            width = head.linear.in_features
         elif hasattr(self.model, "classifier_input") and hasattr(self.model, "classifier"):
             try:
                 width = self.model.classifier().in_features
@@ -175,15 +174,19 @@ class OpenMatch(Method):
         # the official fc_open: one linear layer, 2K outputs, no bias (unless ova_bias)
         self.ova = nn.Linear(width, 2 * self.num_classes, bias=p.ova_bias)
 
+    def _feature_head(self) -> FeatureHead | None:
+        """The linear head on standardised features of a run on cached features (alone, or after the trained last
+        blocks of a cut backbone); None for an image classifier."""
+        if isinstance(self.model, FeatureHead):
+            return self.model
+        return self.model.head if isinstance(self.model, BackboneTail) else None
+
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The K-way logits and the features the classifier reads (which the OVA heads read too)."""
-        if isinstance(self.model, FeatureHead):
-            h = self.model.standardize(x)
-            return self.model.linear(h), h
-        if isinstance(self.model, BackboneTail):  # the cut's activations through the trained blocks, then the head
-            assert self.model.head is not None
-            h = self.model.head.standardize(self.model.pooled(x.float()))
-            return self.model.head.linear(h), h
+        head = self._feature_head()
+        if head is not None:  # a cut backbone's activations go through its trained blocks first
+            h = head.standardize(self.model.pooled(x.float()) if isinstance(self.model, BackboneTail) else x)
+            return head.linear(h), h
         h = self.model.classifier_input(x)
         return self.model.classifier()(h), h
 
@@ -222,10 +225,8 @@ class OpenMatch(Method):
         """A copy of the exported classifier carrying the OVA heads as its outlier head (``models/outlier.py``),
         folded from the standardised features a head on cached features reads into the raw features the exported
         network computes, so ``predict`` and the ONNX file score new images."""
-        head = self.model if isinstance(self.model, FeatureHead) else \
-            self.model.head if isinstance(self.model, BackboneTail) else None
-        folded = fold_standardization(self.ova, head.mean, head.std) if head is not None else \
-            fold_standardization(self.ova)
+        head = self._feature_head()
+        folded = fold_standardization(self.ova, *((head.mean, head.std) if head is not None else ()))
         model = copy.deepcopy(model)
         attach_outlier_head(model, folded.to(next(model.parameters()).device))
         return model
